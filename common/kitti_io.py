@@ -1,0 +1,273 @@
+"""Readers and writers for the SemanticKITTI file layout, with validation.
+
+Layout (Behley et al., ICCV 2019; KITTI odometry devkit):
+    ROOT/sequences/XX/velodyne/NNNNNN.bin   float32 (N, 4): x, y, z, remission
+    ROOT/sequences/XX/labels/NNNNNN.label   uint32 (N,): semantic (low 16) | instance << 16
+    ROOT/sequences/XX/poses.txt             12 floats a line: 3x4 camera-0 pose
+    ROOT/sequences/XX/calib.txt             P0..P3, Tr (3x4 each, "KEY: v1 ... v12")
+    ROOT/sequences/XX/times.txt             one timestamp (s) a line
+
+Every reader raises KittiFormatError naming the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_path
+
+
+class KittiFormatError(ValueError):
+    """A file in the SemanticKITTI layout that cannot be read as such."""
+
+
+# ---------------------------------------------------------------- scans (.bin)
+
+
+def read_scan(path: str | os.PathLike) -> np.ndarray:
+    """Read a velodyne `.bin` as float32 (N, 4): x, y, z, remission."""
+    path = Path(path)
+    try:
+        raw = np.fromfile(path, dtype=np.uint8)
+    except FileNotFoundError:
+        raise KittiFormatError(f"{path}: scan file does not exist") from None
+    if raw.size % 16:
+        raise KittiFormatError(
+            f"{path}: size {raw.size} bytes is not a multiple of 16 (4 float32 per point); "
+            "truncated or not a velodyne .bin"
+        )
+    pts = raw.view(np.float32).reshape(-1, 4)
+    if not np.isfinite(pts).all():
+        bad = int((~np.isfinite(pts).all(axis=1)).sum())
+        raise KittiFormatError(f"{path}: {bad} point(s) with NaN/inf coordinates or remission")
+    return pts
+
+
+def write_scan(path: str | os.PathLike, points: np.ndarray) -> None:
+    points = np.asarray(points)
+    if points.ndim != 2 or points.shape[1] != 4:
+        raise ValueError(f"{path}: points must be (N, 4) x, y, z, remission, got {points.shape}")
+    with atomic_path(path) as tmp:
+        np.ascontiguousarray(points, dtype=np.float32).tofile(tmp)
+
+
+# ---------------------------------------------------------------- labels (.label)
+
+
+def read_label(path: str | os.PathLike, n_points: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Read a `.label`: (semantic raw id uint16->uint32, instance id uint32).
+
+    If `n_points` is given, a count mismatch with the scan is an error.
+    """
+    path = Path(path)
+    try:
+        raw = np.fromfile(path, dtype=np.uint8)
+    except FileNotFoundError:
+        raise KittiFormatError(f"{path}: label file does not exist") from None
+    if raw.size % 4:
+        raise KittiFormatError(f"{path}: size {raw.size} bytes is not a multiple of 4 (uint32 per point)")
+    lab = raw.view(np.uint32)
+    if n_points is not None and lab.size != n_points:
+        raise KittiFormatError(f"{path}: {lab.size} labels but the scan has {n_points} points")
+    return lab & 0xFFFF, lab >> 16
+
+
+def write_label(path: str | os.PathLike, semantic: np.ndarray, instance: np.ndarray) -> None:
+    semantic = np.asarray(semantic, dtype=np.uint32)
+    instance = np.asarray(instance, dtype=np.uint32)
+    if semantic.shape != instance.shape or semantic.ndim != 1:
+        raise ValueError(f"{path}: semantic {semantic.shape} and instance {instance.shape} must be equal 1-D")
+    if semantic.size and (semantic.max() > 0xFFFF or instance.max() > 0xFFFF):
+        raise ValueError(f"{path}: semantic and instance ids must fit in 16 bits")
+    with atomic_path(path) as tmp:
+        ((instance << 16) | semantic).astype(np.uint32).tofile(tmp)
+
+
+# ---------------------------------------------------------------- poses.txt
+
+
+def read_poses(path: str | os.PathLike, n_scans: int | None = None) -> np.ndarray:
+    """Read `poses.txt` as float64 (S, 4, 4) homogeneous camera-0 poses.
+
+    If `n_scans` is given, a file with fewer lines than scans is an error.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise KittiFormatError(f"{path}: poses file does not exist")
+    poses = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        vals = _floats(line.split(), path, lineno)
+        if len(vals) != 12:
+            raise KittiFormatError(f"{path}:{lineno}: expected 12 values (3x4 pose), got {len(vals)}")
+        m = np.eye(4)
+        m[:3, :] = np.array(vals).reshape(3, 4)
+        poses.append(m)
+    out = np.array(poses).reshape(-1, 4, 4)
+    if n_scans is not None and len(out) < n_scans:
+        raise KittiFormatError(f"{path}: {len(out)} poses but the sequence has {n_scans} scans")
+    return out
+
+
+def write_poses(path: str | os.PathLike, poses: np.ndarray) -> None:
+    poses = np.asarray(poses, dtype=np.float64)
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            for m in poses:
+                f.write(" ".join(f"{v:.12e}" for v in m[:3, :].ravel()) + "\n")
+
+
+# ---------------------------------------------------------------- calib.txt
+
+
+def read_calib(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read `calib.txt` into {key: (4, 4) float64}; `Tr` (velodyne -> camera 0) is required."""
+    path = Path(path)
+    if not path.is_file():
+        raise KittiFormatError(f"{path}: calib file does not exist")
+    calib: dict[str, np.ndarray] = {}
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        if ":" not in line:
+            raise KittiFormatError(f"{path}:{lineno}: expected 'KEY: 12 values'")
+        key, rest = line.split(":", 1)
+        vals = _floats(rest.split(), path, lineno)
+        if len(vals) != 12:
+            raise KittiFormatError(f"{path}:{lineno}: {key.strip()} has {len(vals)} values, expected 12")
+        m = np.eye(4)
+        m[:3, :] = np.array(vals).reshape(3, 4)
+        calib[key.strip()] = m
+    if "Tr" not in calib:
+        raise KittiFormatError(f"{path}: no 'Tr' (velodyne -> camera) entry; found {sorted(calib)}")
+    return calib
+
+
+def write_calib(path: str | os.PathLike, calib: dict[str, np.ndarray]) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            for key, m in calib.items():
+                f.write(f"{key}: " + " ".join(f"{v:.12e}" for v in np.asarray(m)[:3, :].ravel()) + "\n")
+
+
+# ---------------------------------------------------------------- times.txt
+
+
+def read_times(path: str | os.PathLike) -> np.ndarray:
+    path = Path(path)
+    if not path.is_file():
+        raise KittiFormatError(f"{path}: times file does not exist")
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    return np.array([_floats([ln.strip()], path, i + 1)[0] for i, ln in enumerate(lines)])
+
+
+def write_times(path: str | os.PathLike, times: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            for t in np.asarray(times, dtype=np.float64):
+                f.write(f"{t:.6e}\n")
+
+
+def _floats(tokens: list[str], path: Path, lineno: int) -> list[float]:
+    try:
+        vals = [float(t) for t in tokens]
+    except ValueError as e:
+        raise KittiFormatError(f"{path}:{lineno}: not a number ({e})") from None
+    if not all(np.isfinite(vals)):
+        raise KittiFormatError(f"{path}:{lineno}: NaN/inf value")
+    return vals
+
+
+# ---------------------------------------------------------------- sequence layout
+
+_SCAN_RE = re.compile(r"^(\d{6})\.bin$")
+
+
+@dataclass(frozen=True)
+class Sequence:
+    """One `sequences/XX` folder of a dataset in the SemanticKITTI layout."""
+
+    root: Path  # the dataset root (the folder holding `sequences/`)
+    name: str  # "00", "08", ...
+
+    @property
+    def path(self) -> Path:
+        return self.root / "sequences" / self.name
+
+    def scan_path(self, frame: int) -> Path:
+        return self.path / "velodyne" / f"{frame:06d}.bin"
+
+    def label_path(self, frame: int) -> Path:
+        return self.path / "labels" / f"{frame:06d}.label"
+
+    def prediction_path(self, frame: int) -> Path:
+        return self.path / "predictions" / f"{frame:06d}.label"
+
+    @property
+    def has_labels(self) -> bool:
+        return (self.path / "labels").is_dir()
+
+    def frames(self) -> list[int]:
+        """Frame numbers of the scans on disk, checked to be 0..S-1 with no gap."""
+        vel = self.path / "velodyne"
+        if not vel.is_dir():
+            raise KittiFormatError(f"{vel}: no velodyne folder (is {self.root} a SemanticKITTI root?)")
+        frames = sorted(int(m.group(1)) for f in os.listdir(vel) if (m := _SCAN_RE.match(f)))
+        if not frames:
+            raise KittiFormatError(f"{vel}: no NNNNNN.bin scans")
+        expected = range(frames[-1] + 1)
+        if len(frames) != len(expected):
+            missing = sorted(set(expected) - set(frames))[:5]
+            raise KittiFormatError(f"{vel}: scans missing in the middle of the sequence: {missing} ...")
+        return frames
+
+    def lidar_poses(self, n_scans: int | None = None) -> np.ndarray:
+        """(S, 4, 4) LiDAR poses in the frame of the first scan (see geometry.lidar_poses)."""
+        from .geometry import lidar_poses
+
+        calib = read_calib(self.path / "calib.txt")
+        return lidar_poses(read_poses(self.path / "poses.txt", n_scans), calib["Tr"])
+
+    def read(self, frame: int, labels: bool = True) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(points (N,4), raw semantic ids or None, instance ids or None) of one frame."""
+        pts = read_scan(self.scan_path(frame))
+        if not labels:
+            return pts, None, None
+        sem, inst = read_label(self.label_path(frame), len(pts))
+        return pts, sem, inst
+
+
+def parse_sequences(spec: str | Iterable[str]) -> list[str]:
+    """'00-10', '08', '00,02,08' (or a list of those) -> ['00', ..., '10']."""
+    parts = spec.split(",") if isinstance(spec, str) else [p for s in spec for p in str(s).split(",")]
+    out: list[str] = []
+    for p in (p.strip() for p in parts):
+        if not p:
+            continue
+        m = re.fullmatch(r"(\d{1,2})(?:-(\d{1,2}))?", p)
+        if not m:
+            raise ValueError(f"bad sequence spec {p!r}: use '00-10', '08' or '00,02,08'")
+        a = int(m.group(1))
+        b = int(m.group(2)) if m.group(2) else a
+        if b < a:
+            raise ValueError(f"bad sequence range {p!r}: end before start")
+        out.extend(f"{i:02d}" for i in range(a, b + 1) if f"{i:02d}" not in out)
+    if not out:
+        raise ValueError(f"empty sequence spec {spec!r}")
+    return out
+
+
+def iter_sequences(root: str | os.PathLike, spec: str | Iterable[str]) -> Iterator[Sequence]:
+    root = Path(root)
+    for name in parse_sequences(spec):
+        seq = Sequence(root, name)
+        if not seq.path.is_dir():
+            raise KittiFormatError(f"{seq.path}: sequence folder does not exist")
+        yield seq

@@ -1,0 +1,98 @@
+"""`m2skd-synth OUT_DIR`: write synthetic sequences in the SemanticKITTI layout."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ..common import kitti_io
+from ..common.config import SynthConfig
+from ..common.labels import CLASS_NAMES, HARD_CLASS_IDS, NUM_CLASSES, raw_to_train
+from .synth import generate_sequence
+
+console = Console(stderr=True)
+
+
+def summarise(root: Path, names: list[str], every: int = 1) -> Table:
+    """Read the sequences back through the readers and tabulate points and classes."""
+    table = Table(title=f"synthetic dataset {root}")
+    for col in ("seq", "scans", "points/scan", "labelled", "hard-class points", "hard classes absent",
+                "top classes"):
+        table.add_column(col)
+    for seq in kitti_io.iter_sequences(root, names):
+        frames = seq.frames()
+        seq.lidar_poses(len(frames))  # validates poses.txt and calib.txt
+        counts = np.zeros(NUM_CLASSES)
+        n_pts = []
+        for f in frames[::every]:
+            pts, sem, _ = seq.read(f, labels=seq.has_labels)
+            n_pts.append(len(pts))
+            if sem is not None:
+                counts += np.bincount(raw_to_train(sem, str(seq.label_path(f))), minlength=NUM_CLASSES)
+        if counts.sum():
+            share = counts / counts.sum()
+            hard = f"{100 * share[list(HARD_CLASS_IDS)].sum():.2f}%"
+            absent = ", ".join(CLASS_NAMES[c] for c in HARD_CLASS_IDS if counts[c] == 0) or "none"
+            top = ", ".join(f"{CLASS_NAMES[c]} {100 * share[c]:.0f}%" for c in np.argsort(-share)[:3])
+            labelled = "yes"
+        else:
+            hard = absent = top = "-"
+            labelled = "no (test split)"
+        table.add_row(seq.name, str(len(frames)), f"{np.mean(n_pts):,.0f}", labelled, hard, absent, top)
+    return table
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--sequences", default="00", show_default=True, help="e.g. 00-10, 08 or 00,02,08")
+@click.option("--preset", type=click.Choice(["full", "demo", "tiny"]), default="full", show_default=True,
+              help="full: HDL-64E-like 64 x 2000 scans; demo: 32 x 1024; tiny: 16 x 360 for tests")
+@click.option("--scans", type=int, help="scans per sequence (preset: full 200, demo 120, tiny 20)")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--beams", type=int, help="vertical lasers (1-64)")
+@click.option("--columns", type=int, help="firings per revolution")
+@click.option("--labels/--no-labels", default=None,
+              help="write labels (default: yes, except test sequences 11-21, as SemanticKITTI)")
+@click.option("--summary/--no-summary", default=True, show_default=True, help="print a table read back from disk")
+def main(out_dir: Path, sequences: str, preset: str, scans: int | None, seed: int, beams: int | None,
+         columns: int | None, labels: bool | None, summary: bool) -> None:
+    """Generate synthetic LiDAR sequences in OUT_DIR/sequences/XX (SemanticKITTI layout).
+
+    Deterministic per seed; an interrupted run resumes where it stopped.
+    """
+    try:
+        names = kitti_io.parse_sequences(sequences)
+        cfg = SynthConfig.preset(preset).override(scans=scans, seed=seed, beams=beams, columns=columns)
+        if cfg.scans <= 0:
+            raise click.BadParameter("--scans must be positive")
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    t0 = time.perf_counter()
+    with Progress(
+        TextColumn("[bold]seq {task.fields[seq]}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console,
+    ) as progress:
+        for name in names:
+            task = progress.add_task("synth", total=cfg.scans, seq=name, rate="")
+            start = time.perf_counter()
+
+            def tick(frame: int, task=task, start=start) -> None:
+                rate = (frame + 1) / max(time.perf_counter() - start, 1e-9)
+                progress.update(task, advance=1, rate=f"{rate:.1f} scans/s")
+
+            generate_sequence(out_dir, name, cfg, labels=labels, on_scan=tick)
+    console.print(f"wrote {len(names)} sequence(s) x {cfg.scans} scans to {out_dir} "
+                  f"in {time.perf_counter() - t0:.1f} s")
+    if summary:
+        Console().print(summarise(out_dir, names))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
