@@ -45,7 +45,8 @@ class SequenceSim:
         duration = cfg.scans * cfg.period
         margin = cfg.max_range + 20.0
         self.world = synth_world.build_world(
-            rng, -margin, self.speed * duration + margin, duration / 2, self.world_seed
+            rng, -margin, self.speed * duration + margin, duration / 2, self.world_seed,
+            core=(-30.0, self.speed * duration + 30.0),
         )
         self.elev = raycast.beam_elevations(cfg.beams)
         self.azim = raycast.column_azimuths(cfg.columns)
