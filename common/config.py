@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from .labels import DEFAULT_HARD_CLASSES, class_ids
+
 T = TypeVar("T", bound="Config")
 
 
@@ -117,3 +119,62 @@ def kitti_calib_matrices() -> dict:
         out[k] = m
     return out
 
+
+
+@dataclass(frozen=True)
+class FusionConfig(Config):
+    """Multi-scan hard-instance fusion (design.md 1.2)."""
+
+    past: int = 4  # scans t-1..t-past, as the released M2SKD code
+    future: int = 0  # scans t+1..t+future (offline, the future is on disk)
+    hard_classes: tuple[str, ...] = DEFAULT_HARD_CLASSES
+    voxel: float = 0.05  # metres; thins fused points so a static object seen in many scans doesn't dominate
+    drift_threshold: float = 0.3  # metres of centroid drift after pose alignment that marks an instance as moving
+    centroid_correction: bool = True  # move moving instances onto the target instance's centroid
+    fuse_occluded_static: bool = False  # also fuse static instances absent from scan t
+    shard_size: int = 50  # scans per HDF5 shard
+
+    def __post_init__(self) -> None:
+        if self.past < 0 or self.future < 0 or self.past + self.future == 0:
+            raise ValueError(f"fusion window must include a neighbour, got past={self.past} future={self.future}")
+        if self.voxel < 0 or self.shard_size <= 0:
+            raise ValueError("voxel must be >= 0 and shard_size > 0")
+        class_ids(self.hard_classes)  # raises on unknown names
+
+    @property
+    def offsets(self) -> tuple[int, ...]:
+        """Neighbour offsets, nearest first (past before future at equal distance)."""
+        out = []
+        for k in range(1, max(self.past, self.future) + 1):
+            if k <= self.past:
+                out.append(-k)
+            if k <= self.future:
+                out.append(k)
+        return tuple(out)
+
+    @property
+    def window(self) -> str:
+        return f"-{self.past}:+{self.future}"
+
+    @classmethod
+    def _presets(cls) -> dict[str, dict[str, Any]]:
+        return {"released": {}, "symmetric": {"past": 2, "future": 2}}
+
+
+def parse_window(spec: str) -> tuple[int, int]:
+    """'-K:+K', '-4:+0', '4' (past only) -> (past, future)."""
+    s = spec.strip()
+    if ":" in s:
+        a, b = s.split(":", 1)
+        try:
+            past, future = -int(a), int(b)
+        except ValueError:
+            raise ValueError(f"bad window {spec!r}: use e.g. -4:+0 or -2:+2") from None
+    else:
+        try:
+            past, future = abs(int(s)), 0
+        except ValueError:
+            raise ValueError(f"bad window {spec!r}: use e.g. -4:+0 or -2:+2") from None
+    if past < 0 or future < 0:
+        raise ValueError(f"bad window {spec!r}: past must be <= 0 and future >= 0")
+    return past, future

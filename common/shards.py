@@ -1,0 +1,211 @@
+"""The fused-shard format (design.md 4): one HDF5 file per run of consecutive scans.
+
+Datasets, concatenated over the shard's scans:
+    points    float32 (P, 4)  x, y, z, remission; per scan the original points first,
+                              byte-identical to the `.bin`, then the fused points
+    labels    uint8   (P,)    train ids 0..19
+    instance  uint32  (P,)    SemanticKITTI instance ids
+    source    int8    (P,)    0 = original point, k = fused from scan t+k
+Per scan:
+    offsets    int64 (S+1,)   scan i is rows offsets[i]:offsets[i+1]
+    n_original int32 (S,)     the first n_original rows of a scan are the single scan
+    frame      int32 (S,)     frame number within the sequence
+Attributes: format_version, sequence, window, hard_classes, config (JSON).
+
+Shards are written to a temp name and renamed when complete; each finished shard has a
+sidecar `NAME.h5.json` with its manifest entry (config hash, sha256), and the cache's
+`manifest.json` gathers them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .atomic import atomic_path
+
+FORMAT_VERSION = 1
+DATASETS = {"points": np.float32, "labels": np.uint8, "instance": np.uint32, "source": np.int8}
+PER_SCAN = {"offsets": np.int64, "n_original": np.int32, "frame": np.int32}
+MANIFEST = "manifest.json"
+
+
+class ShardError(ValueError):
+    """A shard or cache that does not match the format or the expected config."""
+
+
+@dataclass
+class FusedScan:
+    """One teacher input: original points first, then fused hard-instance points."""
+
+    frame: int
+    points: np.ndarray  # (P, 4) float32
+    labels: np.ndarray  # (P,) uint8 train ids
+    instance: np.ndarray  # (P,) uint32
+    source: np.ndarray  # (P,) int8
+    n_original: int
+
+    def __post_init__(self) -> None:
+        n = len(self.points)
+        if not (len(self.labels) == len(self.instance) == len(self.source) == n) or not 0 <= self.n_original <= n:
+            raise ShardError(f"frame {self.frame}: inconsistent fused scan arrays")
+
+
+def shard_name(sequence: str, first: int, last: int) -> str:
+    return f"seq{sequence}_{first:06d}-{last:06d}.h5"
+
+
+def write_shard(path: str | os.PathLike, scans: list[FusedScan], attrs: dict) -> dict:
+    """Write scans to `path` atomically (lzf, chunked); return its manifest entry."""
+    path = Path(path)
+    if not scans:
+        raise ShardError(f"{path}: no scans to write")
+    sizes = np.array([len(s.points) for s in scans], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            for name, dtype in DATASETS.items():
+                data = np.concatenate([getattr(s, name) for s in scans]).astype(dtype, copy=False)
+                chunks = (min(len(data), 65536),) + data.shape[1:] if len(data) else None
+                f.create_dataset(name, data=data, compression="lzf" if len(data) else None, chunks=chunks)
+            f.create_dataset("offsets", data=offsets)
+            f.create_dataset("n_original", data=np.array([s.n_original for s in scans], np.int32))
+            f.create_dataset("frame", data=np.array([s.frame for s in scans], np.int32))
+            f.attrs["format_version"] = FORMAT_VERSION
+            for k, v in attrs.items():
+                f.attrs[k] = json.dumps(v) if isinstance(v, (dict, list, tuple)) else v
+    entry = {
+        "file": path.name,
+        "sequence": attrs.get("sequence"),
+        "frames": [int(scans[0].frame), int(scans[-1].frame)],
+        "scans": len(scans),
+        "points": int(offsets[-1]),
+        "original_points": int(sum(s.n_original for s in scans)),
+        "config_hash": attrs.get("config_hash"),
+        "sha256": file_sha256(path),
+    }
+    with atomic_path(sidecar(path)) as tmp:
+        tmp.write_text(json.dumps(entry, indent=1))
+    return entry
+
+
+def sidecar(path: str | os.PathLike) -> Path:
+    return Path(f"{path}.json")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def finished_entry(path: str | os.PathLike, config_hash: str, verify: bool = True) -> dict | None:
+    """The sidecar entry of a complete shard built with `config_hash`, else None.
+
+    With verify, the file's sha256 must match too (a corrupt or truncated shard is redone).
+    """
+    path = Path(path)
+    side = sidecar(path)
+    if not (path.is_file() and side.is_file()):
+        return None
+    try:
+        entry = json.loads(side.read_text())
+    except json.JSONDecodeError:
+        return None
+    if entry.get("config_hash") != config_hash:
+        return None
+    if verify and file_sha256(path) != entry.get("sha256"):
+        return None
+    return entry
+
+
+def write_manifest(cache: str | os.PathLike, config: dict, config_hash: str) -> dict:
+    """Gather every finished shard's sidecar into CACHE/manifest.json."""
+    cache = Path(cache)
+    entries = []
+    for side in sorted(cache.glob("*.h5.json")):
+        entry = json.loads(side.read_text())
+        if entry.get("config_hash") == config_hash and (cache / entry["file"]).is_file():
+            entries.append(entry)
+    manifest = {"format_version": FORMAT_VERSION, "config": config, "config_hash": config_hash,
+                "shards": entries, "scans": sum(e["scans"] for e in entries)}
+    with atomic_path(cache / MANIFEST) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+def read_manifest(cache: str | os.PathLike) -> dict:
+    path = Path(cache) / MANIFEST
+    if not path.is_file():
+        raise ShardError(f"{path}: no manifest; run `make fuse` (m2skd-fuse) to build the cache first")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ShardError(f"{path}: shard format {manifest.get('format_version')}, this code reads {FORMAT_VERSION}")
+    if not manifest.get("shards"):
+        raise ShardError(f"{path}: the cache holds no shards")
+    return manifest
+
+
+class ShardReader:
+    """Random access to the scans of one shard; opens the file lazily (per process)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._f: h5py.File | None = None
+        with h5py.File(self.path, "r") as f:
+            missing = [k for k in (*DATASETS, *PER_SCAN) if k not in f]
+            if missing:
+                raise ShardError(f"{self.path}: missing dataset(s) {missing}")
+            if f.attrs.get("format_version") != FORMAT_VERSION:
+                raise ShardError(f"{self.path}: format version {f.attrs.get('format_version')} != {FORMAT_VERSION}")
+            self.offsets = f["offsets"][:]
+            self.n_original = f["n_original"][:]
+            self.frames = f["frame"][:]
+            self.attrs = {k: _attr(v) for k, v in f.attrs.items()}
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def _file(self) -> h5py.File:
+        # h5py handles must not cross fork(): each process opens its own
+        if self._f is None or self._pid != os.getpid():
+            self._f = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+        return self._f
+
+    def scan(self, i: int) -> FusedScan:
+        f = self._file()
+        a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+        return FusedScan(
+            frame=int(self.frames[i]), points=f["points"][a:b], labels=f["labels"][a:b],
+            instance=f["instance"][a:b], source=f["source"][a:b], n_original=int(self.n_original[i]),
+        )
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_f"] = None
+        return state
+
+
+def _attr(v):
+    if isinstance(v, bytes):
+        v = v.decode()
+    if isinstance(v, str) and v[:1] in "[{":
+        try:
+            return json.loads(v)
+        except json.JSONDecodeError:
+            return v
+    return v.item() if isinstance(v, np.generic) else v

@@ -1,0 +1,28 @@
+"""Sliding window over a sequence: each scan file is read once, however many targets use it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from ..common import kitti_io
+from ..common.geometry import relative_pose
+from .fusion import LabelledScan, load_scan
+
+
+def iter_windows(
+    seq: kitti_io.Sequence, targets: list[int], offsets: tuple[int, ...], poses: np.ndarray, n_frames: int
+) -> Iterator[tuple[LabelledScan, list[tuple[int, LabelledScan, np.ndarray]]]]:
+    """Yield (target scan, [(offset, neighbour scan, neighbour -> target transform)]) for ascending targets."""
+    cache: dict[int, LabelledScan] = {}
+    lo, hi = min(offsets + (0,)), max(offsets + (0,))
+    for t in targets:
+        for f in [f for f in cache if f < t + lo or f > t + hi]:
+            del cache[f]  # never needed again: targets ascend
+        wanted = [t + o for o in (0, *offsets) if 0 <= t + o < n_frames]
+        for f in wanted:
+            if f not in cache:
+                cache[f] = load_scan(seq, f)
+        neigh = [(o, cache[t + o], relative_pose(poses, t + o, t)) for o in offsets if 0 <= t + o < n_frames]
+        yield cache[t], neigh
