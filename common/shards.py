@@ -72,7 +72,7 @@ def write_shard(path: str | os.PathLike, scans: list[FusedScan], attrs: dict) ->
         with h5py.File(tmp, "w") as f:
             for name, dtype in DATASETS.items():
                 data = np.concatenate([getattr(s, name) for s in scans]).astype(dtype, copy=False)
-                chunks = (min(len(data), 65536),) + data.shape[1:] if len(data) else None
+                chunks = (min(len(data), 65536), *data.shape[1:]) if len(data) else None
                 f.create_dataset(name, data=data, compression="lzf" if len(data) else None, chunks=chunks)
             f.create_dataset("offsets", data=offsets)
             f.create_dataset("n_original", data=np.array([s.n_original for s in scans], np.int32))

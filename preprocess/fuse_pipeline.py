@@ -159,7 +159,7 @@ def fused_stats(manifest: dict, out: str | Path) -> dict:
             s = r.scan(i)
             lab = s.labels[s.n_original:]
             fused += len(lab)
-            for c, n in zip(*np.unique(lab, return_counts=True)):
+            for c, n in zip(*np.unique(lab, return_counts=True), strict=False):
                 per_class[CLASS_NAMES[c]] = per_class.get(CLASS_NAMES[c], 0) + int(n)
         scans += len(r)
         r.close()

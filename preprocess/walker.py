@@ -16,7 +16,7 @@ def iter_windows(
 ) -> Iterator[tuple[LabelledScan, list[tuple[int, LabelledScan, np.ndarray]]]]:
     """Yield (target scan, [(offset, neighbour scan, neighbour -> target transform)]) for ascending targets."""
     cache: dict[int, LabelledScan] = {}
-    lo, hi = min(offsets + (0,)), max(offsets + (0,))
+    lo, hi = min((*offsets, 0)), max((*offsets, 0))
     for t in targets:
         for f in [f for f in cache if f < t + lo or f > t + hi]:
             del cache[f]  # never needed again: targets ascend
