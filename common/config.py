@@ -129,7 +129,7 @@ class FusionConfig(Config):
     future: int = 0  # scans t+1..t+future (offline, the future is on disk)
     hard_classes: tuple[str, ...] = DEFAULT_HARD_CLASSES
     voxel: float = 0.05  # metres; thins fused points so a static object seen in many scans doesn't dominate
-    drift_threshold: float = 0.3  # metres of centroid drift after pose alignment that marks an instance as moving
+    drift_threshold: float = 0.5  # metres of centroid drift after pose alignment that marks an instance as moving
     centroid_correction: bool = True  # move moving instances onto the target instance's centroid
     fuse_occluded_static: bool = False  # also fuse static instances absent from scan t
     shard_size: int = 50  # scans per HDF5 shard

@@ -28,7 +28,7 @@ console = Console(stderr=True)
               help="neighbour scans: -K:+K (past:future); the released code uses the 4 previous scans")
 @click.option("--voxel", type=float, default=0.05, show_default=True, help="voxel filter on fused points (m); 0 = off")
 @click.option("--hard-classes", default=",".join(DEFAULT_HARD_CLASSES), show_default=True)
-@click.option("--drift-threshold", type=float, default=0.3, show_default=True,
+@click.option("--drift-threshold", type=float, default=0.5, show_default=True,
               help="centroid drift (m) after pose alignment that marks an instance as moving")
 @click.option("--no-centroid-correction", is_flag=True, help="fuse moving instances with the poses only")
 @click.option("--fuse-occluded-static", is_flag=True, help="also fuse static instances absent from the target scan")

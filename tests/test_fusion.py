@@ -1,0 +1,220 @@
+"""make fuse: shards, alignment, resumability, bad input, and a numpy reference."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from m2skd.common import kitti_io as K
+from m2skd.common.config import FusionConfig, parse_window
+from m2skd.common.labels import HARD_CLASS_IDS
+from m2skd.common.shards import ShardReader, read_manifest
+from m2skd.preprocess import fusion_kernels as FK
+from m2skd.preprocess.fuse_pipeline import FusionError, run_fusion
+
+from .conftest import SMALL, nn_dist
+from .fusion_reference import reference_fuse
+
+CFG = FusionConfig(shard_size=5)
+
+
+@pytest.fixture(scope="module")
+def fused(synth_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fused")
+    manifest = run_fusion(synth_root, ["00", "08"], out, CFG, workers=2)
+    return out, manifest
+
+
+def _scans(out, manifest, seq="00"):
+    for e in manifest["shards"]:
+        if e["sequence"] == seq:
+            r = ShardReader(Path(out) / e["file"])
+            for i in range(len(r)):
+                yield r.scan(i)
+
+
+def test_manifest_lists_every_scan(fused, synth_root):
+    out, manifest = fused
+    assert manifest["scans"] == 2 * SMALL.scans
+    assert sorted(e["file"] for e in manifest["shards"])[0] == "seq00_000000-000004.h5"
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+    assert read_manifest(out)["config_hash"] == manifest["config_hash"]
+
+
+def test_original_part_is_the_raw_scan(fused, synth_root):
+    out, manifest = fused
+    seq = K.Sequence(synth_root, "00")
+    frames = []
+    for s in _scans(out, manifest):
+        raw = seq.scan_path(s.frame).read_bytes()
+        assert s.n_original * 16 == len(raw)
+        assert s.points[: s.n_original].tobytes() == raw
+        assert (s.source[: s.n_original] == 0).all()
+        frames.append(s.frame)
+    assert frames == list(range(SMALL.scans))
+
+
+def test_fused_points_are_hard_instances_of_the_target(fused):
+    out, manifest = fused
+    total = 0
+    for s in _scans(out, manifest):
+        f = slice(s.n_original, None)
+        total += len(s.labels[f])
+        assert np.isin(s.labels[f], HARD_CLASS_IDS).all()
+        assert (s.instance[f] > 0).all()
+        own = set(zip(s.labels[: s.n_original].tolist(), s.instance[: s.n_original].tolist(), strict=True))
+        assert set(zip(s.labels[f].tolist(), s.instance[f].tolist(), strict=True)) <= own
+        assert set(np.unique(s.source[f])) <= {-1, -2, -3, -4}
+    assert total > 0
+
+
+def _instance_alignment(synth_root, tmp_path, correction: bool):
+    """Median NN distance of fused points (from t-4) to their own instance in t, moving vs static."""
+    cfg = FusionConfig(shard_size=20, voxel=0.0, centroid_correction=correction)
+    out = tmp_path / f"c{int(correction)}"
+    manifest = run_fusion(synth_root, ["00"], out, cfg)
+    seq = K.Sequence(synth_root, "00")
+    static, moving = [], []
+    for s in _scans(out, manifest):
+        if s.frame < 4:
+            continue
+        _, sem, _ = seq.read(s.frame)
+        for key in set(zip(s.labels[s.n_original:].tolist(), s.instance[s.n_original:].tolist(), strict=True)):
+            own = (s.labels[: s.n_original] == key[0]) & (s.instance[: s.n_original] == key[1])
+            mine = (s.labels == key[0]) & (s.instance == key[1]) & (s.source == -4)
+            if own.sum() < 10 or mine.sum() < 10:
+                continue
+            d = np.median(nn_dist(s.points[mine], s.points[: s.n_original][own]))
+            (moving if (sem[own] >= 252).any() else static).append(d)
+    return np.array(static), np.array(moving)
+
+
+def test_static_and_moving_instances_land_on_the_target(synth_root, tmp_path):
+    static_c, moving_c = _instance_alignment(synth_root, tmp_path, correction=True)
+    static_n, moving_n = _instance_alignment(synth_root, tmp_path, correction=False)
+    assert len(static_c) and len(moving_c)
+    # static: the poses alone put them on the object (sensor noise 2 cm + sampling)
+    assert np.median(static_n) < 0.1 + SMALL.range_noise
+    # moving: off by their motion without the correction, on the object with it
+    assert np.median(moving_n) > 0.4
+    assert np.median(moving_c) < 0.5 * np.median(moving_n)
+
+
+def test_matches_the_numpy_reference(synth_root, tmp_path):
+    cfg = FusionConfig(shard_size=20, past=2, future=2, fuse_occluded_static=True)
+    manifest = run_fusion(synth_root, ["08"], tmp_path, cfg)
+    seq = K.Sequence(synth_root, "08")
+    n_fused = 0
+    for s in _scans(tmp_path, manifest, "08"):
+        pts, lab, ins, src = reference_fuse(seq, s.frame, cfg)
+        assert len(pts) == len(s.points), s.frame
+        assert np.allclose(pts, s.points, atol=1e-4)
+        assert (lab == s.labels).all() and (ins == s.instance).all() and (src == s.source).all()
+        n_fused += len(pts) - s.n_original
+    assert n_fused > 0
+
+
+def test_test_split_is_refused_and_nothing_written(synth_root, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(FusionError, match="no labels.*Nothing was written"):
+        run_fusion(synth_root, ["00", "11"], out, CFG)
+    assert not out.exists()
+
+
+def _copy_seq(src_root, dst_root, name="00"):
+    import shutil
+
+    shutil.copytree(K.Sequence(src_root, name).path, K.Sequence(dst_root, name).path)
+    return K.Sequence(dst_root, name)
+
+
+def test_short_poses_and_missing_scan_are_refused(synth_root, tmp_path):
+    seq = _copy_seq(synth_root, tmp_path / "a")
+    lines = (seq.path / "poses.txt").read_text().splitlines()
+    (seq.path / "poses.txt").write_text("\n".join(lines[:-2]) + "\n")
+    with pytest.raises(K.KittiFormatError, match=r"poses\.txt: 10 poses but the sequence has 12 scans"):
+        run_fusion(tmp_path / "a", ["00"], tmp_path / "out", CFG)
+    seq = _copy_seq(synth_root, tmp_path / "b")
+    seq.scan_path(5).unlink()
+    with pytest.raises(K.KittiFormatError, match=r"missing in the middle.*\[5\]"):
+        run_fusion(tmp_path / "b", ["00"], tmp_path / "out", CFG)
+    assert not (tmp_path / "out").exists()
+
+
+def test_corrupt_shard_is_rebuilt(synth_root, tmp_path):
+    run_fusion(synth_root, ["00"], tmp_path, CFG)
+    shard = tmp_path / "seq00_000005-000009.h5"
+    good = shard.read_bytes()
+    shard.write_bytes(good[: len(good) // 2])  # truncated on disk
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.h5")}
+    run_fusion(synth_root, ["00"], tmp_path, CFG)
+    assert shard.read_bytes() == good
+    after = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.h5")}
+    assert [n for n in before if before[n] != after[n]] == [shard.name]  # the others were skipped
+
+
+def _arrays(path):
+    r = ShardReader(path)
+    return [r.scan(i) for i in range(len(r))], r.attrs
+
+
+def test_sigkill_then_rerun_gives_the_uninterrupted_shards(synth_root, tmp_path):
+    ref = tmp_path / "ref"
+    run_fusion(synth_root, ["00", "08"], ref, FusionConfig(shard_size=2))
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "m2skd.preprocess.fuse_cli", "--data", str(synth_root), "--sequences", "00,08",
+           "--out", str(out), "--shard-size", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list(out.glob("*.h5.json"))) < 2:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    n_done = len(list(out.glob("*.h5.json")))
+    assert 0 < n_done < 12, "the kill should land mid-run"
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert not list(out.glob(".*.tmp"))
+    names = sorted(p.name for p in ref.glob("*.h5"))
+    assert names == sorted(p.name for p in out.glob("*.h5"))
+    for name in names:
+        a, attrs_a = _arrays(ref / name)
+        b, attrs_b = _arrays(out / name)
+        assert attrs_a == attrs_b
+        for x, y in zip(a, b, strict=True):
+            for field in ("points", "labels", "instance", "source"):
+                assert np.array_equal(getattr(x, field), getattr(y, field))
+            assert x.n_original == y.n_original and x.frame == y.frame
+
+
+def test_kernels_hand_cases():
+    pts = np.array([[0.01, 0.01, 0.01], [0.02, 0.04, 0.0], [0.06, 0.0, 0.0], [-0.01, 0.0, 0.0], [0.03, 0.03, 0.03]])
+    assert FK.voxel_first(pts, 0.05).tolist() == [0, 2, 3]
+    keys = np.array([7, 3, 7, 3, 9], np.uint64)
+    xyz = np.array([[0, 0, 0], [1, 1, 1], [2, 0, 0], [3, 1, 1], [5, 5, 5]], np.float64)
+    ids, cent, counts, group = FK.group_centroids(keys, xyz)
+    assert ids.tolist() == [3, 7, 9] and counts.tolist() == [2, 2, 1] and group.tolist() == [1, 0, 1, 0, 2]
+    assert cent.tolist() == [[2, 1, 1], [1, 0, 0], [5, 5, 5]]
+    m = np.eye(4)
+    m[:3, :3] = [[0, -1, 0], [1, 0, 0], [0, 0, 1]]
+    m[:3, 3] = [1, 2, 3]
+    assert FK.transform(np.array([[1.0, 0, 0, 0.5]]), m).tolist() == [[1, 3, 3]]
+
+
+def test_window_options():
+    assert parse_window("-4:+0") == (4, 0) and parse_window("-2:+2") == (2, 2) and parse_window("3") == (3, 0)
+    assert FusionConfig(past=2, future=2).offsets == (-1, 1, -2, 2)
+    for bad in ("x", "+2:-1"):
+        with pytest.raises(ValueError):
+            parse_window(bad)
+    with pytest.raises(ValueError):
+        FusionConfig(past=0, future=0)
+    with pytest.raises(ValueError, match="unknown train class"):
+        FusionConfig(hard_classes=("dragon",))
