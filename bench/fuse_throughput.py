@@ -20,13 +20,13 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from m2skd.common import kitti_io  # noqa: E402
-from m2skd.common.config import FusionConfig, SynthConfig  # noqa: E402
-from m2skd.preprocess.fuse_pipeline import plan, run_fusion  # noqa: E402
-from m2skd.preprocess.fusion import fuse_scan, hard_lut  # noqa: E402
-from m2skd.preprocess.synth import generate_sequence  # noqa: E402
-from m2skd.preprocess.walker import iter_windows  # noqa: E402
-from tests.fusion_reference import reference_fuse  # noqa: E402
+from m2skd.common import kitti_io
+from m2skd.common.config import FusionConfig, SynthConfig
+from m2skd.preprocess.fuse_pipeline import plan, run_fusion
+from m2skd.preprocess.fusion import fuse_scan, hard_lut
+from m2skd.preprocess.synth import generate_sequence
+from m2skd.preprocess.walker import iter_windows
+from tests.fusion_reference import reference_fuse
 
 
 @click.command()

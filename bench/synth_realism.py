@@ -13,12 +13,13 @@ from pathlib import Path
 
 import click
 import numpy as np
+from rich.console import Console
+from rich.table import Table
+
 from m2skd.common.config import SynthConfig
 from m2skd.common.kitti_io import read_scan
 from m2skd.common.labels import CLASS_NAMES, raw_to_train
 from m2skd.preprocess.synth import SequenceSim
-from rich.console import Console
-from rich.table import Table
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 

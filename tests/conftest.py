@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from m2skd.common.config import SynthConfig
 from m2skd.preprocess.synth import generate_sequence
 

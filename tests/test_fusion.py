@@ -124,7 +124,7 @@ def test_matches_the_numpy_reference(synth_root, tmp_path):
 
 def test_test_split_is_refused_and_nothing_written(synth_root, tmp_path):
     out = tmp_path / "out"
-    with pytest.raises(FusionError, match="no labels.*Nothing was written"):
+    with pytest.raises(FusionError, match=r"no labels.*Nothing was written"):
         run_fusion(synth_root, ["00", "11"], out, CFG)
     assert not out.exists()
 

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from m2skd.common.config import kitti_calib_matrices
 from m2skd.common.geometry import PolarGrid, camera_poses, cart2polar, lidar_poses, transform_points
 

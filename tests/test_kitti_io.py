@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from m2skd.common import kitti_io as K
 from m2skd.common.config import kitti_calib_matrices
 

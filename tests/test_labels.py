@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from m2skd.common import labels as L
 
 

@@ -4,6 +4,7 @@ import hashlib
 
 import numpy as np
 import pytest
+
 from m2skd.common import kitti_io as K
 from m2skd.common.config import SynthConfig
 from m2skd.common.geometry import relative_pose, transform_points
