@@ -133,6 +133,7 @@ class FusionConfig(Config):
     centroid_correction: bool = True  # move moving instances onto the target instance's centroid
     fuse_occluded_static: bool = False  # also fuse static instances absent from scan t
     shard_size: int = 50  # scans per HDF5 shard
+    compress_points: bool = False  # shuffle+lzf on points: 22% smaller shards, ~9x slower writes
 
     def __post_init__(self) -> None:
         if self.past < 0 or self.future < 0 or self.past + self.future == 0:

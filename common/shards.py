@@ -61,8 +61,14 @@ def shard_name(sequence: str, first: int, last: int) -> str:
     return f"seq{sequence}_{first:06d}-{last:06d}.h5"
 
 
-def write_shard(path: str | os.PathLike, scans: list[FusedScan], attrs: dict) -> dict:
-    """Write scans to `path` atomically (lzf, chunked); return its manifest entry."""
+def write_shard(path: str | os.PathLike, scans: list[FusedScan], attrs: dict, compress_points: bool = False) -> dict:
+    """Write scans to `path` atomically (chunked, lzf); return its manifest entry.
+
+    lzf on raw float32 LiDAR points saves nothing (measured ratio 1.00) and costs ~20 ms
+    a full-size scan, so `points` is stored uncompressed unless `compress_points`, which
+    adds the byte-shuffle filter first (ratio 0.78 at the same cost). The integer
+    datasets are always lzf-compressed: they shrink many-fold for almost nothing.
+    """
     path = Path(path)
     if not scans:
         raise ShardError(f"{path}: no scans to write")
@@ -73,7 +79,9 @@ def write_shard(path: str | os.PathLike, scans: list[FusedScan], attrs: dict) ->
             for name, dtype in DATASETS.items():
                 data = np.concatenate([getattr(s, name) for s in scans]).astype(dtype, copy=False)
                 chunks = (min(len(data), 65536), *data.shape[1:]) if len(data) else None
-                f.create_dataset(name, data=data, compression="lzf" if len(data) else None, chunks=chunks)
+                compress = len(data) > 0 and (name != "points" or compress_points)
+                f.create_dataset(name, data=data, chunks=chunks, compression="lzf" if compress else None,
+                                 shuffle=bool(compress and name == "points"))
             f.create_dataset("offsets", data=offsets)
             f.create_dataset("n_original", data=np.array([s.n_original for s in scans], np.int32))
             f.create_dataset("frame", data=np.array([s.frame for s in scans], np.int32))

@@ -95,7 +95,8 @@ def fuse_sequence(
             on_scan(sp.name, target.frame, False)
         if target.frame in bounds:
             first = bounds[target.frame]
-            entries.append(write_shard(out / shard_name(sp.name, first, target.frame), batch, attrs))
+            entries.append(write_shard(out / shard_name(sp.name, first, target.frame), batch, attrs,
+                                       compress_points=cfg.compress_points))
             batch = []
     return entries
 

@@ -218,3 +218,14 @@ def test_window_options():
         FusionConfig(past=0, future=0)
     with pytest.raises(ValueError, match="unknown train class"):
         FusionConfig(hard_classes=("dragon",))
+
+
+def test_compressed_points_read_back_identically(synth_root, tmp_path):
+    plain = run_fusion(synth_root, ["08"], tmp_path / "plain", FusionConfig(shard_size=20))
+    packed = run_fusion(synth_root, ["08"], tmp_path / "packed", FusionConfig(shard_size=20, compress_points=True))
+    assert plain["config_hash"] != packed["config_hash"]
+    for e in plain["shards"]:
+        a, _ = _arrays(tmp_path / "plain" / e["file"])
+        b, _ = _arrays(tmp_path / "packed" / e["file"])
+        for x, y in zip(a, b, strict=True):
+            assert np.array_equal(x.points, y.points) and np.array_equal(x.labels, y.labels)
