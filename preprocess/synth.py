@@ -112,14 +112,20 @@ class SequenceSim:
         return pts, sem, inst
 
 
-def _ground_remission(raw: np.ndarray) -> np.ndarray:
+def _remission_lut() -> np.ndarray:
     from ..common.labels import RAW_LABELS
 
     lut = np.zeros(1 << 16)
     for r in RAW_LABELS:
-        if r.name in synth_world.REMISSION:
-            lut[r.raw_id] = synth_world.REMISSION[r.name]
-    return lut[raw]
+        lut[r.raw_id] = synth_world.REMISSION.get(r.name, 0.0)
+    return lut
+
+
+_REMISSION_LUT = _remission_lut()  # built once, not per scan
+
+
+def _ground_remission(raw: np.ndarray) -> np.ndarray:
+    return _REMISSION_LUT[raw]
 
 
 def generate_sequence(
