@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from .geometry import PolarGrid
 from .labels import DEFAULT_HARD_CLASSES, class_ids
 
 T = TypeVar("T", bound="Config")
@@ -179,3 +180,108 @@ def parse_window(spec: str) -> tuple[int, int]:
     if past < 0 or future < 0:
         raise ValueError(f"bad window {spec!r}: past must be <= 0 and future >= 0")
     return past, future
+
+
+MODELS = ("polarnet", "cylinder3d")
+
+# Published grids (design.md 1.5): PolarSeg's polar volume and Cylinder3D's cylinder.
+GRID_BOUNDS = {
+    "polarnet": ((3.0, -3.141592653589793, -3.0), (50.0, 3.141592653589793, 1.5)),
+    "cylinder3d": ((0.0, -3.141592653589793, -4.0), (50.0, 3.141592653589793, 2.0)),
+}
+
+# KITTI split (design.md 2); the synthetic demo uses 00 to train and 08 to validate.
+TRAIN_SEQUENCES = ("00", "01", "02", "03", "04", "05", "06", "07", "09", "10")
+VAL_SEQUENCES = ("08",)
+
+
+@dataclass(frozen=True)
+class TrainConfig(Config):
+    """Backbone, optimisation, augmentation and distillation settings of one training run.
+
+    `paper` is the published setting (design.md 1.5-1.6), `tiny` trains in minutes on two
+    CPU cores: a 96x72x16 grid and narrow layers. Fields that change the network's shape
+    (model, grid, widths) are checked when a checkpoint is loaded.
+    """
+
+    model: str = "cylinder3d"
+    grid_shape: tuple[int, int, int] = (480, 360, 32)
+    min_bound: tuple[float, float, float] | None = None  # None: the model's published bounds
+    max_bound: tuple[float, float, float] | None = None
+    point_widths: tuple[int, ...] = (64, 128, 256, 256)  # point MLP after BN(9)
+    max_points_per_cell: int = 0  # PolarSeg keeps at most 256 random points per BEV cell; 0 = all
+    init_size: int = 32  # Cylinder3D base width / PolarNet U-Net first width
+    compress: int = 16  # point feature width fed to the grid (PolarNet: = height bins)
+    dropout: float = 0.5  # PolarNet head dropout
+    hard_classes: tuple[str, ...] = DEFAULT_HARD_CLASSES
+
+    # optimisation (released config: Adam 1e-3, batch 2, no scheduler)
+    lr: float = 1e-3
+    batch_size: int = 2
+    lovasz_weight: float = 1.0
+    amp: bool = False  # CUDA only; ignored on CPU
+    workers: int = 2
+    checkpoint_every: int = 500
+    log_every: int = 1
+
+    # augmentation (released config)
+    aug_rotate_deg: float = 45.0
+    aug_flip: bool = True
+    aug_scale: tuple[float, float] = (0.95, 1.05)
+    aug_translate: tuple[float, float, float] = (0.5, 0.5, 0.1)
+
+    # distillation (student only, design.md 1.4)
+    w_feat: float = 0.1
+    w_logit: float = 1.0
+    w_aff: float = 1.0
+    temperature: float = 2.0
+    logit_variant: str = "kl"  # "kl": KL(p_t||p_s) * T^2; "released": T=1/0.3, |log ratio| > 0.01
+    aff_level: str = "instance"  # "instance" (paper) or "class" (released code)
+    aff_cap: int = 256  # voxels per instance in the affinity matrix (random subset)
+
+    train_sequences: tuple[str, ...] = TRAIN_SEQUENCES
+    val_sequences: tuple[str, ...] = VAL_SEQUENCES
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; choose from {MODELS}")
+        if self.logit_variant not in ("kl", "released"):
+            raise ValueError(f"logit_variant must be 'kl' or 'released', got {self.logit_variant!r}")
+        if self.aff_level not in ("instance", "class"):
+            raise ValueError(f"aff_level must be 'instance' or 'class', got {self.aff_level!r}")
+        if self.batch_size <= 0 or self.lr <= 0 or self.temperature <= 0 or self.aff_cap < 2:
+            raise ValueError("batch_size, lr and temperature must be positive and aff_cap >= 2")
+        class_ids(self.hard_classes)
+        # fill the model's published bounds so the saved config is fully resolved
+        lo, hi = GRID_BOUNDS[self.model]
+        if self.min_bound is None:
+            object.__setattr__(self, "min_bound", lo)
+        if self.max_bound is None:
+            object.__setattr__(self, "max_bound", hi)
+
+    @classmethod
+    def _presets(cls) -> dict[str, dict[str, Any]]:
+        return {
+            "paper": {},
+            "tiny": {
+                "grid_shape": (96, 72, 16), "point_widths": (16, 32, 64), "init_size": 8, "compress": 8,
+                "checkpoint_every": 100,
+            },
+        }
+
+    @classmethod
+    def build(cls, preset: str, model: str, **overrides: Any) -> TrainConfig:
+        """The named preset for `model` with CLI overrides applied and the grid bounds resolved."""
+        d = cls.preset(preset).to_dict()
+        d.update(model=model, min_bound=None, max_bound=None)
+        d.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(d)
+
+    @property
+    def grid(self) -> PolarGrid:
+        return PolarGrid(tuple(self.grid_shape), tuple(self.min_bound), tuple(self.max_bound))
+
+    def shape_fields(self) -> dict[str, Any]:
+        """What a checkpoint's weights depend on: loading into another shape is refused."""
+        keys = ("model", "grid_shape", "min_bound", "max_bound", "point_widths", "init_size", "compress")
+        return {k: _plain(getattr(self, k)) for k in keys}

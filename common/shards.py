@@ -189,9 +189,12 @@ class ShardReader:
             self._pid = os.getpid()
         return self._f
 
-    def scan(self, i: int) -> FusedScan:
+    def scan(self, i: int, prefix: bool = False) -> FusedScan:
+        """Scan i; with `prefix`, only its original points (the single-scan view) are read."""
         f = self._file()
         a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+        if prefix:
+            b = a + int(self.n_original[i])
         return FusedScan(
             frame=int(self.frames[i]), points=f["points"][a:b], labels=f["labels"][a:b],
             instance=f["instance"][a:b], source=f["source"][a:b], n_original=int(self.n_original[i]),

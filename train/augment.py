@@ -1,0 +1,51 @@
+"""Scan augmentation (released M2SKD config: rotation, flip, scale, translation).
+
+One draw of parameters is applied to all points of a fused scan; since the student's
+points are the first `n_original` of the teacher's, both views get the identical
+transform by construction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from m2skd.common.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    rotation: float  # radians about z
+    flip_x: bool
+    flip_y: bool
+    scale: float
+    translation: tuple[float, float, float]
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, cfg: TrainConfig) -> Augmentation:
+        return cls(
+            rotation=float(np.deg2rad(rng.uniform(-cfg.aug_rotate_deg, cfg.aug_rotate_deg))),
+            flip_x=bool(cfg.aug_flip and rng.random() < 0.5),
+            flip_y=bool(cfg.aug_flip and rng.random() < 0.5),
+            scale=float(rng.uniform(*cfg.aug_scale)),
+            translation=tuple(float(v) for v in rng.normal(0.0, cfg.aug_translate)),
+        )
+
+    @classmethod
+    def identity(cls) -> Augmentation:
+        return cls(0.0, False, False, 1.0, (0.0, 0.0, 0.0))
+
+    def matrix(self) -> np.ndarray:
+        """(3, 4) affine map applied to xyz (flip, then rotate, then scale, then shift)."""
+        c, s = np.cos(self.rotation), np.sin(self.rotation)
+        m = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+        m = m @ np.diag([-1.0 if self.flip_x else 1.0, -1.0 if self.flip_y else 1.0, 1.0]) * self.scale
+        return np.concatenate([m, np.array(self.translation)[:, None]], axis=1)
+
+    def apply(self, points: np.ndarray) -> np.ndarray:
+        """(N, 4) points -> augmented copy (remission untouched)."""
+        m = self.matrix()
+        out = np.array(points, dtype=np.float32, copy=True)
+        out[:, :3] = points[:, :3] @ m[:, :3].T.astype(np.float32) + m[:, 3].astype(np.float32)
+        return out

@@ -1,0 +1,73 @@
+"""Checkpoints: written to a temp file and renamed, checked on load against the run that
+wants them (kind of network, shapes, label set)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from m2skd.common.atomic import atomic_path
+from m2skd.common.config import TrainConfig
+from m2skd.common.labels import CLASS_NAMES
+
+FORMAT = "m2skd-checkpoint-1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, corrupt or belongs to another kind of run."""
+
+
+def save_checkpoint(path: str | Path, *, kind: str, step: int, total_steps: int, cfg: TrainConfig,
+                    model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, seed: int,
+                    extra: dict | None = None) -> None:
+    state = {
+        "format": FORMAT, "kind": kind, "step": step, "total_steps": total_steps, "seed": seed,
+        "config": cfg.to_dict(), "classes": list(CLASS_NAMES),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "torch_rng": torch.get_rng_state(),
+        **(extra or {}),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch raises many types on a truncated or foreign file
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an m2skd checkpoint (format {state.get('format') if isinstance(state, dict) else '?'})")
+    if state["classes"] != list(CLASS_NAMES):
+        raise CheckpointError(f"{path}: trained on another label set ({len(state['classes'])} classes: "
+                              f"{state['classes'][:4]}...), this code uses the SemanticKITTI 19 + unlabelled")
+    return state
+
+
+def checkpoint_config(state: dict, path: str | Path) -> TrainConfig:
+    try:
+        return TrainConfig.from_dict(state["config"])
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: its saved config is not valid here ({e})") from None
+
+
+def check_compatible(state: dict, cfg: TrainConfig, path: str | Path, role: str) -> None:
+    """Refuse weights whose network shape differs from `cfg` (other backbone, preset or grid)."""
+    saved = checkpoint_config(state, path).shape_fields()
+    want = cfg.shape_fields()
+    diff = {k: (saved[k], want[k]) for k in want if saved[k] != want[k]}
+    if diff:
+        lines = ", ".join(f"{k}: checkpoint {a} vs run {b}" for k, (a, b) in diff.items())
+        raise CheckpointError(f"{path}: the {role} checkpoint is a different network ({lines}); "
+                              "use the same --model and --preset it was trained with")
+
+
+def write_config(out: str | Path, payload: dict) -> None:
+    with atomic_path(Path(out) / "config.json") as tmp:
+        tmp.write_text(json.dumps(payload, indent=1))

@@ -1,0 +1,145 @@
+"""The three M2SKD distillations (design.md 1.4): features, logits, instance-aware affinity.
+
+The student's points are the first n_original points of each teacher sample and both
+views are voxelised on the same grid, so every student voxel is also a teacher voxel:
+voxels are matched by their int64 grid keys (sorted search, no dense grid) and points by
+index.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from m2skd.common.config import TrainConfig
+from m2skd.common.labels import class_ids
+
+from .batch import Batch
+from .models import ModelOutput
+
+RELEASED_SCALE = 0.3  # released code: softmax(logits * 0.3), i.e. T = 1/0.3
+RELEASED_THRESHOLD = 0.01  # released code: only voxels whose KD term exceeds this
+
+
+def join_voxels(student_keys: torch.Tensor, teacher_keys: torch.Tensor) -> torch.Tensor:
+    """For each student voxel key, the index of the same key among the (sorted, unique)
+    teacher keys. Raises if a student voxel has no teacher voxel: the views did not come
+    from the same scans and augmentation."""
+    pos = torch.searchsorted(teacher_keys, student_keys).clamp_(max=max(len(teacher_keys) - 1, 0))
+    if len(student_keys) and (len(teacher_keys) == 0 or not bool((teacher_keys[pos] == student_keys).all())):
+        missing = int((teacher_keys[pos] != student_keys).sum()) if len(teacher_keys) else len(student_keys)
+        raise ValueError(f"{missing} student voxels are not teacher voxels: the two views are not the same "
+                         "scans with the same augmentation")
+    return pos
+
+
+def student_point_index(teacher: Batch, student: Batch) -> torch.Tensor:
+    """Teacher row of every student point (the first n_original rows of each teacher sample)."""
+    starts = torch.tensor([0, *teacher.sizes[:-1]]).cumsum(0).tolist()
+    idx = [torch.arange(s, s + n) for s, n in zip(starts, student.sizes, strict=True)]
+    return torch.cat(idx).to(teacher.labels.device)
+
+
+def feature_loss(s_feat: torch.Tensor, t_feat: torch.Tensor) -> torch.Tensor:
+    """MSE between matched (already adapted) student and teacher voxel features."""
+    if len(s_feat) == 0:
+        return s_feat.sum() * 0.0
+    return F.mse_loss(s_feat.float(), t_feat.float().detach())
+
+
+def logit_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float = 2.0,
+               variant: str = "kl") -> torch.Tensor:
+    """'kl': mean over points of KL(p_t || p_s) at temperature T, times T^2 (Hinton et al.).
+    'released': softmax(0.3 z), per point sum_c p_t |log p_t - log p_s|, averaged over the
+    points whose term exceeds 0.01 (our reading of the released code)."""
+    if len(s_logits) == 0:
+        return s_logits.sum() * 0.0
+    t_logits = t_logits.detach().float()
+    s_logits = s_logits.float()
+    if variant == "kl":
+        log_ps = F.log_softmax(s_logits / temperature, dim=1)
+        log_pt = F.log_softmax(t_logits / temperature, dim=1)
+        kl = (log_pt.exp() * (log_pt - log_ps)).sum(dim=1)
+        return kl.mean() * temperature**2
+    if variant == "released":
+        log_ps = F.log_softmax(s_logits * RELEASED_SCALE, dim=1)
+        log_pt = F.log_softmax(t_logits * RELEASED_SCALE, dim=1)
+        term = (log_pt.exp() * (log_pt - log_ps).abs()).sum(dim=1)
+        keep = term > RELEASED_THRESHOLD
+        return term[keep].mean() if bool(keep.any()) else term.sum() * 0.0
+    raise ValueError(f"unknown logit distillation variant {variant!r}")
+
+
+def cosine_affinity(x: torch.Tensor) -> torch.Tensor:
+    x = F.normalize(x.float(), dim=1, eps=1e-8)
+    return x @ x.T
+
+
+def affinity_loss(s_feat: torch.Tensor, t_feat: torch.Tensor, groups: list[torch.Tensor]) -> torch.Tensor:
+    """Mean over groups (instances) of mean |A_s - A_t|, A the cosine-similarity matrix of
+    the group's voxel features. Groups of fewer than 2 voxels carry no affinity and are
+    skipped; no group at all gives 0."""
+    losses = [(cosine_affinity(s_feat[g]) - cosine_affinity(t_feat[g].detach())).abs().mean()
+              for g in groups if len(g) >= 2]
+    if not losses:
+        return s_feat.sum() * 0.0
+    return torch.stack(losses).mean()
+
+
+def affinity_groups(student: Batch, out: ModelOutput, hard_ids: tuple[int, ...], cap: int, level: str = "instance",
+                    generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    """Voxel index sets of each hard-class instance (or class, per scan) of the student's scans,
+    each capped at `cap` voxels by a random subset."""
+    labels, inst = student.labels, student.instance
+    is_hard = torch.isin(labels, torch.tensor(hard_ids, device=labels.device))
+    if level == "instance":
+        is_hard &= inst > 0
+    if not bool(is_hard.any()):
+        return []
+    sample = torch.repeat_interleave(torch.arange(student.batch_size, device=labels.device),
+                                     torch.tensor(student.sizes, device=labels.device))
+    ident = inst if level == "instance" else labels
+    # one id per (scan, instance) or (scan, class); voxels of the group = voxels of its points
+    gid = sample[is_hard] * (int(ident.max()) + 1) + ident[is_hard]
+    vox = out.point_voxel[is_hard]
+    pairs = torch.unique(torch.stack([gid, vox], dim=1), dim=0)  # sorted by group, then voxel
+    _, counts = torch.unique_consecutive(pairs[:, 0], return_counts=True)
+    groups = []
+    for g in torch.split(pairs[:, 1], counts.tolist()):
+        if len(g) > cap:
+            g = g[torch.randperm(len(g), generator=generator, device=g.device)[:cap]]
+        groups.append(g)
+    return groups
+
+
+class Distiller(nn.Module):
+    """Computes L_feat, L_logit and L_aff for one (teacher, student) batch pair.
+
+    Holds the 1x1 adapter (a Linear on voxel features) when the widths differ; with the
+    same backbone on both sides it is the identity and has no weights.
+    """
+
+    def __init__(self, cfg: TrainConfig, student_dim: int, teacher_dim: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.hard_ids = tuple(class_ids(cfg.hard_classes))
+        self.adapter = nn.Identity() if student_dim == teacher_dim else nn.Linear(student_dim, teacher_dim)
+
+    def forward(self, teacher: Batch, t_out: ModelOutput, student: Batch, s_out: ModelOutput,
+                use: dict[str, bool], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        losses: dict[str, torch.Tensor] = {}
+        t_idx = join_voxels(s_out.voxel_keys, t_out.voxel_keys)
+        s_feat = self.adapter(s_out.voxel_feats)
+        t_feat = t_out.voxel_feats[t_idx]
+        if use.get("feat"):
+            losses["feat"] = feature_loss(s_feat, t_feat)
+        if use.get("logit"):
+            rows = student_point_index(teacher, student)
+            losses["logit"] = logit_loss(s_out.point_logits, t_out.point_logits[rows], cfg.temperature,
+                                         cfg.logit_variant)
+        if use.get("aff"):
+            groups = affinity_groups(student, s_out, self.hard_ids, cfg.aff_cap, cfg.aff_level, generator)
+            losses["aff"] = affinity_loss(s_feat, t_feat, groups)
+        return losses

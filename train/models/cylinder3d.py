@@ -1,0 +1,161 @@
+"""Cylinder3D (Zhu et al., CVPR 2021): cylindrical voxels, point MLP + max pool per voxel,
+asymmetric residual sparse 3D U-Net on spconv (layer plan as in design.md 1.5).
+
+spconv on CPU only runs with ConvAlgo.Native (its default implicit-GEMM algorithm asks
+for a CUDA stream), so the algorithm is picked from the device the model is built for.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from m2skd.common.config import TrainConfig
+from m2skd.common.labels import NUM_CLASSES
+
+from ..batch import Batch, group
+from . import ModelOutput
+from .point_encoder import PointEncoder
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", FutureWarning)  # spconv uses torch.cuda.amp decorators torch deprecates
+    import spconv.pytorch as spconv
+    from spconv.core import ConvAlgo
+
+
+class _Ctx:
+    """Construction context: the conv algorithm for the target device."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.algo = ConvAlgo.Native if device.type != "cuda" else ConvAlgo.MaskImplicitGemm
+
+    def subm(self, cin: int, cout: int, k, key: str) -> spconv.SubMConv3d:
+        k = (k, k, k) if isinstance(k, int) else k
+        pad = tuple(x // 2 for x in k)
+        return spconv.SubMConv3d(cin, cout, k, padding=pad, bias=False, indice_key=key, algo=self.algo)
+
+
+def _act_bn(x: spconv.SparseConvTensor, bn: nn.Module) -> spconv.SparseConvTensor:
+    return x.replace_feature(bn(nn.functional.leaky_relu(x.features, 0.01)))
+
+
+class AsymPair(nn.Module):
+    """Two asymmetric convs (e.g. 1x3x3 then 3x1x3), each LeakyReLU + BN."""
+
+    def __init__(self, ctx: _Ctx, cin: int, cout: int, k1, k2, key: str) -> None:
+        super().__init__()
+        self.c1, self.b1 = ctx.subm(cin, cout, k1, f"{key}_{k1}"), nn.BatchNorm1d(cout)
+        self.c2, self.b2 = ctx.subm(cout, cout, k2, f"{key}_{k2}"), nn.BatchNorm1d(cout)
+
+    def forward(self, x):
+        return _act_bn(self.c2(_act_bn(self.c1(x), self.b1)), self.b2)
+
+
+A, B_ = (1, 3, 3), (3, 1, 3)
+
+
+class ResContext(nn.Module):
+    def __init__(self, ctx: _Ctx, cin: int, cout: int, key: str) -> None:
+        super().__init__()
+        self.shortcut = AsymPair(ctx, cin, cout, A, B_, key)
+        self.branch = AsymPair(ctx, cin, cout, B_, A, key)
+
+    def forward(self, x):
+        s, r = self.shortcut(x), self.branch(x)
+        return s.replace_feature(s.features + r.features)
+
+
+class DownBlock(nn.Module):
+    """Residual asymmetric block, then a strided sparse conv (height pooled in the first two)."""
+
+    def __init__(self, ctx: _Ctx, cin: int, cout: int, key: str, pool_height: bool) -> None:
+        super().__init__()
+        self.res = ResContext(ctx, cin, cout, key)
+        stride = (2, 2, 2) if pool_height else (2, 2, 1)
+        self.pool = spconv.SparseConv3d(cout, cout, 3, stride=stride, padding=1, bias=False,
+                                        indice_key=f"down_{key}", algo=ctx.algo)
+
+    def forward(self, x):
+        skip = self.res(x)
+        return self.pool(skip), skip
+
+
+class UpBlock(nn.Module):
+    """Sparse conv at level k+1, inverse conv back to level k's voxels, add the skip, three convs.
+
+    Index keys name the resolution level, so convs of one kernel shape at one level share
+    their (identical) neighbour lists."""
+
+    def __init__(self, ctx: _Ctx, cin: int, cout: int, level: int) -> None:
+        super().__init__()
+        key = f"l{level}"
+        self.trans, self.tb = ctx.subm(cin, cout, 3, f"l{level + 1}_3"), nn.BatchNorm1d(cout)
+        self.up = spconv.SparseInverseConv3d(cout, cout, 3, bias=False, indice_key=f"down_{key}", algo=ctx.algo)
+        self.c1, self.b1 = ctx.subm(cout, cout, A, f"{key}_{A}"), nn.BatchNorm1d(cout)
+        self.c2, self.b2 = ctx.subm(cout, cout, B_, f"{key}_{B_}"), nn.BatchNorm1d(cout)
+        self.c3, self.b3 = ctx.subm(cout, cout, 3, f"{key}_3"), nn.BatchNorm1d(cout)
+
+    def forward(self, x, skip):
+        x = self.up(_act_bn(self.trans(x), self.tb))
+        x = x.replace_feature(x.features + skip.features)  # inverse conv restores skip's indices and order
+        x = _act_bn(self.c1(x), self.b1)
+        x = _act_bn(self.c2(x), self.b2)
+        return _act_bn(self.c3(x), self.b3)
+
+
+class ReconBlock(nn.Module):
+    """3x1x1, 1x3x1, 1x1x3 convs gated by sigmoid, summed, multiplied onto the input."""
+
+    def __init__(self, ctx: _Ctx, c: int, key: str) -> None:
+        super().__init__()
+        ks = [(3, 1, 1), (1, 3, 1), (1, 1, 3)]
+        self.convs = nn.ModuleList(ctx.subm(c, c, k, f"{key}_{k}") for k in ks)
+        self.bns = nn.ModuleList(nn.BatchNorm1d(c) for _ in ks)
+
+    def forward(self, x):
+        gate = sum(torch.sigmoid(bn(conv(x).features)) for conv, bn in zip(self.convs, self.bns, strict=True))
+        return x.replace_feature(gate * x.features)
+
+
+class Cylinder3D(nn.Module):
+    def __init__(self, cfg: TrainConfig, device: torch.device, n_classes: int = NUM_CLASSES) -> None:
+        super().__init__()
+        ctx = _Ctx(device)
+        w = cfg.init_size
+        self.shape = tuple(cfg.grid_shape)
+        self.encoder = PointEncoder(tuple(cfg.point_widths), cfg.compress)
+        self.context = ResContext(ctx, cfg.compress, w, "l0")
+        self.down = nn.ModuleList([
+            DownBlock(ctx, w, 2 * w, "l0", True),
+            DownBlock(ctx, 2 * w, 4 * w, "l1", True),
+            DownBlock(ctx, 4 * w, 8 * w, "l2", False),
+            DownBlock(ctx, 8 * w, 16 * w, "l3", False),
+        ])
+        self.up = nn.ModuleList([
+            UpBlock(ctx, 16 * w, 16 * w, 3),
+            UpBlock(ctx, 16 * w, 8 * w, 2),
+            UpBlock(ctx, 8 * w, 4 * w, 1),  # the released code's feature-KD level (upBlock2)
+            UpBlock(ctx, 4 * w, 2 * w, 0),
+        ])
+        self.recon = ReconBlock(ctx, 2 * w, "l0")
+        self.logits = ctx.subm(4 * w, n_classes, 3, "l0_3")
+        # bias kept outside the sparse conv: spconv fuses a conv bias only on CUDA (no-grad path)
+        self.logit_bias = nn.Parameter(torch.zeros(n_classes))
+        self.feature_dim = 4 * w
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        keys, vox, inverse = group(batch.vox, self.shape)
+        feats = self.encoder(batch.feats, inverse, len(keys))
+        x = spconv.SparseConvTensor(feats, vox.int(), list(self.shape), batch.batch_size)
+        x = self.context(x)
+        skips = []
+        for down in self.down:
+            x, skip = down(x)
+            skips.append(skip)
+        for up in self.up:
+            x = up(x, skips.pop())
+        dec = torch.cat([self.recon(x).features, x.features], dim=1)
+        logits = self.logits(x.replace_feature(dec)).features + self.logit_bias
+        return ModelOutput(logits[inverse], keys, dec, inverse)
