@@ -23,6 +23,9 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0 || $(BIN)/pip install -q 'torch>=2.1'
 	$(BIN)/pip install -q -e '.[spconv,dev]'
+	# the official SemanticKITTI evaluator, which the tests check our mIoU against; --no-deps
+	# because its package pulls GUI stacks (vispy, pyqt5, imgui) its iouEval never uses
+	$(BIN)/pip install -q --no-deps semantic-kitti-api
 	@touch $@
 
 test: $(STAMP)

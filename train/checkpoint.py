@@ -42,8 +42,9 @@ def load_checkpoint(path: str | Path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # torch raises many types on a truncated or foreign file
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not an m2skd checkpoint (format {state.get('format') if isinstance(state, dict) else '?'})")
+    fmt = state.get("format") if isinstance(state, dict) else None
+    if fmt != FORMAT:
+        raise CheckpointError(f"{path}: not an m2skd checkpoint (format {fmt!r}, expected {FORMAT!r})")
     if state["classes"] != list(CLASS_NAMES):
         raise CheckpointError(f"{path}: trained on another label set ({len(state['classes'])} classes: "
                               f"{state['classes'][:4]}...), this code uses the SemanticKITTI 19 + unlabelled")

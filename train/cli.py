@@ -29,7 +29,7 @@ ERRORS = (ShardError, CheckpointError, KittiFormatError, UnknownLabelError, Valu
 
 
 def _fail(e: Exception) -> None:
-    console.print(f"[red]error:[/] {e}")
+    click.echo(f"error: {e}", err=True)  # plain: rich would wrap the file name mid-path
     sys.exit(1)
 
 
@@ -163,3 +163,5 @@ def eval_cmd(ckpt: Path, data: Path | None, cache: Path | None, split: str, sequ
         json_path.write_text(json.dumps(result, indent=1))
     if predictions:
         console.print(f"predictions: {predictions}/sequences/*/predictions/*.label (raw ids)")
+if __name__ == "__main__":
+    main()

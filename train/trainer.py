@@ -105,6 +105,10 @@ def train(spec: RunSpec) -> Path:
         raise TrainError(f"unknown run kind {spec.kind!r}; choose from {KINDS}")
     cfg = spec.cfg
     device = pick_device(spec.device)
+    if device.type == "cpu":
+        # CPU index_put/scatter accumulate in a thread-dependent order unless told not to;
+        # deterministic kernels make a seeded (and a resumed) run reproducible bit for bit
+        torch.use_deterministic_algorithms(True, warn_only=True)
     dist = init_distributed(device)
     out = Path(spec.out)
     ckpt_path = out / CHECKPOINT
@@ -156,7 +160,8 @@ def train(spec: RunSpec) -> Path:
     sampler = StepSampler(len(dataset), cfg.batch_size, spec.seed, total, start, dist.rank, dist.world)
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, collate_fn=collate(VIEW[spec.kind]), num_workers=cfg.workers,
-        pin_memory=device.type == "cuda", prefetch_factor=4 if cfg.workers > 0 else None)
+        pin_memory=device.type == "cuda", prefetch_factor=4 if cfg.workers > 0 else None,
+        generator=torch.Generator().manual_seed(spec.seed))  # keeps the loader off the global RNG (resume)
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     weights = {"feat": cfg.w_feat, "logit": cfg.w_logit, "aff": cfg.w_aff}
@@ -173,7 +178,8 @@ def train(spec: RunSpec) -> Path:
     model.train()
     step = start
     t_last, scans_since = time.perf_counter(), 0
-    with _progress(spec.progress and dist.main) as bar, (out / METRICS).open("a") if dist.main else nullcontext() as log:
+    log_file = (out / METRICS).open("a") if dist.main else nullcontext()
+    with _progress(spec.progress and dist.main) as bar, log_file as log:
         task = bar.add_task(f"{spec.kind} ({cfg.model})", total=total, completed=start, losses="", rate="")
         for batch in loader:
             aff_gen.manual_seed(spec.seed * 1_000_003 + step)
@@ -200,7 +206,8 @@ def train(spec: RunSpec) -> Path:
             scaler.update()
             step += 1
             scans_since += s_batch.batch_size * dist.world
-            record = {"step": step, **{k: float(v.detach()) for k, v in losses.items()}, "total": float(total_loss.detach())}
+            record = {"step": step, **{k: float(v.detach()) for k, v in losses.items()},
+                      "total": float(total_loss.detach())}
             if dist.main:
                 now = time.perf_counter()
                 rate = scans_since / max(now - t_last, 1e-9)

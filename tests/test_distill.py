@@ -1,0 +1,150 @@
+"""Distillation terms against hand-computed values, and their guard rails."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from m2skd.train.batch import Batch, collate, group
+from m2skd.train.dataset import ShardDataset
+from m2skd.train.distill import (
+    Distiller,
+    affinity_groups,
+    affinity_loss,
+    feature_loss,
+    join_voxels,
+    logit_loss,
+    student_point_index,
+)
+from m2skd.train.models import ModelOutput, build_model
+
+from .conftest import tiny_train_config
+
+
+def test_join_voxels_on_hand_made_keys():
+    teacher = torch.tensor([2, 5, 9, 11, 40])
+    student = torch.tensor([5, 40, 2])
+    assert join_voxels(student, teacher).tolist() == [1, 4, 0]
+    assert join_voxels(torch.tensor([], dtype=torch.long), teacher).tolist() == []
+    with pytest.raises(ValueError, match="not teacher voxels"):
+        join_voxels(torch.tensor([5, 6]), teacher)
+    with pytest.raises(ValueError, match="not teacher voxels"):
+        join_voxels(torch.tensor([50]), teacher)  # past the last key
+
+
+def test_join_through_grid_coordinates():
+    # teacher voxels (b, r, p, z) in arbitrary order; the student holds a subset
+    t_vox = torch.tensor([[0, 1, 2, 0], [1, 0, 0, 1], [0, 0, 1, 1], [0, 1, 2, 0], [1, 3, 1, 0]])
+    s_vox = torch.tensor([[1, 3, 1, 0], [0, 0, 1, 1]])
+    shape = (4, 3, 2)
+    t_keys, t_cells, _ = group(t_vox, shape)
+    s_keys, s_cells, _ = group(s_vox, shape)
+    idx = join_voxels(s_keys, t_keys)
+    assert torch.equal(t_cells[idx], s_cells)
+
+
+def test_feature_loss_by_hand():
+    s = torch.tensor([[1.0, 2.0], [0.0, 0.0]])
+    t = torch.tensor([[1.0, 0.0], [3.0, 1.0]])
+    # squared errors 0, 4, 9, 1 -> mean 3.5
+    assert float(feature_loss(s, t)) == pytest.approx(3.5)
+
+
+def test_kl_logit_loss_by_hand():
+    s = torch.tensor([[0.0, 0.0]])
+    t = torch.tensor([[2.0, 0.0]])
+    T = 2.0
+    pt1 = math.exp(1.0) / (math.exp(1.0) + 1.0)  # softmax of t / T = (1, 0)
+    kl = pt1 * math.log(pt1 / 0.5) + (1 - pt1) * math.log((1 - pt1) / 0.5)
+    assert float(logit_loss(s, t, T, "kl")) == pytest.approx(kl * T * T, rel=1e-6)
+
+
+def test_released_logit_loss_by_hand():
+    s = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
+    t = torch.tensor([[10.0, 0.0], [1.0, 0.0]])  # the second point agrees: below the threshold
+    p = 1 / (1 + math.exp(-3.0))  # softmax(0.3 * (10, 0))
+    term = p * abs(math.log(p / 0.5)) + (1 - p) * abs(math.log((1 - p) / 0.5))
+    assert float(logit_loss(s, t, 2.0, "released")) == pytest.approx(term, rel=1e-6)
+
+
+def test_affinity_loss_by_hand():
+    # student: two orthogonal voxels (cos 0); teacher: parallel (cos 1)
+    s = torch.tensor([[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]])
+    t = torch.tensor([[1.0, 0.0], [2.0, 0.0], [1.0, 1.0]])
+    # group {0, 1}: A_s = [[1,0],[0,1]], A_t = [[1,1],[1,1]] -> mean |diff| = 2/4
+    # group {2}: one voxel, no affinity -> skipped; group {1, 2}: A_s off-diag cos45 = 0.7071, A_t 0.7071 -> 0
+    groups = [torch.tensor([0, 1]), torch.tensor([2]), torch.tensor([1, 2])]
+    assert float(affinity_loss(s, t, groups)) == pytest.approx((0.5 + 0.0) / 2, abs=1e-6)
+    assert float(affinity_loss(s, t, [])) == 0.0
+
+
+def _batch_with(labels, instance, vox):
+    n = len(labels)
+    return Batch(feats=torch.zeros(n, 9), vox=torch.tensor(vox), labels=torch.tensor(labels),
+                 instance=torch.tensor(instance), sizes=[n], n_original=[n])
+
+
+def test_affinity_groups_per_instance_and_per_class():
+    # points of two person instances (7, 8) and one car (label 1, not hard), voxel of each point given
+    labels = [6, 6, 6, 6, 1, 1]
+    instance = [7, 7, 8, 8, 9, 9]
+    point_voxel = torch.tensor([0, 1, 2, 2, 3, 3])
+    b = _batch_with(labels, instance, [[0, 0, 0, 0]] * 6)
+    out = ModelOutput(torch.zeros(6, 20), torch.arange(4), torch.zeros(4, 3), point_voxel)
+    hard = (2, 3, 4, 5, 6, 7, 8)
+    groups = affinity_groups(b, out, hard, cap=10)
+    assert sorted(g.tolist() for g in groups) == [[0, 1], [2]]
+    by_class = affinity_groups(b, out, hard, cap=10, level="class")
+    assert [g.tolist() for g in by_class] == [[0, 1, 2]]
+    capped = affinity_groups(b, out, hard, cap=2, level="class")
+    assert len(capped[0]) == 2 and set(capped[0].tolist()) <= {0, 1, 2}
+    # no hard-class instance: no groups -> L_aff = 0, not NaN
+    none = _batch_with([1, 9], [3, 0], [[0, 0, 0, 0]] * 2)
+    assert affinity_groups(none, ModelOutput(torch.zeros(2, 20), torch.arange(1), torch.zeros(1, 3),
+                                             torch.zeros(2, dtype=torch.long)), hard, cap=10) == []
+
+
+def test_student_point_index():
+    t = Batch(torch.zeros(10, 9), torch.zeros(10, 4, dtype=torch.long), torch.zeros(10, dtype=torch.long),
+              torch.zeros(10, dtype=torch.long), sizes=[6, 4], n_original=[4, 3])
+    s = Batch(torch.zeros(7, 9), torch.zeros(7, 4, dtype=torch.long), torch.zeros(7, dtype=torch.long),
+              torch.zeros(7, dtype=torch.long), sizes=[4, 3], n_original=[4, 3])
+    assert student_point_index(t, s).tolist() == [0, 1, 2, 3, 6, 7, 8]
+
+
+@pytest.mark.parametrize("model", ["polarnet", "cylinder3d"])
+def test_identical_networks_and_views_distil_to_zero(fused_cache, model):
+    cfg = tiny_train_config(model)
+    ds = ShardDataset(fused_cache, ("00",), cfg, view="both")
+    _, student = collate("both")([ds[(2, 7)], ds[(4, 8)]])
+    torch.manual_seed(0)
+    net = build_model(cfg).eval()
+    with torch.no_grad():
+        out = net(student)
+    losses = Distiller(cfg, net.feature_dim, net.feature_dim)(student, out, student, out,
+                                                             {"feat": True, "logit": True, "aff": True})
+    assert set(losses) == {"feat", "logit", "aff"}
+    for k, v in losses.items():
+        assert abs(float(v)) < 1e-6, k
+
+
+@pytest.mark.parametrize("model", ["polarnet", "cylinder3d"])
+def test_gradients_reach_the_student_never_the_teacher(fused_cache, model):
+    cfg = tiny_train_config(model)
+    ds = ShardDataset(fused_cache, ("00",), cfg, view="both")
+    teacher_b, student_b = collate("both")([ds[(1, 3)], ds[(3, 4)]])
+    torch.manual_seed(1)
+    teacher = build_model(cfg).eval().requires_grad_(False)
+    student = build_model(cfg).train()
+    with torch.no_grad():
+        t_out = teacher(teacher_b)
+    s_out = student(student_b)
+    losses = Distiller(cfg, student.feature_dim, teacher.feature_dim)(
+        teacher_b, t_out, student_b, s_out, {"feat": True, "logit": True, "aff": True})
+    assert all(float(v.detach()) > 0 for v in losses.values())  # different networks and views disagree
+    sum(losses.values()).backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    grads = [p.grad for p in student.parameters() if p.grad is not None]
+    assert grads and sum(float(g.abs().sum()) for g in grads) > 0

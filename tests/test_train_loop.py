@@ -1,0 +1,166 @@
+"""Backbones learn, runs resume exactly, evaluation and prediction files are right, bad input is refused."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from m2skd.common import kitti_io
+from m2skd.common.labels import raw_to_train
+from m2skd.train.batch import collate
+from m2skd.train.checkpoint import CheckpointError, load_checkpoint
+from m2skd.train.dataset import RawDataset, ShardDataset
+from m2skd.train.evaluate import evaluate, load_model
+from m2skd.train.losses import segmentation_loss
+from m2skd.train.metrics import Confusion, predict
+from m2skd.train.models import build_model
+from m2skd.train.trainer import RunSpec, TrainError, read_metrics, train
+
+from .conftest import tiny_train_config
+
+
+def _oracle_miou(vox: np.ndarray, labels: np.ndarray) -> float:
+    """Best mIoU any per-voxel classifier can reach: the majority label of each voxel."""
+    _, inv = np.unique(vox, axis=0, return_inverse=True)
+    inv = inv.ravel()
+    votes = np.zeros((inv.max() + 1, 20), np.int64)
+    np.add.at(votes, (inv, labels), 1)
+    votes[:, 0] = 0
+    conf = Confusion()
+    conf.add(votes.argmax(1)[inv][labels > 0], labels[labels > 0])
+    present = np.flatnonzero(conf.matrix.sum(0))
+    return float(conf.iou()[present].mean())
+
+
+# PolarNet decodes 8 heights x 20 classes from one pooled BEV cell and converges more
+# slowly than the 3D network: in 60 steps it reaches ~half the voxel oracle (0.42 of 0.82
+# measured), Cylinder3D all of it in 40.
+@pytest.mark.parametrize(("model", "steps", "frac"), [("polarnet", 60, 0.45), ("cylinder3d", 40, 0.9)])
+def test_backbone_overfits_one_scan(fused_cache, model, steps, frac):
+    cfg = tiny_train_config(model, dropout=0.0)
+    sample = ShardDataset(fused_cache, ("00",), cfg, view="student")[0]
+    batch = collate("student")([sample.prefix(8000)])  # a third of the scan keeps the test quick
+    torch.manual_seed(0)
+    net = build_model(cfg).train()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(steps):
+        loss = segmentation_loss(net(batch).point_logits, batch.labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    with torch.no_grad():
+        pred = predict(net(batch).point_logits)
+    conf = Confusion()
+    conf.add(pred, batch.labels)
+    present = np.flatnonzero(conf.matrix[:, 1:].sum(0)) + 1
+    miou = float(conf.iou()[present].mean())
+    oracle = _oracle_miou(batch.vox.numpy(), batch.labels.numpy())
+    assert losses[-1] < 0.35 * losses[0]
+    assert miou > frac * oracle, (miou, oracle)
+
+
+def _spec(cache, out, kind="teacher", steps=4, **kw):
+    cfg = tiny_train_config(kw.pop("model", "polarnet"), **kw.pop("cfg", {}))
+    return RunSpec(kind=kind, cfg=cfg, cache=cache, out=out, steps=steps, seed=3, progress=False, **kw)
+
+
+@pytest.mark.parametrize("model", ["polarnet", "cylinder3d"])
+def test_resume_gives_the_weights_of_an_unbroken_run(fused_cache, tmp_path, model):
+    # PolarNet with dropout and a per-cell point cap: RNG state must be restored too
+    extra = {"max_points_per_cell": 8} if model == "polarnet" else {}
+    train(_spec(fused_cache, tmp_path / "full", steps=4, model=model, cfg=extra))
+    train(_spec(fused_cache, tmp_path / "part", steps=2, model=model, cfg=extra))
+    assert load_checkpoint(tmp_path / "part" / "last.pt")["step"] == 2
+    train(_spec(fused_cache, tmp_path / "part", steps=4, resume=True, model=model, cfg=extra))
+    a = load_checkpoint(tmp_path / "full" / "last.pt")
+    b = load_checkpoint(tmp_path / "part" / "last.pt")
+    assert a["step"] == b["step"] == 4
+    for k, v in a["model"].items():
+        torch.testing.assert_close(v, b["model"][k], rtol=0, atol=0, msg=k)
+    assert [m["step"] for m in read_metrics(tmp_path / "part")] == [1, 2, 3, 4]
+    assert json.loads((tmp_path / "part" / "config.json").read_text())["config"]["model"] == model
+    # a finished run is not overwritten by accident
+    with pytest.raises(TrainError, match="--resume"):
+        train(_spec(fused_cache, tmp_path / "full", steps=4, model=model, cfg=extra))
+
+
+def test_student_run_logs_every_term_and_refuses_a_foreign_teacher(fused_cache, tmp_path):
+    train(_spec(fused_cache, tmp_path / "t", steps=2))
+    train(_spec(fused_cache, tmp_path / "s", kind="student", steps=2, teacher=tmp_path / "t" / "last.pt"))
+    rows = read_metrics(tmp_path / "s")
+    assert len(rows) == 2 and all({"seg", "feat", "logit", "aff", "total"} <= set(r) for r in rows)
+    for r in rows:
+        assert all(np.isfinite(r[k]) for k in ("seg", "feat", "logit", "aff", "total"))
+        assert r["total"] == pytest.approx(r["seg"] + 0.1 * r["feat"] + r["logit"] + r["aff"], rel=1e-5)
+    # switching a term off removes it from the log
+    train(_spec(fused_cache, tmp_path / "s2", kind="student", steps=1, teacher=tmp_path / "t" / "last.pt",
+                cfg={"w_aff": 0.0}))
+    assert "aff" not in read_metrics(tmp_path / "s2")[0]
+    with pytest.raises(CheckpointError, match="different network"):
+        train(_spec(fused_cache, tmp_path / "s3", kind="student", steps=1, model="cylinder3d",
+                    teacher=tmp_path / "t" / "last.pt"))
+    with pytest.raises(CheckpointError, match="not a teacher"):
+        train(_spec(fused_cache, tmp_path / "s4", kind="student", steps=1, teacher=tmp_path / "s" / "last.pt"))
+
+
+def test_eval_predictions_decode_to_the_predicted_labels(synth_root, fused_cache, tmp_path):
+    train(_spec(fused_cache, tmp_path / "b", kind="baseline", steps=2))
+    model, cfg, _ = load_model(tmp_path / "b" / "last.pt", torch.device("cpu"))
+    ds = RawDataset(synth_root, ("08",), cfg)
+    conf = evaluate(model, ds, torch.device("cpu"), predictions=tmp_path / "pred", progress=False)
+    seq = kitti_io.Sequence(tmp_path / "pred", "08")
+    check = Confusion()
+    for i in (0, len(ds) - 1):
+        sample = ds[i]
+        with torch.no_grad():
+            expected = predict(model(collate("student")([sample])).point_logits).numpy()
+        semantic, instance = kitti_io.read_label(seq.prediction_path(sample.frame))
+        assert semantic.dtype == np.uint32 and not instance.any()
+        # raw ids (e.g. 10 for car, 40 for road), which map back to the predicted train ids
+        assert set(np.unique(semantic)) <= {10, 11, 15, 18, 20, 30, 31, 32, 40, 44, 48, 49, 50, 51, 70, 71, 72,
+                                             80, 81}
+        np.testing.assert_array_equal(raw_to_train(semantic), expected)
+    # the confusion the evaluator built equals one rebuilt from the files and the ground truth
+    for frame in kitti_io.Sequence(synth_root, "08").frames():
+        gt = raw_to_train(kitti_io.read_label(kitti_io.Sequence(synth_root, "08").label_path(frame))[0])
+        check.add(raw_to_train(kitti_io.read_label(seq.prediction_path(frame))[0]), gt)
+    np.testing.assert_array_equal(check.matrix, conf.matrix)
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "m2skd.train.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+def test_cli_train_eval_and_clear_errors(fused_cache, synth_root, tmp_path):
+    out = tmp_path / "run"
+    r = _cli("baseline", "--cache", str(fused_cache), "--model", "polarnet", "--steps", "1", "--out", str(out),
+             "--workers", "0", "--train-sequences", "00", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (out / "last.pt").is_file() and (out / "config.json").is_file()
+    r = _cli("eval", "--ckpt", str(out / "last.pt"), "--data", str(synth_root), "--json", str(tmp_path / "r.json"),
+             "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert set(res) >= {"miou", "hard_miou", "iou"} and len(res["iou"]) == 19
+    assert res["miou"] == pytest.approx(np.mean(list(res["iou"].values())))
+    # an empty cache, a missing sequence, a corrupt checkpoint: one clear line each, exit 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = _cli("teacher", "--cache", str(empty), "--steps", "1", "--out", str(tmp_path / "x"), cwd=tmp_path)
+    assert r.returncode == 1 and "no manifest" in r.stderr
+    r = _cli("teacher", "--cache", str(fused_cache), "--steps", "1", "--out", str(tmp_path / "x"),
+             "--train-sequences", "05", cwd=tmp_path)
+    assert r.returncode == 1 and "no fused scans of sequence(s) ['05']" in r.stderr
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    r = _cli("eval", "--ckpt", str(bad), "--data", str(synth_root), cwd=tmp_path)
+    assert r.returncode == 1 and "bad.pt: not a readable checkpoint" in r.stderr
