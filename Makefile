@@ -12,8 +12,13 @@ SEQ        ?= 00
 WORKERS    ?= 2
 WINDOW     ?=
 PYTEST_ARGS ?=
+MODEL      ?= polarnet
+# make demo trains each run DEMO_STEPS steps (DEMO_FAST=1: a quick look in under 5 minutes)
+DEMO_STEPS ?= $(if $(DEMO_FAST),120,600)
+SEEDS      ?= 0,1,2
+CKPT       ?=
 
-.PHONY: setup .venv test test-slow demo synth fuse lint clean
+.PHONY: setup .venv test test-slow demo demo-seeds synth fuse eval bench lint clean
 
 setup .venv: $(STAMP)
 
@@ -41,12 +46,30 @@ lint: $(STAMP)
 synth: $(STAMP)
 	$(BIN)/m2skd-synth $(DEMO_DATA) --sequences 00,08 --preset demo
 
-demo: synth
+# The whole pipeline on CPU: synthetic data, fusion, teacher, baseline and student, one table.
+demo: $(STAMP)
+	$(MAKE) fuse SEQ=00,08
+	$(BIN)/python -m m2skd.train.demo --cache $(CACHE)/fused --out $(CACHE)/demo --model $(MODEL) \
+		--steps $(DEMO_STEPS)
+
+demo-seeds: $(STAMP)
+	$(MAKE) fuse SEQ=00,08
+	$(BIN)/python -m m2skd.train.demo --cache $(CACHE)/fused --out $(CACHE)/demo --model $(MODEL) \
+		--steps $(DEMO_STEPS) --seeds $(SEEDS)
+
+# make eval CKPT=path/last.pt [DATA=raw root]: IoU table, JSON and raw-id prediction files beside the checkpoint
+eval: $(STAMP)
+	@if [ -z "$(CKPT)" ]; then echo "usage: make eval CKPT=path/to/last.pt [DATA=root]"; exit 2; fi
+	$(BIN)/m2skd-train eval --ckpt $(CKPT) --data $(DATA) --split val --json $(dir $(CKPT))eval.json \
+		--predictions $(dir $(CKPT))predictions
 
 fuse: $(STAMP)
 	@if [ "$(DATA)" = "$(DEMO_DATA)" ] && [ ! -d "$(DEMO_DATA)/sequences" ]; then $(MAKE) synth; fi
 	$(BIN)/m2skd-fuse --data $(DATA) --sequences $(SEQ) --out $(CACHE)/fused --workers $(WORKERS) \
 		$(if $(WINDOW),--window $(WINDOW),)
 
+bench: $(STAMP)
+	$(BIN)/python bench/train_step.py
+
 clean:
-	rm -rf $(CACHE)/synth $(CACHE)/fused
+	rm -rf $(CACHE)/synth $(CACHE)/fused $(CACHE)/demo $(CACHE)/runs

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,7 @@ class RunSpec:
     teacher: Path | None = None
     progress: bool = True
     extra: dict = field(default_factory=dict)
+    on_finish: Callable[[torch.nn.Module], None] | None = None  # every rank's final model (tests)
 
 
 def _total_steps(spec: RunSpec, n_scans: int, world: int) -> int:
@@ -221,6 +223,8 @@ def train(spec: RunSpec) -> Path:
             if step % cfg.checkpoint_every == 0 and step < total:
                 save(step)
     save(step)
+    if spec.on_finish is not None:
+        spec.on_finish(model)
     return ckpt_path
 
 

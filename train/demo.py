@@ -1,0 +1,171 @@
+"""`make demo` / `make demo-seeds`: teacher, baseline and student on the synthetic data,
+evaluated on single-scan val, with one results table, JSON/Markdown files and PNG plots.
+
+Every run resumes where it stopped (`--resume`), so an interrupted demo picks up again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from m2skd.common.atomic import atomic_path
+from m2skd.common.config import MODELS, TrainConfig
+from m2skd.common.labels import CLASS_NAMES, class_ids
+
+from .batch import collate
+from .dataset import ShardDataset
+from .evaluate import evaluate, load_model
+from .metrics import predict
+from .runtime import pick_device
+from .trainer import RunSpec, read_metrics, train
+
+console = Console()
+
+
+def _train(kind: str, cfg: TrainConfig, cache: Path, out: Path, steps: int, seed: int, device: str,
+           teacher: Path | None = None) -> Path:
+    return train(RunSpec(kind=kind, cfg=cfg, cache=cache, out=out, steps=steps, seed=seed, resume=True,
+                         device=device, teacher=teacher, extra={"preset": "tiny", "demo": True}))
+
+
+def _score(ckpt: Path, cache: Path, fused: bool, device: torch.device) -> dict:
+    model, cfg, _ = load_model(ckpt, device)
+    ds = ShardDataset(cache, cfg.val_sequences, cfg, view="teacher" if fused else "student")
+    return evaluate(model, ds, device, progress=False).summary(cfg.hard_classes)
+
+
+def _row_names(hard: tuple[str, ...]) -> list[str]:
+    return ["miou", "hard_miou", *[CLASS_NAMES[c] for c in class_ids(hard)]]
+
+
+def _value(r: dict, key: str) -> float:
+    return 100 * (r[key] if key in ("miou", "hard_miou") else r["iou"][key])
+
+
+def results_table(res: dict, hard: tuple[str, ...]) -> Table:
+    t = Table(title="M2SKD demo: single-scan val (teacher: fused val), IoU %")
+    for col in ("", "baseline", "teacher (fused)", "M2SKD student", "student gain"):
+        t.add_column(col, justify="right" if col else "left")
+    for key in _row_names(hard):
+        b, te, s = (_value(res[k], key) for k in ("baseline", "teacher", "student"))
+        name = {"miou": "[bold]mIoU", "hard_miou": "[bold]hard-class mIoU"}.get(key, key)
+        gain = s - b
+        t.add_row(name, f"{b:.1f}", f"{te:.1f}", f"{s:.1f}", f"[{'green' if gain > 0 else 'red'}]{gain:+.1f}")
+    return t
+
+
+def results_markdown(res: dict, hard: tuple[str, ...]) -> str:
+    lines = ["| | baseline | teacher (fused val) | M2SKD student | student gain |", "|---|---:|---:|---:|---:|"]
+    for key in _row_names(hard):
+        b, te, s = (_value(res[k], key) for k in ("baseline", "teacher", "student"))
+        name = {"miou": "**mIoU**", "hard_miou": "**hard-class mIoU**"}.get(key, key)
+        lines.append(f"| {name} | {b:.1f} | {te:.1f} | {s:.1f} | {s - b:+.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _plots(out: Path, cache: Path, runs: dict[str, Path], device: torch.device) -> None:
+    from . import plots
+
+    _, cfg, _ = load_model(runs["student"], device)
+    ds = ShardDataset(cache, cfg.val_sequences, cfg, view="teacher")
+    reader, _ = ds.index[len(ds) // 2]
+    scan = ds.readers[reader].scan(ds.index[len(ds) // 2][1])
+    plots.single_vs_fused(scan.points, scan.labels, scan.n_original, cfg.hard_classes, out / "single_vs_fused.png")
+    sample = ShardDataset(cache, cfg.val_sequences, cfg, view="student")[len(ds) // 2]
+    batch = collate("student")([sample]).to(device)
+    panels = {"ground truth": sample.labels}
+    for name in ("baseline", "student"):
+        model, _, _ = load_model(runs[name], device)
+        with torch.no_grad():
+            panels[name] = predict(model(batch).point_logits).cpu().numpy()
+    panels["M2SKD student"] = panels.pop("student")
+    plots.predictions(scan.points[: scan.n_original], panels, out / "predictions.png")
+    plots.training_curves({k: read_metrics(v.parent) for k, v in runs.items()}, out / "training_curves.png")
+
+
+def _write(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=Path("data_cache/fused"))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("data_cache/demo"))
+@click.option("--model", type=click.Choice(MODELS), default="polarnet", show_default=True)
+@click.option("--steps", type=int, default=600, show_default=True, help="steps of each run")
+@click.option("--seeds", default="0", show_default=True, help="baseline/student seeds, e.g. 0,1,2")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--workers", type=int, default=1, show_default=True)
+@click.option("--no-plots", is_flag=True)
+def main(cache: Path, out: Path, model: str, steps: int, seeds: str, device: str, workers: int,
+         no_plots: bool) -> None:
+    """Train and compare teacher, single-scan baseline and M2SKD student on the demo data."""
+    t0 = time.perf_counter()
+    seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    cfg = TrainConfig.build("tiny", model, workers=workers, train_sequences=("00",), val_sequences=("08",))
+    dev = pick_device(device)
+    runs_dir = out / "runs"
+    teacher = _train("teacher", cfg, cache, runs_dir / "teacher", steps, 0, device)
+    per_seed = {}
+    for seed in seed_list:
+        b = _train("baseline", cfg, cache, runs_dir / f"baseline_s{seed}", steps, seed, device)
+        s = _train("student", cfg, cache, runs_dir / f"student_s{seed}", steps, seed, device, teacher)
+        per_seed[seed] = {"baseline": _score(b, cache, False, dev), "student": _score(s, cache, False, dev)}
+    res = {"teacher": _score(teacher, cache, True, dev), **per_seed[seed_list[0]]}
+    res = {k: res[k] for k in ("baseline", "teacher", "student")}
+    res["setup"] = {"model": model, "preset": "tiny", "steps": steps, "seed": seed_list[0], "device": str(dev),
+                    "train": list(cfg.train_sequences), "val": list(cfg.val_sequences)}
+    console.print(results_table(res, cfg.hard_classes))
+    out.mkdir(parents=True, exist_ok=True)
+    _write(out / "results.json", json.dumps(res, indent=1))
+    md = results_markdown(res, cfg.hard_classes)
+    if len(seed_list) > 1:
+        seeds_res = _seed_summary(per_seed)
+        _write(out / "seeds.json", json.dumps({"seeds": seed_list, **seeds_res,
+                                                "per_seed": {str(k): v for k, v in per_seed.items()}}, indent=1))
+        smd = _seed_markdown(seeds_res, seed_list)
+        _write(out / "seeds.md", smd)
+        console.print(smd)
+    _write(out / "results.md", md)
+    if not no_plots:
+        _plots(out, cache, {"teacher": teacher, "baseline": runs_dir / f"baseline_s{seed_list[0]}" / "last.pt",
+                            "student": runs_dir / f"student_s{seed_list[0]}" / "last.pt"}, dev)
+    console.print(f"results: {out}/results.json, results.md" + ("" if no_plots else ", *.png")
+                  + f" ({(time.perf_counter() - t0) / 60:.1f} min)")
+
+
+def _seed_summary(per_seed: dict) -> dict:
+    out = {}
+    for kind in ("baseline", "student"):
+        for key in ("miou", "hard_miou"):
+            vals = np.array([100 * r[kind][key] for r in per_seed.values()])
+            out.setdefault(kind, {})[key] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)),
+                                             "values": vals.round(2).tolist()}
+    gains = np.array([100 * (r["student"]["hard_miou"] - r["baseline"]["hard_miou"]) for r in per_seed.values()])
+    out["hard_miou_gain"] = {"mean": float(gains.mean()), "std": float(gains.std(ddof=1)),
+                             "values": gains.round(2).tolist(), "positive": int((gains > 0).sum())}
+    return out
+
+
+def _seed_markdown(s: dict, seeds: list[int]) -> str:
+    def f(d):
+        return f"{d['mean']:.1f} ± {d['std']:.1f} ({', '.join(f'{v:.1f}' for v in d['values'])})"
+
+    return "\n".join([
+        f"| seeds {','.join(map(str, seeds))} | mIoU | hard-class mIoU |", "|---|---|---|",
+        f"| baseline | {f(s['baseline']['miou'])} | {f(s['baseline']['hard_miou'])} |",
+        f"| M2SKD student | {f(s['student']['miou'])} | {f(s['student']['hard_miou'])} |",
+        f"| student gain (hard mIoU) | | {f(s['hard_miou_gain'])}; positive in {s['hard_miou_gain']['positive']}"
+        f"/{len(seeds)} |", ""])
+
+
+if __name__ == "__main__":
+    main()
