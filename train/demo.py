@@ -76,8 +76,8 @@ def _plots(out: Path, cache: Path, runs: dict[str, Path], device: torch.device) 
 
     _, cfg, _ = load_model(runs["student"], device)
     ds = ShardDataset(cache, cfg.val_sequences, cfg, view="teacher")
-    reader, _ = ds.index[len(ds) // 2]
-    scan = ds.readers[reader].scan(ds.index[len(ds) // 2][1])
+    reader, i = ds.index[len(ds) // 2]
+    scan = ds.readers[reader].scan(i)
     plots.single_vs_fused(scan.points, scan.labels, scan.n_original, cfg.hard_classes, out / "single_vs_fused.png")
     sample = ShardDataset(cache, cfg.val_sequences, cfg, view="student")[len(ds) // 2]
     batch = collate("student")([sample]).to(device)
