@@ -25,3 +25,26 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete temp files left in `folder` by writers that were killed (their PID is gone).
+
+    A SIGKILL skips the cleanup in `atomic_path`; a rerun calls this so no orphan stays.
+    Temps of live processes (another writer at work) are left alone.
+    """
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        try:
+            pid = int(tmp.name.rsplit(".", 2)[-2])
+        except ValueError:
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            removed.append(tmp)
+        except PermissionError:
+            pass  # alive, another user's
+    return removed

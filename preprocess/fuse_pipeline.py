@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..common import kitti_io
+from ..common.atomic import remove_stale_temps
 from ..common.config import FusionConfig
 from ..common.shards import FORMAT_VERSION, finished_entry, shard_name, write_manifest, write_shard
 from .fusion import fuse_scan, hard_lut
@@ -120,6 +121,7 @@ def run_fusion(
     if on_plan:
         on_plan(plans)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)  # a killed run's half-written shard
     config, chash = cache_config(cfg, root)
     if workers <= 1 or len(plans) == 1:
         for sp in plans:
