@@ -1,20 +1,25 @@
 """Fusion throughput on full-size synthetic scans, side by side with two yardsticks.
 
-    python bench/fuse_throughput.py [--scans 40] [--workers 1]
+    python bench/fuse_throughput.py [--scans 100]
 
 (a) reading the same input bytes (.bin + .label of every scan, cat-like, page cache warm)
 (b) a straightforward per-frame numpy implementation (tests/fusion_reference.py)
-m2skd: the numba pipeline, fusion only, and end to end with lzf HDF5 shards written.
+(c) the floor of any shard-writing pipeline: read and decode each scan, write it
+    unfused into the same HDF5 layout (no fusion at all)
+m2skd: the numba pipeline, fusion only, end to end with lzf HDF5 shards written (one
+process), and `make fuse`'s parallel form (two sequences, --workers 2).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import click
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -22,20 +27,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from m2skd.common import kitti_io
 from m2skd.common.config import FusionConfig, SynthConfig
+from m2skd.common.shards import FusedScan, write_shard
 from m2skd.preprocess.fuse_pipeline import plan, run_fusion
-from m2skd.preprocess.fusion import fuse_scan, hard_lut
+from m2skd.preprocess.fusion import fuse_scan, hard_lut, load_scan
 from m2skd.preprocess.synth import generate_sequence
 from m2skd.preprocess.walker import iter_windows
 from tests.fusion_reference import reference_fuse
 
 
 @click.command()
-@click.option("--scans", default=40, show_default=True)
+@click.option("--scans", default=100, show_default=True, help="scans per sequence")
 @click.option("--reference-scans", default=8, show_default=True, help="scans timed for the numpy reference")
 def main(scans: int, reference_scans: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="m2skd-bench-"))
     cfg = FusionConfig()
     seq = generate_sequence(tmp, "00", SynthConfig.preset("full").override(scans=scans))
+    generate_sequence(tmp, "01", SynthConfig.preset("full").override(scans=scans))
     frames = seq.frames()
     n_points = sum(seq.scan_path(f).stat().st_size // 16 for f in frames) / len(frames)
 
@@ -62,11 +69,25 @@ def main(scans: int, reference_scans: int) -> None:
         fused_pts += len(s.points) - s.n_original
     t_fuse = time.perf_counter() - t0
 
+    t0 = time.perf_counter()
+    batch = []
+    for f in frames:
+        s = load_scan(seq, f)
+        batch.append(FusedScan(f, s.points, s.labels, s.instance, np.zeros(len(s.points), np.int8), len(s.points)))
+        if len(batch) == cfg.shard_size or f == frames[-1]:
+            write_shard(tmp / "copy" / f"copy{f}.h5", batch, {"sequence": "00"})
+            batch = []
+    t_copy = time.perf_counter() - t0
+
     out = tmp / "fused"
     plan(tmp, ["00"], cfg)
     t0 = time.perf_counter()
     run_fusion(tmp, ["00"], out, cfg)
     t_e2e = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    run_fusion(tmp, ["00", "01"], tmp / "fused2", cfg, workers=2)
+    t_par = (time.perf_counter() - t0) / 2  # two sequences: per-sequence time at the same scan count
 
     ref_frames = frames[-reference_scans:]
     t0 = time.perf_counter()
@@ -75,19 +96,23 @@ def main(scans: int, reference_scans: int) -> None:
     t_ref = (time.perf_counter() - t0) / len(ref_frames) * len(frames)
 
     rate = {k: len(frames) / v for k, v in
-            {"read": t_read, "fuse": t_fuse, "e2e": t_e2e, "ref": t_ref}.items()}
+            {"read": t_read, "fuse": t_fuse, "e2e": t_e2e, "ref": t_ref, "copy": t_copy, "par": t_par}.items()}
     table = Table(title=f"fusion of {len(frames)} full-size scans ({n_points:,.0f} points avg, window {cfg.window})")
     for c in ("contender", "scans/s", "vs read bytes (a)", "vs numpy per-frame (b)"):
         table.add_column(c)
     table.add_row("(a) read the input bytes", f"{rate['read']:.1f}", "1.00x", f"{rate['read'] / rate['ref']:.1f}x")
     table.add_row("(b) numpy per-frame reference", f"{rate['ref']:.2f}", f"{rate['ref'] / rate['read']:.3f}x", "1.0x")
+    table.add_row("(c) read + write unfused HDF5 shards", f"{rate['copy']:.1f}", f"{rate['copy'] / rate['read']:.2f}x",
+                  f"{rate['copy'] / rate['ref']:.1f}x")
     table.add_row("m2skd fusion (read + fuse)", f"{rate['fuse']:.1f}", f"{rate['fuse'] / rate['read']:.2f}x",
                   f"{rate['fuse'] / rate['ref']:.1f}x")
     table.add_row("m2skd make fuse (+ lzf shards)", f"{rate['e2e']:.1f}", f"{rate['e2e'] / rate['read']:.2f}x",
                   f"{rate['e2e'] / rate['ref']:.1f}x")
+    table.add_row("m2skd make fuse, 2 sequences, --workers 2", f"{rate['par']:.1f}",
+                  f"{rate['par'] / rate['read']:.2f}x", f"{rate['par'] / rate['ref']:.1f}x")
     Console().print(table)
     Console().print(f"input {nbytes / len(frames) / 1e6:.2f} MB/scan; fused points per scan "
-                    f"{fused_pts / len(frames):.0f}; one process, {time.strftime('%Y-%m-%d')}")
+                    f"{fused_pts / len(frames):.0f}; {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}")
 
 
 if __name__ == "__main__":

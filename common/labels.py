@@ -117,16 +117,24 @@ class UnknownLabelError(ValueError):
     """A raw label id that SemanticKITTI does not define."""
 
 
-def _build_lut() -> tuple[np.ndarray, np.ndarray]:
-    lut = np.full(1 << 16, -1, dtype=np.int16)
-    valid = np.zeros(1 << 16, dtype=bool)
+_UNKNOWN = 255  # marks raw ids the table does not define
+
+
+def _build_lut() -> np.ndarray:
+    lut = np.full(1 << 16, _UNKNOWN, dtype=np.uint8)
     for r in RAW_LABELS:
         lut[r.raw_id] = r.train_id
-        valid[r.raw_id] = True
-    return lut, valid
+    return lut
 
 
-_RAW_TO_TRAIN_LUT, _RAW_VALID = _build_lut()
+_RAW_TO_TRAIN_LUT = _build_lut()
+
+
+def _low16(raw: np.ndarray) -> np.ndarray:
+    # a .label's semantic part; no int64 copy (fusion decodes every scan of a sequence)
+    if raw.dtype in (np.uint8, np.uint16):
+        return raw
+    return (raw if raw.dtype.kind == "u" else raw.astype(np.int64)) & 0xFFFF
 
 
 def raw_to_train(raw: np.ndarray, source: str = "<array>") -> np.ndarray:
@@ -135,15 +143,18 @@ def raw_to_train(raw: np.ndarray, source: str = "<array>") -> np.ndarray:
     Raises UnknownLabelError naming `source` if an id is not in the label table.
     """
     raw = np.asarray(raw)
-    sem = (raw.astype(np.int64) & 0xFFFF) if raw.dtype.kind in "iu" else raw
-    bad = ~_RAW_VALID[sem]
+    if raw.dtype.kind not in "iu":
+        raise TypeError(f"{source}: raw label ids must be integers, got {raw.dtype}")
+    sem = _low16(raw)
+    out = _RAW_TO_TRAIN_LUT[sem]
+    bad = out == _UNKNOWN
     if bad.any():
         ids = np.unique(sem[bad])[:10].tolist()
         raise UnknownLabelError(
             f"{source}: unknown SemanticKITTI raw label id(s) {ids} "
             f"({int(bad.sum())} point(s)); valid ids are {sorted(r.raw_id for r in RAW_LABELS)}"
         )
-    return _RAW_TO_TRAIN_LUT[sem].astype(np.uint8)
+    return out
 
 
 def train_to_raw(train: np.ndarray) -> np.ndarray:
@@ -156,7 +167,7 @@ def train_to_raw(train: np.ndarray) -> np.ndarray:
 
 def is_moving(raw: np.ndarray) -> np.ndarray:
     """True where a raw id marks a moving object (the 25x ids)."""
-    return (np.asarray(raw).astype(np.int64) & 0xFFFF) >= MOVING_RAW_MIN
+    return _low16(np.asarray(raw)) >= MOVING_RAW_MIN
 
 
 def class_ids(names: tuple[str, ...] | list[str]) -> tuple[int, ...]:

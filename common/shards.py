@@ -33,6 +33,7 @@ from .atomic import atomic_path
 FORMAT_VERSION = 1
 DATASETS = {"points": np.float32, "labels": np.uint8, "instance": np.uint32, "source": np.int8}
 PER_SCAN = {"offsets": np.int64, "n_original": np.int32, "frame": np.int32}
+CHUNK_ROWS = 65536  # ~1 MB of points: big enough for lzf, small enough to read a scan's rows
 MANIFEST = "manifest.json"
 
 
@@ -74,14 +75,23 @@ def write_shard(path: str | os.PathLike, scans: list[FusedScan], attrs: dict, co
         raise ShardError(f"{path}: no scans to write")
     sizes = np.array([len(s.points) for s in scans], np.int64)
     offsets = np.concatenate([[0], np.cumsum(sizes)])
+    total = int(offsets[-1])
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
+        # Each scan goes straight into its rows of preallocated datasets: concatenating a
+        # shard first copied ~130 MB and cost more than the fusion itself. The chunk cache
+        # holds a chunk of every dataset until it is full, so each chunk is compressed once.
+        with h5py.File(tmp, "w", rdcc_nbytes=8 << 20) as f:
+            dsets = {}
             for name, dtype in DATASETS.items():
-                data = np.concatenate([getattr(s, name) for s in scans]).astype(dtype, copy=False)
-                chunks = (min(len(data), 65536), *data.shape[1:]) if len(data) else None
-                compress = len(data) > 0 and (name != "points" or compress_points)
-                f.create_dataset(name, data=data, chunks=chunks, compression="lzf" if compress else None,
-                                 shuffle=bool(compress and name == "points"))
+                shape = (total, 4) if name == "points" else (total,)
+                compress = total > 0 and (name != "points" or compress_points)
+                dsets[name] = f.create_dataset(
+                    name, shape, dtype, chunks=(min(total, CHUNK_ROWS), *shape[1:]) if total else None,
+                    compression="lzf" if compress else None, shuffle=bool(compress and name == "points"))
+            for i, scan in enumerate(scans):
+                if sizes[i]:
+                    for name, dset in dsets.items():
+                        dset[offsets[i]:offsets[i + 1]] = getattr(scan, name)
             f.create_dataset("offsets", data=offsets)
             f.create_dataset("n_original", data=np.array([s.n_original for s in scans], np.int32))
             f.create_dataset("frame", data=np.array([s.frame for s in scans], np.int32))
@@ -96,6 +106,7 @@ def write_shard(path: str | os.PathLike, scans: list[FusedScan], attrs: dict, co
         "points": int(offsets[-1]),
         "original_points": int(sum(s.n_original for s in scans)),
         "config_hash": attrs.get("config_hash"),
+        "input_hash": attrs.get("input_hash"),
         "sha256": file_sha256(path),
     }
     with atomic_path(sidecar(path)) as tmp:
@@ -115,8 +126,10 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def finished_entry(path: str | os.PathLike, config_hash: str, verify: bool = True) -> dict | None:
-    """The sidecar entry of a complete shard built with `config_hash`, else None.
+def finished_entry(path: str | os.PathLike, config_hash: str, input_hash: str | None = None,
+                   verify: bool = True) -> dict | None:
+    """The sidecar entry of a complete shard built with `config_hash` (and, if given, from
+    inputs with `input_hash`), else None.
 
     With verify, the file's sha256 must match too (a corrupt or truncated shard is redone).
     """
@@ -129,6 +142,8 @@ def finished_entry(path: str | os.PathLike, config_hash: str, verify: bool = Tru
     except json.JSONDecodeError:
         return None
     if entry.get("config_hash") != config_hash:
+        return None
+    if input_hash is not None and entry.get("input_hash") != input_hash:
         return None
     if verify and file_sha256(path) != entry.get("sha256"):
         return None

@@ -2,8 +2,9 @@
 
 Sequences run in parallel processes; each walks its scans with a sliding window and
 writes shards of `shard_size` consecutive scans (temp file + rename, then a sidecar
-with the manifest entry). A rerun skips shards whose sidecar matches the config hash
-and whose checksum verifies; everything else is rebuilt.
+with the manifest entry). A rerun skips shards whose sidecar matches the config hash,
+whose input files are unchanged (size and mtime of every scan, label, poses.txt and
+calib.txt the shard read) and whose checksum verifies; everything else is rebuilt.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hashlib
 import json
 import multiprocessing as mp
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +44,25 @@ def cache_config(cfg: FusionConfig, root: Path) -> tuple[dict, str]:
     return d, hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def input_fingerprint(seq: kitti_io.Sequence, first: int, last: int, offsets: tuple[int, ...],
+                      n_frames: int) -> str:
+    """Hash of (name, size, mtime) of every file shard [first, last] is built from.
+
+    Regenerated or edited input (a new synthetic dataset in the same folder, a relabelled
+    scan) changes it, so a rerun rebuilds that shard instead of keeping a stale one;
+    stat() only, so checking a finished cache costs no reads.
+    """
+    lo, hi = min((*offsets, 0)), max((*offsets, 0))
+    files = [seq.path / "poses.txt", seq.path / "calib.txt"]
+    for f in range(max(0, first + lo), min(n_frames - 1, last + hi) + 1):
+        files += [seq.scan_path(f), seq.label_path(f)]
+    h = hashlib.sha256()
+    for path in files:
+        st = path.stat()
+        h.update(f"{path.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()[:16]
+
+
 def plan(root: Path, names: list[str], cfg: FusionConfig) -> list[SequencePlan]:
     """Check every sequence before anything is written; raise FusionError on unusable input."""
     plans = []
@@ -70,9 +91,11 @@ def fuse_sequence(
     config, chash = cache_config(cfg, root)
     seq = kitti_io.Sequence(root, sp.name)
     todo, entries = [], []
+    inputs = {}
     for first, last in sp.shards:
         path = out / shard_name(sp.name, first, last)
-        entry = None if force else finished_entry(path, chash)
+        inputs[last] = input_fingerprint(seq, first, last, cfg.offsets, sp.n_frames)
+        entry = None if force else finished_entry(path, chash, inputs[last])
         if entry is None:
             todo.append((first, last))
         else:
@@ -89,16 +112,26 @@ def fuse_sequence(
     # One sliding window across all unfinished scans: a scan shared by two shards is read once.
     targets = [f for a, b in todo for f in range(a, b + 1)]
     bounds = {b: a for a, b in todo}
-    batch = []
-    for target, neigh in iter_windows(seq, targets, cfg.offsets, poses, sp.n_frames):
-        batch.append(fuse_scan(target, neigh, cfg, lut))
-        if on_scan:
-            on_scan(sp.name, target.frame, False)
-        if target.frame in bounds:
-            first = bounds[target.frame]
-            entries.append(write_shard(out / shard_name(sp.name, first, target.frame), batch, attrs,
-                                       compress_points=cfg.compress_points))
-            batch = []
+    batch: list = []
+    # A finished shard is written (HDF5, lzf, sha256) on a second thread while the next
+    # one is fused: the numba kernels release the GIL, so the two overlap on a second core.
+    # At most one write is pending, so memory holds at most two shards.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer") as writer:
+        pending = None
+        for target, neigh in iter_windows(seq, targets, cfg.offsets, poses, sp.n_frames):
+            batch.append(fuse_scan(target, neigh, cfg, lut))
+            if on_scan:
+                on_scan(sp.name, target.frame, False)
+            if target.frame in bounds:
+                first = bounds[target.frame]
+                if pending is not None:
+                    entries.append(pending.result())
+                pending = writer.submit(write_shard, out / shard_name(sp.name, first, target.frame), batch,
+                                        {**attrs, "input_hash": inputs[target.frame]},
+                                        compress_points=cfg.compress_points)
+                batch = []
+        if pending is not None:
+            entries.append(pending.result())
     return entries
 
 

@@ -12,7 +12,7 @@ points, which stay byte-identical.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -30,6 +30,17 @@ class LabelledScan:
     labels: np.ndarray  # (N,) uint8 train ids
     instance: np.ndarray  # (N,) uint32
     moving: np.ndarray  # (N,) bool: raw id is a 25x "moving" id
+    _hard: tuple | None = field(default=None, repr=False, compare=False)
+
+    def hard(self, lut: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Indices of the scan's hard-class instance points and their instance keys.
+
+        Cached: a scan is a neighbour of up to `window` targets and is scanned once.
+        """
+        if self._hard is None or self._hard[0] is not lut:
+            sel = np.flatnonzero(lut[self.labels] & (self.instance > 0))
+            self._hard = (lut, sel, instance_keys(self.labels[sel], self.instance[sel]))
+        return self._hard[1], self._hard[2]
 
 
 def load_scan(seq: kitti_io.Sequence, frame: int) -> LabelledScan:
@@ -64,18 +75,16 @@ def fuse_scan(
 ) -> FusedScan:
     """Fuse the hard instances of `neighbours` [(offset, scan, 4x4 scan->target)] into `target`."""
     lut = hard_lut(cfg) if lut is None else lut
-    t_hard = lut[target.labels] & (target.instance > 0)
-    t_keys = instance_keys(target.labels[t_hard], target.instance[t_hard])
-    t_ids, t_cent, _, t_group = K.group_centroids(t_keys, target.points[t_hard, :3].astype(np.float64))
+    t_sel, t_keys = target.hard(lut)
+    t_ids, t_cent, _, t_group = K.group_centroids(t_keys, target.points[t_sel, :3].astype(np.float64))
     t_moving = np.zeros(len(t_ids), bool)
-    np.logical_or.at(t_moving, t_group, target.moving[t_hard])
+    t_moving[t_group[target.moving[t_sel]]] = True
 
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]] = []
     for offset, nb_scan, rel in neighbours:
-        sel = np.flatnonzero(lut[nb_scan.labels] & (nb_scan.instance > 0))
+        sel, keys = nb_scan.hard(lut)
         if not len(sel):
             continue
-        keys = instance_keys(nb_scan.labels[sel], nb_scan.instance[sel])
         if not cfg.fuse_occluded_static:
             present = _lookup(t_ids, keys)[1]
             sel, keys = sel[present], keys[present]
@@ -84,7 +93,7 @@ def fuse_scan(
         xyz = K.transform(nb_scan.points[sel], rel)
         ids, cent, _, group = K.group_centroids(keys, xyz)
         n_moving = np.zeros(len(ids), bool)
-        np.logical_or.at(n_moving, group, nb_scan.moving[sel])
+        n_moving[group[nb_scan.moving[sel]]] = True
         g_pos, g_present = _lookup(t_ids, ids)
         shift = np.zeros((len(ids), 3))
         keep_group = np.ones(len(ids), bool)
@@ -96,12 +105,8 @@ def fuse_scan(
                     shift[g] = tc - cent[g]
             elif n_moving[g]:
                 keep_group[g] = False  # a moving object absent from t has nowhere to go
-        keep = keep_group[group]
-        xyz = xyz[keep] + shift[group[keep]]
-        sel = sel[keep]
-        pts = np.empty((len(sel), 4), np.float32)
-        pts[:, :3] = xyz
-        pts[:, 3] = nb_scan.points[sel, 3]
+        pts, rows = K.place(xyz, group, shift, keep_group, nb_scan.points, sel)
+        sel = sel[rows]
         parts.append((pts, nb_scan.labels[sel], nb_scan.instance[sel], np.full(len(sel), offset, np.int8), offset))
 
     n = len(target.points)
@@ -121,8 +126,8 @@ def fuse_scan(
     return FusedScan(
         frame=target.frame,
         points=np.concatenate([target.points, f_pts]),
-        labels=np.concatenate([target.labels, f_lab]).astype(np.uint8),
-        instance=np.concatenate([target.instance, f_ins]).astype(np.uint32),
+        labels=np.concatenate([target.labels, f_lab]),
+        instance=np.concatenate([target.instance, f_ins]),
         source=np.concatenate([np.zeros(n, np.int8), f_src]),
         n_original=n,
     )

@@ -46,7 +46,7 @@ class SequenceSim:
         margin = cfg.max_range + 20.0
         self.world = synth_world.build_world(
             rng, -margin, self.speed * duration + margin, duration / 2, self.world_seed,
-            core=(-30.0, self.speed * duration + 30.0),
+            core=(-30.0, self.speed * duration + 30.0), hard_density=cfg.hard_density,
         )
         self.elev = raycast.beam_elevations(cfg.beams)
         self.azim = raycast.column_azimuths(cfg.columns)

@@ -214,20 +214,22 @@ def rider_parts(rng, vehicle, name):
 
 
 def build_world(rng: np.random.Generator, u_min: float, u_max: float, t_mid: float = 0.0,
-                seed: int = 0, core: tuple[float, float] | None = None) -> World:
+                seed: int = 0, core: tuple[float, float] | None = None, hard_density: float = 1.0) -> World:
     """Populate the road between u_min and u_max (metres along the road).
 
     Moving objects are spread over that stretch at time t_mid (mid-drive), so they meet
     the ego vehicle during the sequence. `seed` fixes the parking-strip pattern, which
     `ground_raw_ids` must see with the same value. The hard classes and moving traffic
     are placed within `core` (default: the whole stretch), the part the sensor passes, so
-    every sequence sees them.
+    every sequence sees them. `hard_density` multiplies how many hard-class objects stand
+    along the road (1.0: SemanticKITTI-like rarity; see SynthConfig.hard_density).
     """
     b = _Builder(rng, t_mid)
     span = u_max - u_min
 
     c_min, c_max = core if core is not None else (u_min, u_max)
     c_span = c_max - c_min
+    h_span = c_span * hard_density
 
     def uniform_u(n):
         return np.sort(rng.uniform(u_min, u_max, int(n)))
@@ -282,23 +284,23 @@ def build_world(rng: np.random.Generator, u_min: float, u_max: float, t_mid: flo
                                                              rng.uniform(0.5, 1.5), name)])
 
     # The hard classes: rare and small, as in SemanticKITTI.
-    for uu in uniform_core(max(2, c_span / 120)):  # bicycle racks
+    for uu in uniform_core(max(2, h_span / 120)):  # bicycle racks
         side = rng.choice([-1.0, 1.0])
         for k in range(rng.integers(1, 4)):
             b.add(uu + 0.7 * k, side * rng.uniform(7.6, 9.0), bicycle_parts(rng),
                   heading=np.pi / 2 + rng.normal(0, 0.1), thing=True)
-    for uu in uniform_core(max(2, c_span / 200)):
+    for uu in uniform_core(max(2, h_span / 200)):
         b.add(uu, rng.choice([-1.0, 1.0]) * rng.uniform(5.2, 5.8), motorcycle_parts(rng),
               heading=rng.normal(0, 0.1), thing=True)
     # big parked vehicles stand in yards behind the sidewalk, partly hidden, so they
     # don't fill whole scans (real SemanticKITTI: truck ~0.2% of points)
-    for uu in uniform_core(max(1, c_span / 500)):
+    for uu in uniform_core(max(1, h_span / 500)):
         b.add(uu, rng.choice([-1.0, 1.0]) * rng.uniform(12, 20), truck_parts(rng),
               heading=rng.uniform(-0.5, 0.5), thing=True)
-    for uu in uniform_core(max(1, c_span / 600)):
+    for uu in uniform_core(max(1, h_span / 600)):
         b.add(uu, rng.choice([-1.0, 1.0]) * rng.uniform(12, 20), other_vehicle_parts(rng),
               heading=rng.uniform(-0.5, 0.5), thing=True)
-    for uu in uniform_core(max(3, c_span / 60)):  # pedestrians, standing or walking
+    for uu in uniform_core(max(3, h_span / 60)):  # pedestrians, standing or walking
         side = rng.choice([-1.0, 1.0])
         speed = rng.choice([0.0, rng.uniform(0.8, 1.6) * rng.choice([-1, 1])])
         b.add(uu, side * rng.uniform(7.0, 9.3), person_parts(rng), speed=speed,
@@ -314,11 +316,11 @@ def build_world(rng: np.random.Generator, u_min: float, u_max: float, t_mid: flo
     for uu in uniform_core(rng.random() < 0.35):
         b.add(uu, LANE_WIDTH / 2, other_vehicle_parts(rng), speed=-rng.uniform(10, 14), heading=np.pi,
               thing=True)
-    for uu in uniform_core(max(2, c_span / 150)):
+    for uu in uniform_core(max(2, h_span / 150)):
         side = rng.choice([-1.0, 1.0])
         b.add(uu, side * 3.7, rider_parts(rng, bicycle_parts, "bicyclist"), speed=side * -rng.uniform(3, 6),
               heading=0.0 if side < 0 else np.pi, thing=True)
-    for uu in uniform_core(max(2, c_span / 400)):
+    for uu in uniform_core(max(2, h_span / 400)):
         side = rng.choice([-1.0, 1.0])
         b.add(uu, side * 3.5, rider_parts(rng, motorcycle_parts, "motorcyclist"), speed=side * -rng.uniform(7, 12),
               heading=0.0 if side < 0 else np.pi, thing=True)

@@ -161,6 +161,27 @@ def test_corrupt_shard_is_rebuilt(synth_root, tmp_path):
     assert [n for n in before if before[n] != after[n]] == [shard.name]  # the others were skipped
 
 
+def test_changed_input_rebuilds_the_shards_that_read_it(synth_root, tmp_path):
+    # a relabelled scan (or a dataset regenerated in the same folder) must not leave
+    # stale shards behind: exactly the shards whose window read it are rebuilt
+    seq = _copy_seq(synth_root, tmp_path / "data")
+    run_fusion(tmp_path / "data", ["00"], tmp_path / "out", CFG)
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*.h5")}
+    sem, inst = K.read_label(seq.label_path(3))
+    K.write_label(seq.label_path(3), np.full_like(sem, 10), inst)  # every point of scan 3 a car now
+    run_fusion(tmp_path / "data", ["00"], tmp_path / "out", CFG)
+    after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*.h5")}
+    # shard 0-4 holds scan 3; scans 5-7 of shard 5-9 have it in their 4-scan past window
+    assert sorted(n for n in before if before[n] != after[n]) == ["seq00_000000-000004.h5", "seq00_000005-000009.h5"]
+    run_fusion(tmp_path / "data", ["00"], tmp_path / "fresh", CFG)
+    for name in before:
+        a, _ = _arrays(tmp_path / "out" / name)
+        b, _ = _arrays(tmp_path / "fresh" / name)
+        for x, y in zip(a, b, strict=True):
+            assert np.array_equal(x.labels, y.labels) and np.array_equal(x.points, y.points)
+    assert (_arrays(tmp_path / "out" / "seq00_000000-000004.h5")[0][3].labels == 1).all()
+
+
 def _arrays(path):
     r = ShardReader(path)
     return [r.scan(i) for i in range(len(r))], r.attrs
@@ -229,3 +250,22 @@ def test_compressed_points_read_back_identically(synth_root, tmp_path):
         b, _ = _arrays(tmp_path / "packed" / e["file"])
         for x, y in zip(a, b, strict=True):
             assert np.array_equal(x.points, y.points) and np.array_equal(x.labels, y.labels)
+
+
+def test_hash_kernels_match_sort_based_numpy():
+    # the kernels use an open-addressing hash table; np.unique (a sort) is the reference,
+    # on keys dense enough that many collide in the table
+    rng = np.random.default_rng(3)
+    pts = rng.uniform(-2, 2, (20000, 3))
+    pts[5000:9000] = pts[:4000] + 0.001  # many points sharing a voxel with an earlier one
+    keys3 = np.floor(pts / 0.05).astype(np.int64)
+    _, first = np.unique(keys3, axis=0, return_index=True)
+    assert FK.voxel_first(pts, 0.05).tolist() == np.sort(first).tolist()
+    keys = (rng.integers(0, 20, 30000).astype(np.uint64) << np.uint64(32)) | rng.integers(0, 500, 30000).astype(
+        np.uint64)
+    xyz = rng.normal(size=(30000, 3))
+    ids, cent, counts, group = FK.group_centroids(keys, xyz)
+    u, inv, cnt = np.unique(keys, return_inverse=True, return_counts=True)
+    assert ids.tolist() == u.tolist() and group.tolist() == inv.tolist() and counts.tolist() == cnt.tolist()
+    ref = np.stack([np.bincount(inv, weights=xyz[:, d]) for d in range(3)], 1) / cnt[:, None]
+    assert np.allclose(cent, ref)
