@@ -14,7 +14,7 @@ WINDOW     ?=
 PYTEST_ARGS ?=
 MODEL      ?= polarnet
 # make demo trains each run DEMO_STEPS steps (DEMO_FAST=1: a quick look in under 5 minutes)
-DEMO_STEPS ?= $(if $(DEMO_FAST),120,600)
+DEMO_STEPS ?= $(if $(DEMO_FAST),120,1000)
 SEEDS      ?= 0,1,2
 CKPT       ?=
 
@@ -42,18 +42,19 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-# The synthetic stand-in for SemanticKITTI: sequence 00 to train on, 08 to validate.
+# The synthetic stand-in for SemanticKITTI: sequences 00-03 to train on, 08 to validate.
+DEMO_SEQ := 00-03,08
 synth: $(STAMP)
-	$(BIN)/m2skd-synth $(DEMO_DATA) --sequences 00,08 --preset demo
+	$(BIN)/m2skd-synth $(DEMO_DATA) --sequences $(DEMO_SEQ) --preset demo $(SYNTH_ARGS)
 
 # The whole pipeline on CPU: synthetic data, fusion, teacher, baseline and student, one table.
 demo: $(STAMP)
-	$(MAKE) fuse SEQ=00,08
+	$(MAKE) fuse SEQ=$(DEMO_SEQ)
 	$(BIN)/python -m m2skd.train.demo --cache $(CACHE)/fused --out $(CACHE)/demo --model $(MODEL) \
 		--steps $(DEMO_STEPS)
 
 demo-seeds: $(STAMP)
-	$(MAKE) fuse SEQ=00,08
+	$(MAKE) fuse SEQ=$(DEMO_SEQ)
 	$(BIN)/python -m m2skd.train.demo --cache $(CACHE)/fused --out $(CACHE)/demo --model $(MODEL) \
 		--steps $(DEMO_STEPS) --seeds $(SEEDS)
 
@@ -64,7 +65,8 @@ eval: $(STAMP)
 		--predictions $(dir $(CKPT))predictions
 
 fuse: $(STAMP)
-	@if [ "$(DATA)" = "$(DEMO_DATA)" ] && [ ! -d "$(DEMO_DATA)/sequences" ]; then $(MAKE) synth; fi
+	@# the demo data is (re)generated as needed: synth skips scans already on disk with this preset
+	@if [ "$(DATA)" = "$(DEMO_DATA)" ]; then $(MAKE) --no-print-directory synth SYNTH_ARGS=--no-summary; fi
 	$(BIN)/m2skd-fuse --data $(DATA) --sequences $(SEQ) --out $(CACHE)/fused --workers $(WORKERS) \
 		$(if $(WINDOW),--window $(WINDOW),)
 

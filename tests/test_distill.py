@@ -61,6 +61,19 @@ def test_kl_logit_loss_by_hand():
     assert float(logit_loss(s, t, T, "kl")) == pytest.approx(kl * T * T, rel=1e-6)
 
 
+def test_class_balanced_logit_loss_by_hand():
+    # three road points the student already matches, one person point it does not:
+    # a plain mean gives the person 1/4 of the weight, the class-balanced mean 1/2
+    s = torch.tensor([[2.0, 0.0], [2.0, 0.0], [2.0, 0.0], [0.0, 0.0]])
+    t = torch.tensor([[2.0, 0.0], [2.0, 0.0], [2.0, 0.0], [2.0, 0.0]])
+    labels = torch.tensor([9, 9, 9, 6])
+    T = 2.0
+    pt1 = math.exp(1.0) / (math.exp(1.0) + 1.0)
+    kl = (pt1 * math.log(pt1 / 0.5) + (1 - pt1) * math.log((1 - pt1) / 0.5)) * T * T
+    assert float(logit_loss(s, t, T, "kl")) == pytest.approx(kl / 4, rel=1e-6)
+    assert float(logit_loss(s, t, T, "kl", labels)) == pytest.approx(kl / 2, rel=1e-6)
+
+
 def test_released_logit_loss_by_hand():
     s = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
     t = torch.tensor([[10.0, 0.0], [1.0, 0.0]])  # the second point agrees: below the threshold

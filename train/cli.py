@@ -70,7 +70,7 @@ def _run(kind: str, teacher: Path | None = None, **kw) -> None:
 
     overrides = {k: kw.pop(k) for k in list(kw) if k in {
         "batch_size", "lr", "workers", "checkpoint_every", "amp", "w_feat", "w_logit", "w_aff", "temperature",
-        "logit_variant", "aff_level", "aff_cap"}}
+        "logit_variant", "kd_balance", "aff_level", "aff_cap"}}
     ts = kw.pop("train_sequences")
     if ts:
         overrides["train_sequences"] = tuple(parse_sequences(ts))
@@ -112,6 +112,8 @@ def baseline(**kw) -> None:
 @click.option("--no-aff", is_flag=True, help="switch affinity distillation off")
 @click.option("--temperature", type=float, help="KD temperature T [preset: 2]")
 @click.option("--logit-variant", type=click.Choice(["kl", "released"]))
+@click.option("--kd-balance", type=click.Choice(["point", "class"]),
+              help="average L_logit over points, or per ground-truth class then over classes")
 @click.option("--aff-level", type=click.Choice(["instance", "class"]))
 @click.option("--aff-cap", type=int, help="voxels per instance in the affinity matrix [preset: 256]")
 def student(teacher_ckpt: Path, no_feat: bool, no_logit: bool, no_aff: bool, **kw) -> None:

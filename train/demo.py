@@ -18,6 +18,7 @@ from rich.table import Table
 
 from m2skd.common.atomic import atomic_path
 from m2skd.common.config import MODELS, TrainConfig
+from m2skd.common.kitti_io import parse_sequences
 from m2skd.common.labels import CLASS_NAMES, class_ids
 
 from .batch import collate
@@ -100,20 +101,28 @@ def _write(path: Path, text: str) -> None:
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=Path("data_cache/fused"))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("data_cache/demo"))
 @click.option("--model", type=click.Choice(MODELS), default="polarnet", show_default=True)
-@click.option("--steps", type=int, default=600, show_default=True, help="steps of each run")
+@click.option("--steps", type=int, default=1000, show_default=True, help="steps of the baseline and student runs")
+@click.option("--teacher-steps", type=int, help="steps of the teacher run [default: 2 x --steps]")
+@click.option("--train-seqs", default="00-03", show_default=True, help="sequences to train on")
+@click.option("--val-seqs", default="08", show_default=True, help="sequences to evaluate on")
 @click.option("--seeds", default="0", show_default=True, help="baseline/student seeds, e.g. 0,1,2")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--workers", type=int, default=1, show_default=True)
 @click.option("--no-plots", is_flag=True)
-def main(cache: Path, out: Path, model: str, steps: int, seeds: str, device: str, workers: int,
-         no_plots: bool) -> None:
+def main(cache: Path, out: Path, model: str, steps: int, teacher_steps: int | None, train_seqs: str, val_seqs: str,
+         seeds: str, device: str, workers: int, no_plots: bool) -> None:
     """Train and compare teacher, single-scan baseline and M2SKD student on the demo data."""
     t0 = time.perf_counter()
     seed_list = [int(s) for s in seeds.split(",") if s.strip()]
-    cfg = TrainConfig.build("tiny", model, workers=workers, train_sequences=("00",), val_sequences=("08",))
+    # The teacher is trained once and longer than the runs it is compared with: it is the
+    # pretrained model the paper distils from, and a student can only learn what its
+    # teacher knows (README, "what was tuned").
+    teacher_steps = teacher_steps or 2 * steps
+    cfg = TrainConfig.build("tiny", model, workers=workers, train_sequences=tuple(parse_sequences(train_seqs)),
+                            val_sequences=tuple(parse_sequences(val_seqs)))
     dev = pick_device(device)
     runs_dir = out / "runs"
-    teacher = _train("teacher", cfg, cache, runs_dir / "teacher", steps, 0, device)
+    teacher = _train("teacher", cfg, cache, runs_dir / "teacher", teacher_steps, 0, device)
     per_seed = {}
     for seed in seed_list:
         b = _train("baseline", cfg, cache, runs_dir / f"baseline_s{seed}", steps, seed, device)
@@ -121,7 +130,8 @@ def main(cache: Path, out: Path, model: str, steps: int, seeds: str, device: str
         per_seed[seed] = {"baseline": _score(b, cache, False, dev), "student": _score(s, cache, False, dev)}
     res = {"teacher": _score(teacher, cache, True, dev), **per_seed[seed_list[0]]}
     res = {k: res[k] for k in ("baseline", "teacher", "student")}
-    res["setup"] = {"model": model, "preset": "tiny", "steps": steps, "seed": seed_list[0], "device": str(dev),
+    res["setup"] = {"model": model, "preset": "tiny", "steps": steps, "teacher_steps": teacher_steps,
+                    "seed": seed_list[0], "device": str(dev),
                     "train": list(cfg.train_sequences), "val": list(cfg.val_sequences)}
     console.print(results_table(res, cfg.hard_classes))
     out.mkdir(parents=True, exist_ok=True)

@@ -48,26 +48,42 @@ def feature_loss(s_feat: torch.Tensor, t_feat: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(s_feat.float(), t_feat.float().detach())
 
 
+def class_balanced_mean(values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean of `values` within each label, then over the labels present (each equal)."""
+    n = int(labels.max()) + 1
+    sums = values.new_zeros(n).index_add(0, labels, values)
+    counts = torch.bincount(labels, minlength=n)
+    present = counts > 0
+    return (sums[present] / counts[present]).mean()
+
+
 def logit_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float = 2.0,
-               variant: str = "kl") -> torch.Tensor:
+               variant: str = "kl", labels: torch.Tensor | None = None) -> torch.Tensor:
     """'kl': mean over points of KL(p_t || p_s) at temperature T, times T^2 (Hinton et al.).
     'released': softmax(0.3 z), per point sum_c p_t |log p_t - log p_s|, averaged over the
-    points whose term exceeds 0.01 (our reading of the released code)."""
+    points whose term exceeds 0.01 (our reading of the released code).
+    With `labels` (ground truth per point) the mean is taken per class, then over classes."""
     if len(s_logits) == 0:
         return s_logits.sum() * 0.0
     t_logits = t_logits.detach().float()
     s_logits = s_logits.float()
+
+    def mean(term: torch.Tensor, lab: torch.Tensor | None) -> torch.Tensor:
+        return term.mean() if lab is None else class_balanced_mean(term, lab)
+
     if variant == "kl":
         log_ps = F.log_softmax(s_logits / temperature, dim=1)
         log_pt = F.log_softmax(t_logits / temperature, dim=1)
         kl = (log_pt.exp() * (log_pt - log_ps)).sum(dim=1)
-        return kl.mean() * temperature**2
+        return mean(kl, labels) * temperature**2
     if variant == "released":
         log_ps = F.log_softmax(s_logits * RELEASED_SCALE, dim=1)
         log_pt = F.log_softmax(t_logits * RELEASED_SCALE, dim=1)
         term = (log_pt.exp() * (log_pt - log_ps).abs()).sum(dim=1)
         keep = term > RELEASED_THRESHOLD
-        return term[keep].mean() if bool(keep.any()) else term.sum() * 0.0
+        if not bool(keep.any()):
+            return term.sum() * 0.0
+        return mean(term[keep], None if labels is None else labels[keep])
     raise ValueError(f"unknown logit distillation variant {variant!r}")
 
 
@@ -138,7 +154,7 @@ class Distiller(nn.Module):
         if use.get("logit"):
             rows = student_point_index(teacher, student)
             losses["logit"] = logit_loss(s_out.point_logits, t_out.point_logits[rows], cfg.temperature,
-                                         cfg.logit_variant)
+                                         cfg.logit_variant, student.labels if cfg.kd_balance == "class" else None)
         if use.get("aff"):
             groups = affinity_groups(student, s_out, self.hard_ids, cfg.aff_cap, cfg.aff_level, generator)
             losses["aff"] = affinity_loss(s_feat, t_feat, groups)
