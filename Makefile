@@ -17,6 +17,7 @@ MODEL      ?= polarnet
 DEMO_STEPS ?= $(if $(DEMO_FAST),120,1000)
 SEEDS      ?= 0,1,2
 CKPT       ?=
+DEMO_OUT   ?= $(CACHE)/demo
 
 .PHONY: setup .venv test test-slow demo demo-seeds synth fuse eval bench lint clean
 
@@ -50,12 +51,12 @@ synth: $(STAMP)
 # The whole pipeline on CPU: synthetic data, fusion, teacher, baseline and student, one table.
 demo: $(STAMP)
 	$(MAKE) fuse SEQ=$(DEMO_SEQ)
-	$(BIN)/python -m m2skd.train.demo --cache $(CACHE)/fused --out $(CACHE)/demo --model $(MODEL) \
+	$(BIN)/python -m m2skd.train.demo --cache $(CACHE)/fused --out $(DEMO_OUT) --model $(MODEL) \
 		--steps $(DEMO_STEPS)
 
 demo-seeds: $(STAMP)
 	$(MAKE) fuse SEQ=$(DEMO_SEQ)
-	$(BIN)/python -m m2skd.train.demo --cache $(CACHE)/fused --out $(CACHE)/demo --model $(MODEL) \
+	$(BIN)/python -m m2skd.train.demo --cache $(CACHE)/fused --out $(DEMO_OUT) --model $(MODEL) \
 		--steps $(DEMO_STEPS) --seeds $(SEEDS)
 
 # make eval CKPT=path/last.pt [DATA=raw root]: IoU table, JSON and raw-id prediction files beside the checkpoint

@@ -57,17 +57,21 @@ def make_batch(samples: list[Sample]) -> Batch:
     )
 
 
-def collate(view: str):
+class collate:  # noqa: N801 - used like the function it replaces: collate(view)(samples)
     """DataLoader collate_fn for a view: 'teacher' (all points), 'student' (own points only)
-    or 'both' (a (teacher, student) pair from the same augmented scans)."""
+    or 'both' (a (teacher, student) pair from the same augmented scans).
 
-    def fn(samples: list[Sample]):
-        if view == "teacher":
+    A class, not a closure, so loader workers started with 'spawn' can pickle it.
+    """
+
+    def __init__(self, view: str) -> None:
+        self.view = view
+
+    def __call__(self, samples: list[Sample]):
+        if self.view == "teacher":
             return make_batch(samples)
         student = make_batch([s.prefix(s.n_original) for s in samples])
-        return student if view == "student" else (make_batch(samples), student)
-
-    return fn
+        return student if self.view == "student" else (make_batch(samples), student)
 
 
 def voxel_keys(vox: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:

@@ -7,7 +7,10 @@ Every run resumes where it stopped (`--resume`), so an interrupted demo picks up
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import click
@@ -32,9 +35,54 @@ console = Console()
 
 
 def _train(kind: str, cfg: TrainConfig, cache: Path, out: Path, steps: int, seed: int, device: str,
-           teacher: Path | None = None) -> Path:
-    return train(RunSpec(kind=kind, cfg=cfg, cache=cache, out=out, steps=steps, seed=seed, resume=True,
-                         device=device, teacher=teacher, extra={"preset": "tiny", "demo": True}))
+           teacher: Path | None = None, progress: bool = True) -> Path:
+    t0 = time.perf_counter()
+    ckpt = train(RunSpec(kind=kind, cfg=cfg, cache=cache, out=out, steps=steps, seed=seed, resume=True,
+                         device=device, teacher=teacher, progress=progress,
+                         extra={"preset": "tiny", "demo": True}))
+    console.print(f"{out.name}: {steps} steps done ({(time.perf_counter() - t0) / 60:.1f} min)")
+    return ckpt
+
+
+def _lane_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def train_all(cfg: TrainConfig, cache: Path, runs_dir: Path, steps: int, teacher_steps: int, seeds: list[int],
+              device: str, lanes: int) -> dict[str, Path]:
+    """Teacher, then per seed baseline and student; `lanes` runs at a time.
+
+    Teacher and baselines are independent, so they start together; each student starts
+    when the teacher is done. Two single-threaded runs side by side train ~1.9x faster
+    on 2 CPU cores than one run using both (PolarNet tiny: small kernels that scale
+    poorly over threads), which is what keeps `make demo` under 20 minutes.
+    """
+    runs = {"teacher": runs_dir / "teacher"}
+    for seed in seeds:
+        runs[f"baseline_s{seed}"] = runs_dir / f"baseline_s{seed}"
+        runs[f"student_s{seed}"] = runs_dir / f"student_s{seed}"
+    if lanes <= 1:
+        t = _train("teacher", cfg, cache, runs["teacher"], teacher_steps, 0, device)
+        out = {"teacher": t}
+        for seed in seeds:
+            out[f"baseline_s{seed}"] = _train("baseline", cfg, cache, runs[f"baseline_s{seed}"], steps, seed, device)
+            out[f"student_s{seed}"] = _train("student", cfg, cache, runs[f"student_s{seed}"], steps, seed, device, t)
+        return out
+    threads = max(1, (os.cpu_count() or 2) // lanes)
+    console.print(f"training {len(runs)} runs, {lanes} at a time ({threads} thread(s) each); "
+                  f"progress lines as each run ends, step logs in {runs_dir}/*/metrics.jsonl")
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(lanes, mp_context=ctx, initializer=_lane_init, initargs=(threads,)) as pool:
+        teacher = pool.submit(_train, "teacher", cfg, cache, runs["teacher"], teacher_steps, 0, device, None, False)
+        futures = {"teacher": teacher}
+        for seed in seeds:
+            futures[f"baseline_s{seed}"] = pool.submit(_train, "baseline", cfg, cache, runs[f"baseline_s{seed}"],
+                                                       steps, seed, device, None, False)
+        t = teacher.result()
+        for seed in seeds:
+            futures[f"student_s{seed}"] = pool.submit(_train, "student", cfg, cache, runs[f"student_s{seed}"],
+                                                      steps, seed, device, t, False)
+        return {k: f.result() for k, f in futures.items()}
 
 
 def _score(ckpt: Path, cache: Path, fused: bool, device: torch.device) -> dict:
@@ -108,9 +156,10 @@ def _write(path: Path, text: str) -> None:
 @click.option("--seeds", default="0", show_default=True, help="baseline/student seeds, e.g. 0,1,2")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--workers", type=int, default=1, show_default=True)
+@click.option("--lanes", type=int, help="runs trained side by side [default: 2 on a CPU with >= 2 cores, else 1]")
 @click.option("--no-plots", is_flag=True)
 def main(cache: Path, out: Path, model: str, steps: int, teacher_steps: int | None, train_seqs: str, val_seqs: str,
-         seeds: str, device: str, workers: int, no_plots: bool) -> None:
+         seeds: str, device: str, workers: int, lanes: int | None, no_plots: bool) -> None:
     """Train and compare teacher, single-scan baseline and M2SKD student on the demo data."""
     t0 = time.perf_counter()
     seed_list = [int(s) for s in seeds.split(",") if s.strip()]
@@ -122,12 +171,14 @@ def main(cache: Path, out: Path, model: str, steps: int, teacher_steps: int | No
                             val_sequences=tuple(parse_sequences(val_seqs)))
     dev = pick_device(device)
     runs_dir = out / "runs"
-    teacher = _train("teacher", cfg, cache, runs_dir / "teacher", teacher_steps, 0, device)
+    if lanes is None:
+        lanes = 2 if dev.type == "cpu" and (os.cpu_count() or 1) >= 2 else 1
+    ckpts = train_all(cfg, cache, runs_dir, steps, teacher_steps, seed_list, device, lanes)
+    teacher = ckpts["teacher"]
     per_seed = {}
     for seed in seed_list:
-        b = _train("baseline", cfg, cache, runs_dir / f"baseline_s{seed}", steps, seed, device)
-        s = _train("student", cfg, cache, runs_dir / f"student_s{seed}", steps, seed, device, teacher)
-        per_seed[seed] = {"baseline": _score(b, cache, False, dev), "student": _score(s, cache, False, dev)}
+        per_seed[seed] = {"baseline": _score(ckpts[f"baseline_s{seed}"], cache, False, dev),
+                          "student": _score(ckpts[f"student_s{seed}"], cache, False, dev)}
     res = {"teacher": _score(teacher, cache, True, dev), **per_seed[seed_list[0]]}
     res = {k: res[k] for k in ("baseline", "teacher", "student")}
     res["setup"] = {"model": model, "preset": "tiny", "steps": steps, "teacher_steps": teacher_steps,
