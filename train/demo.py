@@ -85,9 +85,9 @@ def train_all(cfg: TrainConfig, cache: Path, runs_dir: Path, steps: int, teacher
         return {k: f.result() for k, f in futures.items()}
 
 
-def _score(ckpt: Path, cache: Path, fused: bool, device: torch.device) -> dict:
+def _score(ckpt: Path, cache: Path, fused: bool, device: torch.device, val: tuple[str, ...]) -> dict:
     model, cfg, _ = load_model(ckpt, device)
-    ds = ShardDataset(cache, cfg.val_sequences, cfg, view="teacher" if fused else "student")
+    ds = ShardDataset(cache, val, cfg, view="teacher" if fused else "student")
     return evaluate(model, ds, device, progress=False).summary(cfg.hard_classes)
 
 
@@ -120,15 +120,15 @@ def results_markdown(res: dict, hard: tuple[str, ...]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plots(out: Path, cache: Path, runs: dict[str, Path], device: torch.device) -> None:
+def _plots(out: Path, cache: Path, runs: dict[str, Path], device: torch.device, val: tuple[str, ...]) -> None:
     from . import plots
 
     _, cfg, _ = load_model(runs["student"], device)
-    ds = ShardDataset(cache, cfg.val_sequences, cfg, view="teacher")
+    ds = ShardDataset(cache, val, cfg, view="teacher")
     reader, i = ds.index[len(ds) // 2]
     scan = ds.readers[reader].scan(i)
     plots.single_vs_fused(scan.points, scan.labels, scan.n_original, cfg.hard_classes, out / "single_vs_fused.png")
-    sample = ShardDataset(cache, cfg.val_sequences, cfg, view="student")[len(ds) // 2]
+    sample = ShardDataset(cache, val, cfg, view="student")[len(ds) // 2]
     batch = collate("student")([sample]).to(device)
     panels = {"ground truth": sample.labels}
     for name in ("baseline", "student"):
@@ -152,7 +152,7 @@ def _write(path: Path, text: str) -> None:
 @click.option("--steps", type=int, default=1000, show_default=True, help="steps of the baseline and student runs")
 @click.option("--teacher-steps", type=int, help="steps of the teacher run [default: 2 x --steps]")
 @click.option("--train-seqs", default="00-03", show_default=True, help="sequences to train on")
-@click.option("--val-seqs", default="08", show_default=True, help="sequences to evaluate on")
+@click.option("--val-seqs", default="08-10", show_default=True, help="sequences to evaluate on")
 @click.option("--seeds", default="0", show_default=True, help="baseline/student seeds, e.g. 0,1,2")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--workers", type=int, default=1, show_default=True)
@@ -177,9 +177,9 @@ def main(cache: Path, out: Path, model: str, steps: int, teacher_steps: int | No
     teacher = ckpts["teacher"]
     per_seed = {}
     for seed in seed_list:
-        per_seed[seed] = {"baseline": _score(ckpts[f"baseline_s{seed}"], cache, False, dev),
-                          "student": _score(ckpts[f"student_s{seed}"], cache, False, dev)}
-    res = {"teacher": _score(teacher, cache, True, dev), **per_seed[seed_list[0]]}
+        per_seed[seed] = {"baseline": _score(ckpts[f"baseline_s{seed}"], cache, False, dev, cfg.val_sequences),
+                          "student": _score(ckpts[f"student_s{seed}"], cache, False, dev, cfg.val_sequences)}
+    res = {"teacher": _score(teacher, cache, True, dev, cfg.val_sequences), **per_seed[seed_list[0]]}
     res = {k: res[k] for k in ("baseline", "teacher", "student")}
     res["setup"] = {"model": model, "preset": "tiny", "steps": steps, "teacher_steps": teacher_steps,
                     "seed": seed_list[0], "device": str(dev),
@@ -198,7 +198,7 @@ def main(cache: Path, out: Path, model: str, steps: int, teacher_steps: int | No
     _write(out / "results.md", md)
     if not no_plots:
         _plots(out, cache, {"teacher": teacher, "baseline": runs_dir / f"baseline_s{seed_list[0]}" / "last.pt",
-                            "student": runs_dir / f"student_s{seed_list[0]}" / "last.pt"}, dev)
+                            "student": runs_dir / f"student_s{seed_list[0]}" / "last.pt"}, dev, cfg.val_sequences)
     console.print(f"results: {out}/results.json, results.md" + ("" if no_plots else ", *.png")
                   + f" ({(time.perf_counter() - t0) / 60:.1f} min)")
 
