@@ -57,7 +57,7 @@ def make_batch(samples: list[Sample]) -> Batch:
     )
 
 
-class collate:  # noqa: N801 - used like the function it replaces: collate(view)(samples)
+class collate:  # lower case: used like the function it replaced, collate(view)(samples)
     """DataLoader collate_fn for a view: 'teacher' (all points), 'student' (own points only)
     or 'both' (a (teacher, student) pair from the same augmented scans).
 
