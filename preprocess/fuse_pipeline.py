@@ -24,7 +24,7 @@ from ..common.atomic import remove_stale_temps
 from ..common.config import FusionConfig
 from ..common.shards import FORMAT_VERSION, finished_entry, shard_name, write_manifest, write_shard
 from .fusion import fuse_scan, hard_lut
-from .walker import iter_windows
+from .walker import iter_windows, window_span
 
 
 class FusionError(ValueError):
@@ -52,7 +52,7 @@ def input_fingerprint(seq: kitti_io.Sequence, first: int, last: int, offsets: tu
     scan) changes it, so a rerun rebuilds that shard instead of keeping a stale one;
     stat() only, so checking a finished cache costs no reads.
     """
-    lo, hi = min((*offsets, 0)), max((*offsets, 0))
+    lo, hi = window_span(offsets)
     files = [seq.path / "poses.txt", seq.path / "calib.txt"]
     for f in range(max(0, first + lo), min(n_frames - 1, last + hi) + 1):
         files += [seq.scan_path(f), seq.label_path(f)]

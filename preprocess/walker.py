@@ -11,12 +11,17 @@ from ..common.geometry import relative_pose
 from .fusion import LabelledScan, load_scan
 
 
+def window_span(offsets: tuple[int, ...]) -> tuple[int, int]:
+    """(lowest, highest) frame offset a target's window reaches, the target itself included."""
+    return min((*offsets, 0)), max((*offsets, 0))
+
+
 def iter_windows(
     seq: kitti_io.Sequence, targets: list[int], offsets: tuple[int, ...], poses: np.ndarray, n_frames: int
 ) -> Iterator[tuple[LabelledScan, list[tuple[int, LabelledScan, np.ndarray]]]]:
     """Yield (target scan, [(offset, neighbour scan, neighbour -> target transform)]) for ascending targets."""
     cache: dict[int, LabelledScan] = {}
-    lo, hi = min((*offsets, 0)), max((*offsets, 0))
+    lo, hi = window_span(offsets)
     for t in targets:
         for f in [f for f in cache if f < t + lo or f > t + hi]:
             del cache[f]  # never needed again: targets ascend

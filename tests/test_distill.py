@@ -127,11 +127,16 @@ def test_student_point_index():
     assert student_point_index(t, s).tolist() == [0, 1, 2, 3, 6, 7, 8]
 
 
+def _views(fused_cache, cfg, keys):
+    """(teacher batch, student batch) of the given (scan, augmentation seed) keys."""
+    ds = ShardDataset(fused_cache, ("00",), cfg, view="both")
+    return collate("both")([ds[k] for k in keys])
+
+
 @pytest.mark.parametrize("model", ["polarnet", "cylinder3d"])
 def test_identical_networks_and_views_distil_to_zero(fused_cache, model):
     cfg = tiny_train_config(model)
-    ds = ShardDataset(fused_cache, ("00",), cfg, view="both")
-    _, student = collate("both")([ds[(2, 7)], ds[(4, 8)]])
+    _, student = _views(fused_cache, cfg, [(2, 7), (4, 8)])
     torch.manual_seed(0)
     net = build_model(cfg).eval()
     with torch.no_grad():
@@ -146,8 +151,7 @@ def test_identical_networks_and_views_distil_to_zero(fused_cache, model):
 @pytest.mark.parametrize("model", ["polarnet", "cylinder3d"])
 def test_gradients_reach_the_student_never_the_teacher(fused_cache, model):
     cfg = tiny_train_config(model)
-    ds = ShardDataset(fused_cache, ("00",), cfg, view="both")
-    teacher_b, student_b = collate("both")([ds[(1, 3)], ds[(3, 4)]])
+    teacher_b, student_b = _views(fused_cache, cfg, [(1, 3), (3, 4)])
     torch.manual_seed(1)
     teacher = build_model(cfg).eval().requires_grad_(False)
     student = build_model(cfg).train()
