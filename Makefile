@@ -34,6 +34,12 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install -q --no-deps semantic-kitti-api
 	@touch $@
 
+# the demo's figures need matplotlib: the `experiments` extra, installed only for the demo
+EXPERIMENTS := $(VENV)/.experiments
+$(EXPERIMENTS): $(STAMP)
+	$(BIN)/pip install -q -e '.[spconv,dev,experiments]'
+	@touch $@
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
@@ -50,14 +56,14 @@ synth: $(STAMP)
 	$(BIN)/m2skd-synth $(DEMO_DATA) --sequences $(DEMO_SEQ) --preset demo $(SYNTH_ARGS)
 
 # The whole pipeline on CPU: synthetic data, fusion, teacher, baseline and student, one table.
-demo: $(STAMP)
+demo: $(EXPERIMENTS)
 	$(MAKE) fuse SEQ=$(DEMO_SEQ)
-	$(BIN)/python -m m2skd.train.demo --cache $(CACHE)/fused --out $(DEMO_OUT) --model $(MODEL) \
+	$(BIN)/python -m m2skd.experiments.demo --cache $(CACHE)/fused --out $(DEMO_OUT) --model $(MODEL) \
 		--steps $(DEMO_STEPS)
 
-demo-seeds: $(STAMP)
+demo-seeds: $(EXPERIMENTS)
 	$(MAKE) fuse SEQ=$(DEMO_SEQ)
-	$(BIN)/python -m m2skd.train.demo --cache $(CACHE)/fused --out $(DEMO_OUT) --model $(MODEL) \
+	$(BIN)/python -m m2skd.experiments.demo --cache $(CACHE)/fused --out $(DEMO_OUT) --model $(MODEL) \
 		--steps $(DEMO_STEPS) --seeds $(SEEDS)
 
 # make eval CKPT=path/last.pt [DATA=raw root]: IoU table, JSON and raw-id prediction files beside the checkpoint

@@ -26,12 +26,13 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from m2skd.common import kitti_io
-from m2skd.common.config import FusionConfig, SynthConfig
 from m2skd.common.shards import FusedScan, write_shard
-from m2skd.preprocess.fuse_pipeline import plan, run_fusion
+from m2skd.preprocess.config import FusionConfig
 from m2skd.preprocess.fusion import fuse_scan, hard_lut, load_scan
-from m2skd.preprocess.synth import generate_sequence
+from m2skd.preprocess.pipeline import plan, run_fusion
 from m2skd.preprocess.walker import iter_windows
+from m2skd.synth.config import SynthConfig
+from m2skd.synth.sequence import generate_sequence
 from tests.fusion_reference import reference_fuse
 
 

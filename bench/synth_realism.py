@@ -16,10 +16,10 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from m2skd.common.config import SynthConfig
 from m2skd.common.kitti_io import read_scan
 from m2skd.common.labels import CLASS_NAMES, raw_to_train
-from m2skd.preprocess.synth import SequenceSim
+from m2skd.synth.config import SynthConfig
+from m2skd.synth.sequence import SequenceSim
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 

@@ -23,13 +23,14 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from m2skd.common.config import TrainConfig
 from m2skd.train.batch import collate
-from m2skd.train.dataset import ShardDataset, StepSampler
+from m2skd.train.config import TrainConfig
+from m2skd.train.dataset import ShardDataset
 from m2skd.train.distill import Distiller, affinity_loss
 from m2skd.train.losses import segmentation_loss
 from m2skd.train.models import build_model
 from m2skd.train.runtime import pick_device
+from m2skd.train.sampler import StepSampler
 
 
 def _sync(device):
@@ -38,16 +39,16 @@ def _sync(device):
 
 
 def step_times(cfg: TrainConfig, cache: Path, steps: int, device: torch.device) -> dict[str, float]:
-    ds = ShardDataset(cache, cfg.train_sequences, cfg, view="both")
-    batches = [collate("both")([ds[(i, 100 + i)] for i in idx]) for idx in
+    ds = ShardDataset(cache, cfg.data.train_sequences, cfg, view="pair")
+    batches = [collate("pair")([ds[(i, 100 + i)] for i in idx]) for idx in
                ([(2 * s) % len(ds), (2 * s + 1) % len(ds)] for s in range(steps + 2))]
     torch.manual_seed(0)
-    teacher = build_model(cfg, device).eval().requires_grad_(False)
+    teacher = build_model(cfg.model, device).eval().requires_grad_(False)
     out = {}
     for kind in ("baseline", "teacher", "student"):
         torch.manual_seed(0)
-        model = build_model(cfg, device).train()
-        distiller = Distiller(cfg, model.feature_dim, teacher.feature_dim).to(device)
+        model = build_model(cfg.model, device).train()
+        distiller = Distiller(cfg.distill, ds.hard_classes, model.feature_dim, teacher.feature_dim).to(device)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         times = []
         for i, (tb, sb) in enumerate(batches):
@@ -61,7 +62,7 @@ def step_times(cfg: TrainConfig, cache: Path, steps: int, device: torch.device) 
                 with torch.no_grad():
                     t_out = teacher(tb)
                 kd = distiller(tb, t_out, sb, o, {"feat": True, "logit": True, "aff": True})
-                loss = loss + cfg.w_feat * kd["feat"] + cfg.w_logit * kd["logit"] + cfg.w_aff * kd["aff"]
+                loss = loss + sum(w * kd[k] for k, w in cfg.distill.weights.items())
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -73,16 +74,16 @@ def step_times(cfg: TrainConfig, cache: Path, steps: int, device: torch.device) 
 
 
 def loader_rate(cfg: TrainConfig, cache: Path, n_batches: int) -> float:
-    ds = ShardDataset(cache, cfg.train_sequences, cfg, view="both")
-    sampler = StepSampler(len(ds), cfg.batch_size, 0, n_batches)
-    loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=collate("both"),
-                                         num_workers=cfg.workers, prefetch_factor=4 if cfg.workers else None)
+    ds = ShardDataset(cache, cfg.data.train_sequences, cfg, view="pair")
+    sampler = StepSampler(len(ds), cfg.optim.batch_size, 0, n_batches)
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=collate("pair"),
+                                         num_workers=cfg.data.workers, prefetch_factor=4 if cfg.data.workers else None)
     it = iter(loader)
     next(it)  # worker start-up is paid once per run, not per step
     t0 = time.perf_counter()
     n = 0
     for _ in it:
-        n += cfg.batch_size
+        n += cfg.optim.batch_size
     return n / (time.perf_counter() - t0)
 
 
@@ -113,10 +114,10 @@ def main(cache: Path, steps: int, device: str) -> None:
               "loader scans/s", "student scans/s", "loader / student"):
         t.add_column(c, justify="right")
     for model in ("polarnet", "cylinder3d"):
-        cfg = TrainConfig.build("tiny", model, train_sequences=("00",), workers=1)
+        cfg = TrainConfig.preset("tiny", model=model).override(train_sequences=("00",), workers=1)
         st = step_times(cfg, cache, steps, dev)
         rate = loader_rate(cfg, cache, 3 * steps)
-        consume = cfg.batch_size / st["student"]
+        consume = cfg.optim.batch_size / st["student"]
         t.add_row(model, f"{st['baseline']:.3f}", f"{st['teacher']:.3f}", f"{st['student']:.3f}",
                   f"{st['student'] / st['baseline']:.2f}x", f"{rate:.1f}", f"{consume:.1f}", f"{rate / consume:.1f}x")
     console.print(t)

@@ -45,10 +45,6 @@ def cart2polar(xyz: np.ndarray) -> np.ndarray:
     return np.stack([rho, phi, xyz[:, 2]], axis=1)
 
 
-def polar2cart(pol: np.ndarray) -> np.ndarray:
-    return np.stack([pol[:, 0] * np.cos(pol[:, 1]), pol[:, 0] * np.sin(pol[:, 1]), pol[:, 2]], axis=1)
-
-
 @dataclass(frozen=True)
 class PolarGrid:
     """A (rho, phi, z) grid over a cylinder around the sensor.

@@ -96,10 +96,9 @@ LEARNING_MAP_INV: tuple[int, ...] = (
     0, 10, 11, 15, 18, 20, 30, 31, 32, 40, 44, 48, 49, 50, 51, 70, 71, 72, 80, 81,
 )
 
-# Train ids of "thing" classes that carry instance ids in SemanticKITTI (1-8).
-THING_CLASSES: tuple[int, ...] = tuple(range(1, 9))
-
-# The released M2SKD code fuses the thing classes except car (design.md 1.1).
+# The one definition of the default hard classes: the released M2SKD code fuses
+# SemanticKITTI's "thing" classes except car (docs/method.md, "Hard classes"). Fusion's
+# config takes it as its default; training reads a cache's own list from its manifest.
 DEFAULT_HARD_CLASSES: tuple[str, ...] = (
     "bicycle",
     "motorcycle",

@@ -1,4 +1,4 @@
-"""The fused-shard format (design.md 4): one HDF5 file per run of consecutive scans.
+"""The fused-shard format (docs/formats.md): one HDF5 file per run of consecutive scans.
 
 Datasets, concatenated over the shard's scans:
     points    float32 (P, 4)  x, y, z, remission; per scan the original points first,
@@ -35,6 +35,9 @@ DATASETS = {"points": np.float32, "labels": np.uint8, "instance": np.uint32, "so
 PER_SCAN = {"offsets": np.int64, "n_original": np.int32, "frame": np.int32}
 CHUNK_ROWS = 65536  # ~1 MB of points: big enough for lzf, small enough to read a scan's rows
 MANIFEST = "manifest.json"
+# A scan's two views: `single` = its own points (student, baseline), `fused` = with the
+# fused neighbour points (teacher). The one vocabulary for them, loader and CLI included.
+VIEWS = ("single", "fused")
 
 
 class ShardError(ValueError):
@@ -204,11 +207,13 @@ class ShardReader:
             self._pid = os.getpid()
         return self._f
 
-    def scan(self, i: int, prefix: bool = False) -> FusedScan:
-        """Scan i; with `prefix`, only its original points (the single-scan view) are read."""
+    def scan(self, i: int, view: str = "fused") -> FusedScan:
+        """Scan i in a view; `single` reads only its original points (a prefix of its rows)."""
+        if view not in VIEWS:
+            raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
         f = self._file()
         a, b = int(self.offsets[i]), int(self.offsets[i + 1])
-        if prefix:
+        if view == "single":
             b = a + int(self.n_original[i])
         return FusedScan(
             frame=int(self.frames[i]), points=f["points"][a:b], labels=f["labels"][a:b],

@@ -1,4 +1,4 @@
-"""Hard-instance fusion of one target scan with its neighbours (design.md 1.2).
+"""Hard-instance fusion of one target scan with its neighbours (docs/method.md, "Fusion").
 
 For target scan t and each neighbour k (nearest first), the hard-class instance points
 of k are moved into t's frame with the KITTI poses, inv(T_t) @ T_k. An instance that
@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..common import kitti_io
-from ..common.config import FusionConfig
-from ..common.labels import NUM_CLASSES, class_ids, is_moving, raw_to_train
-from ..common.shards import FusedScan
+from m2skd.common import kitti_io
+from m2skd.common.labels import NUM_CLASSES, class_ids, is_moving, raw_to_train
+from m2skd.common.shards import FusedScan
+
 from . import fusion_kernels as K
+from .config import FusionConfig
 
 
 @dataclass

@@ -6,8 +6,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ..common import kitti_io
-from ..common.geometry import relative_pose
+from m2skd.common import kitti_io
+from m2skd.common.geometry import relative_pose
+
 from .fusion import LabelledScan, load_scan
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from m2skd.common.config import SynthConfig
-from m2skd.preprocess.synth import generate_sequence
+from m2skd.synth.config import SynthConfig
+from m2skd.synth.sequence import generate_sequence
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 
@@ -44,8 +44,8 @@ def real_path(name: str) -> Path:
 @pytest.fixture(scope="session")
 def fused_cache(synth_root, tmp_path_factory) -> Path:
     """`make fuse` output for sequences 00 (train) and 08 (val) of `synth_root`."""
-    from m2skd.common.config import FusionConfig
-    from m2skd.preprocess.fuse_pipeline import run_fusion
+    from m2skd.preprocess.config import FusionConfig
+    from m2skd.preprocess.pipeline import run_fusion
 
     out = tmp_path_factory.mktemp("cache") / "fused"
     run_fusion(synth_root, ["00", "08"], out, FusionConfig(shard_size=5))
@@ -54,9 +54,9 @@ def fused_cache(synth_root, tmp_path_factory) -> Path:
 
 def tiny_train_config(model: str = "polarnet", **overrides):
     """The tiny preset, smaller still, for fast CPU tests (train on 00, validate on 08)."""
-    from m2skd.common.config import TrainConfig
+    from m2skd.train.config import TrainConfig
 
     base = dict(workers=0, train_sequences=("00",), val_sequences=("08",), grid_shape=(48, 36, 8),
                 point_widths=(16, 32), init_size=4, compress=8, checkpoint_every=2)
     base.update(overrides)
-    return TrainConfig.build("tiny", model, **base)
+    return TrainConfig.preset("tiny", model=model).override(**base)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from m2skd.common import kitti_io
-from m2skd.common.config import FusionConfig
 from m2skd.common.labels import class_ids, raw_to_train
+from m2skd.preprocess.config import FusionConfig
 
 
 def _read(seq, f):

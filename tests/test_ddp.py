@@ -30,7 +30,7 @@ def test_two_process_ddp_keeps_ranks_identical(fused_cache, tmp_path):
     from .conftest import tiny_train_config
 
     torch.manual_seed(0)
-    fresh = build_model(tiny_train_config("polarnet")).state_dict()
+    fresh = build_model(tiny_train_config("polarnet").model).state_dict()
     assert any(not torch.equal(fresh[k], init[k]) for k in params)
     # rank 0 alone wrote the checkpoint and the log; world size recorded
     assert (out / "last.pt").is_file()

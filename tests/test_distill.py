@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from m2skd.train.batch import Batch, collate, group
+from m2skd.common.labels import DEFAULT_HARD_CLASSES
+from m2skd.train.batch import Batch, collate
 from m2skd.train.dataset import ShardDataset
 from m2skd.train.distill import (
     Distiller,
@@ -19,6 +20,7 @@ from m2skd.train.distill import (
     student_point_index,
 )
 from m2skd.train.models import ModelOutput, build_model
+from m2skd.train.models.voxels import group
 
 from .conftest import tiny_train_config
 
@@ -129,8 +131,8 @@ def test_student_point_index():
 
 def _views(fused_cache, cfg, keys):
     """(teacher batch, student batch) of the given (scan, augmentation seed) keys."""
-    ds = ShardDataset(fused_cache, ("00",), cfg, view="both")
-    return collate("both")([ds[k] for k in keys])
+    ds = ShardDataset(fused_cache, ("00",), cfg, view="pair")
+    return collate("pair")([ds[k] for k in keys])
 
 
 @pytest.mark.parametrize("model", ["polarnet", "cylinder3d"])
@@ -138,10 +140,10 @@ def test_identical_networks_and_views_distil_to_zero(fused_cache, model):
     cfg = tiny_train_config(model)
     _, student = _views(fused_cache, cfg, [(2, 7), (4, 8)])
     torch.manual_seed(0)
-    net = build_model(cfg).eval()
+    net = build_model(cfg.model).eval()
     with torch.no_grad():
         out = net(student)
-    losses = Distiller(cfg, net.feature_dim, net.feature_dim)(student, out, student, out,
+    losses = Distiller(cfg.distill, DEFAULT_HARD_CLASSES, net.feature_dim, net.feature_dim)(student, out, student, out,
                                                              {"feat": True, "logit": True, "aff": True})
     assert set(losses) == {"feat", "logit", "aff"}
     for k, v in losses.items():
@@ -153,12 +155,12 @@ def test_gradients_reach_the_student_never_the_teacher(fused_cache, model):
     cfg = tiny_train_config(model)
     teacher_b, student_b = _views(fused_cache, cfg, [(1, 3), (3, 4)])
     torch.manual_seed(1)
-    teacher = build_model(cfg).eval().requires_grad_(False)
-    student = build_model(cfg).train()
+    teacher = build_model(cfg.model).eval().requires_grad_(False)
+    student = build_model(cfg.model).train()
     with torch.no_grad():
         t_out = teacher(teacher_b)
     s_out = student(student_b)
-    losses = Distiller(cfg, student.feature_dim, teacher.feature_dim)(
+    losses = Distiller(cfg.distill, DEFAULT_HARD_CLASSES, student.feature_dim, teacher.feature_dim)(
         teacher_b, t_out, student_b, s_out, {"feat": True, "logit": True, "aff": True})
     assert all(float(v.detach()) > 0 for v in losses.values())  # different networks and views disagree
     sum(losses.values()).backward()

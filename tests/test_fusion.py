@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from m2skd.common import kitti_io as K
-from m2skd.common.config import FusionConfig, parse_window
 from m2skd.common.labels import HARD_CLASS_IDS
 from m2skd.common.shards import ShardReader, read_manifest
 from m2skd.preprocess import fusion_kernels as FK
-from m2skd.preprocess.fuse_pipeline import FusionError, run_fusion
+from m2skd.preprocess.config import FusionConfig, parse_window
+from m2skd.preprocess.pipeline import FusionError, run_fusion
 
 from .conftest import SMALL, nn_dist
 from .fusion_reference import reference_fuse
@@ -191,7 +191,7 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_shards(synth_root, tmp_path)
     ref = tmp_path / "ref"
     run_fusion(synth_root, ["00", "08"], ref, FusionConfig(shard_size=2))
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "m2skd.preprocess.fuse_cli", "--data", str(synth_root), "--sequences", "00,08",
+    cmd = [sys.executable, "-m", "m2skd.preprocess.cli", "--data", str(synth_root), "--sequences", "00,08",
            "--out", str(out), "--shard-size", "2"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 60

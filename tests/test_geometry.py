@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from m2skd.common.config import kitti_calib_matrices
 from m2skd.common.geometry import PolarGrid, camera_poses, cart2polar, lidar_poses, transform_points
+from m2skd.synth.config import kitti_calib_matrices
 
 
 def test_lidar_pose_convention_hand_case():

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from m2skd.common import kitti_io as K
-from m2skd.common.config import kitti_calib_matrices
+from m2skd.synth.config import kitti_calib_matrices
 
 from .conftest import real_path
 

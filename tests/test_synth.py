@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from m2skd.common import kitti_io as K
-from m2skd.common.config import SynthConfig
 from m2skd.common.geometry import relative_pose, transform_points
 from m2skd.common.labels import HARD_CLASS_IDS, MOVING_RAW_MIN, raw_to_train
-from m2skd.preprocess.synth import SequenceSim, generate_sequence
+from m2skd.synth.config import SynthConfig
+from m2skd.synth.sequence import SequenceSim, generate_sequence
 
 from .conftest import SMALL, nn_dist, real_path
 

@@ -44,10 +44,10 @@ def _oracle_miou(vox: np.ndarray, labels: np.ndarray) -> float:
 @pytest.mark.parametrize(("model", "steps", "frac"), [("polarnet", 60, 0.45), ("cylinder3d", 40, 0.9)])
 def test_backbone_overfits_one_scan(fused_cache, model, steps, frac):
     cfg = tiny_train_config(model, dropout=0.0)
-    sample = ShardDataset(fused_cache, ("00",), cfg, view="student")[0]
-    batch = collate("student")([sample.prefix(8000)])  # a third of the scan keeps the test quick
+    sample = ShardDataset(fused_cache, ("00",), cfg, view="single")[0]
+    batch = collate("single")([sample.prefix(8000)])  # a third of the scan keeps the test quick
     torch.manual_seed(0)
-    net = build_model(cfg).train()
+    net = build_model(cfg.model).train()
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     losses = []
     for _ in range(steps):
@@ -86,7 +86,7 @@ def test_resume_gives_the_weights_of_an_unbroken_run(fused_cache, tmp_path, mode
     for k, v in a["model"].items():
         torch.testing.assert_close(v, b["model"][k], rtol=0, atol=0, msg=k)
     assert [m["step"] for m in read_metrics(tmp_path / "part")] == [1, 2, 3, 4]
-    assert json.loads((tmp_path / "part" / "config.json").read_text())["config"]["model"] == model
+    assert json.loads((tmp_path / "part" / "config.json").read_text())["config"]["model"]["backbone"] == model
     # a finished run is not overwritten by accident
     with pytest.raises(TrainError, match="--resume"):
         train(_spec(fused_cache, tmp_path / "full", steps=4, model=model, cfg=extra))
@@ -121,7 +121,7 @@ def test_eval_predictions_decode_to_the_predicted_labels(synth_root, fused_cache
     for i in (0, len(ds) - 1):
         sample = ds[i]
         with torch.no_grad():
-            expected = predict(model(collate("student")([sample])).point_logits).numpy()
+            expected = predict(model(collate("single")([sample])).point_logits).numpy()
         semantic, instance = kitti_io.read_label(seq.prediction_path(sample.frame))
         assert semantic.dtype == np.uint32 and not instance.any()
         # raw ids (e.g. 10 for car, 40 for road), which map back to the predicted train ids

@@ -6,19 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from m2skd.common.config import TrainConfig
 from m2skd.common.geometry import PolarGrid
 from m2skd.train.augment import Augmentation
-from m2skd.train.batch import group, keys_to_vox, max_pool, voxel_keys
-from m2skd.train.dataset import StepSampler
+from m2skd.train.config import TrainConfig
 from m2skd.train.losses import lovasz_softmax, segmentation_loss
 from m2skd.train.metrics import Confusion
 from m2skd.train.models.polarnet import PolarConv, circular_pad
+from m2skd.train.models.voxels import group, keys_to_vox, max_pool, voxel_keys
+from m2skd.train.sampler import StepSampler
 
 
 def test_voxel_index_of_hand_placed_points():
     # tiny Cylinder3D grid: rho 0-50 m in 96 cells, phi -pi..pi in 72 (5 deg), z -4..2 m in 16
-    grid = TrainConfig.build("tiny", "cylinder3d").grid
+    grid = TrainConfig.preset("tiny", model="cylinder3d").model.grid
     pts = np.array([
         [10.0, 0.0, 0.0],  # rho 10 -> 10/(50/96)=19.2 -> 19; phi 0 -> 36; z 0 -> 4/(6/16)=10.67 -> 10
         [0.0, 3.0, -3.9],  # rho 3 -> 5.76 -> 5; phi 90 deg -> 36 + 18 = 54; z -3.9 -> 0.27 -> 0
@@ -52,17 +52,17 @@ def test_same_augmentation_for_both_views(fused_cache):
     from .conftest import tiny_train_config
 
     cfg = tiny_train_config()
-    ds = ShardDataset(fused_cache, ("00",), cfg, view="both")
+    ds = ShardDataset(fused_cache, ("00",), cfg, view="pair")
     sample = ds[(3, 1234)]
-    teacher, student = collate("both")([sample])
+    teacher, student = collate("pair")([sample])
     n = student.sizes[0]
     assert n == sample.n_original and teacher.sizes[0] > n  # fused points exist
     # the student's points are the teacher's first n, features and voxels included
     assert torch.equal(teacher.feats[:n], student.feats) and torch.equal(teacher.vox[:n], student.vox)
-    again = ShardDataset(fused_cache, ("00",), cfg, view="student")[(3, 1234)]
+    again = ShardDataset(fused_cache, ("00",), cfg, view="single")[(3, 1234)]
     np.testing.assert_array_equal(again.feats, student.feats.numpy())
     # and an augmented scan differs from the raw one
-    plain = ShardDataset(fused_cache, ("00",), cfg, view="student")[3]
+    plain = ShardDataset(fused_cache, ("00",), cfg, view="single")[3]
     assert not np.allclose(plain.feats[:, 6:8], again.feats[:, 6:8])
 
 

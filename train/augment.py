@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from m2skd.common.config import TrainConfig
+from .config import AugmentConfig
 
 
 @dataclass(frozen=True)
@@ -23,18 +23,14 @@ class Augmentation:
     translation: tuple[float, float, float]
 
     @classmethod
-    def draw(cls, rng: np.random.Generator, cfg: TrainConfig) -> Augmentation:
+    def draw(cls, rng: np.random.Generator, cfg: AugmentConfig) -> Augmentation:
         return cls(
-            rotation=float(np.deg2rad(rng.uniform(-cfg.aug_rotate_deg, cfg.aug_rotate_deg))),
-            flip_x=bool(cfg.aug_flip and rng.random() < 0.5),
-            flip_y=bool(cfg.aug_flip and rng.random() < 0.5),
-            scale=float(rng.uniform(*cfg.aug_scale)),
-            translation=tuple(float(v) for v in rng.normal(0.0, cfg.aug_translate)),
+            rotation=float(np.deg2rad(rng.uniform(-cfg.rotate_deg, cfg.rotate_deg))),
+            flip_x=bool(cfg.flip and rng.random() < 0.5),
+            flip_y=bool(cfg.flip and rng.random() < 0.5),
+            scale=float(rng.uniform(*cfg.scale)),
+            translation=tuple(float(v) for v in rng.normal(0.0, cfg.translate)),
         )
-
-    @classmethod
-    def identity(cls) -> Augmentation:
-        return cls(0.0, False, False, 1.0, (0.0, 0.0, 0.0))
 
     def matrix(self) -> np.ndarray:
         """(3, 4) affine map applied to xyz (flip, then rotate, then scale, then shift)."""

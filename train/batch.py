@@ -1,8 +1,9 @@
-"""Collating samples into batches and grouping points into voxels.
+"""The batch the loader yields, and the collate that builds it for a view.
 
-Voxels are identified by one int64 key, ((b * R + r) * P + p) * Z + z, so grouping is a
-1-D `torch.unique` and joining two views on the same grid is a sorted search on keys
-(no dense R x P x Z tensor is ever built for it).
+Views (one word for one idea, everywhere): `single` is a scan's own points (the
+student's and the baseline's input), `fused` is the scan with its fused neighbours'
+points (the teacher's), `pair` is (fused, single) of the same augmented scans (a
+student step).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .dataset import Sample
+from .dataset import LOADER_VIEWS, Sample
 
 
 @dataclass
@@ -58,47 +59,19 @@ def make_batch(samples: list[Sample]) -> Batch:
 
 
 class collate:  # lower case: used like the function it replaced, collate(view)(samples)
-    """DataLoader collate_fn for a view: 'teacher' (all points), 'student' (own points only)
-    or 'both' (a (teacher, student) pair from the same augmented scans).
+    """DataLoader collate_fn for a view: 'fused', 'single' or 'pair' (a (fused, single)
+    tuple from the same augmented scans).
 
     A class, not a closure, so loader workers started with 'spawn' can pickle it.
     """
 
     def __init__(self, view: str) -> None:
+        if view not in LOADER_VIEWS:
+            raise ValueError(f"view must be one of {LOADER_VIEWS}, got {view!r}")
         self.view = view
 
     def __call__(self, samples: list[Sample]):
-        if self.view == "teacher":
+        if self.view == "fused":
             return make_batch(samples)
-        student = make_batch([s.prefix(s.n_original) for s in samples])
-        return student if self.view == "student" else (make_batch(samples), student)
-
-
-def voxel_keys(vox: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """(N, 1 + len(shape)) long indices -> (N,) int64 keys in row-major order."""
-    key = vox[:, 0].clone()
-    for d, size in enumerate(shape):
-        key = key * size + vox[:, d + 1]
-    return key
-
-
-def keys_to_vox(keys: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    cols = []
-    rest = keys
-    for size in reversed(shape):
-        cols.append(rest % size)
-        rest = rest // size
-    cols.append(rest)
-    return torch.stack(cols[::-1], dim=1)
-
-
-def group(vox: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Points -> occupied voxels: (sorted unique keys (M,), voxel indices (M, 1+D), point->voxel (N,))."""
-    keys, inverse = torch.unique(voxel_keys(vox, shape), sorted=True, return_inverse=True)
-    return keys, keys_to_vox(keys, shape), inverse
-
-
-def max_pool(x: torch.Tensor, inverse: torch.Tensor, n_voxels: int) -> torch.Tensor:
-    """Per-voxel max of point features with torch's own scatter_reduce (design.md 6)."""
-    out = x.new_zeros((n_voxels, x.shape[1]))
-    return out.scatter_reduce(0, inverse[:, None].expand(-1, x.shape[1]), x, reduce="amax", include_self=False)
+        single = make_batch([s.prefix(s.n_original) for s in samples])
+        return single if self.view == "single" else (make_batch(samples), single)

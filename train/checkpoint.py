@@ -9,10 +9,12 @@ from pathlib import Path
 import torch
 
 from m2skd.common.atomic import atomic_path
-from m2skd.common.config import TrainConfig
 from m2skd.common.labels import CLASS_NAMES
 
-FORMAT = "m2skd-checkpoint-1"
+from .config import TrainConfig
+
+# 2: nested TrainConfig, the cache's hard classes saved beside it
+FORMAT = "m2skd-checkpoint-2"
 
 
 class CheckpointError(ValueError):
@@ -20,11 +22,11 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(path: str | Path, *, kind: str, step: int, total_steps: int, cfg: TrainConfig,
-                    model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, seed: int,
-                    extra: dict | None = None) -> None:
+                    hard_classes: tuple[str, ...], model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+                    seed: int, extra: dict | None = None) -> None:
     state = {
         "format": FORMAT, "kind": kind, "step": step, "total_steps": total_steps, "seed": seed,
-        "config": cfg.to_dict(), "classes": list(CLASS_NAMES),
+        "config": cfg.to_dict(), "classes": list(CLASS_NAMES), "hard_classes": list(hard_classes),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "torch_rng": torch.get_rng_state(),
@@ -60,8 +62,8 @@ def checkpoint_config(state: dict, path: str | Path) -> TrainConfig:
 
 def check_compatible(state: dict, cfg: TrainConfig, path: str | Path, role: str) -> None:
     """Refuse weights whose network shape differs from `cfg` (other backbone, preset or grid)."""
-    saved = checkpoint_config(state, path).shape_fields()
-    want = cfg.shape_fields()
+    saved = checkpoint_config(state, path).model.shape_dict()
+    want = cfg.model.shape_dict()
     diff = {k: (saved[k], want[k]) for k in want if saved[k] != want[k]}
     if diff:
         lines = ", ".join(f"{k}: checkpoint {a} vs run {b}" for k, (a, b) in diff.items())

@@ -16,13 +16,13 @@ import numpy as np
 import torch
 
 from m2skd.common import kitti_io
-from m2skd.common.config import TrainConfig
-from m2skd.common.labels import class_ids, raw_to_train
-from m2skd.common.shards import ShardError, ShardReader, read_manifest
+from m2skd.common.labels import raw_to_train
+from m2skd.common.shards import MANIFEST, VIEWS, FusedScan, ShardError, ShardReader, read_manifest
 
 from .augment import Augmentation
+from .config import TrainConfig
 
-VIEWS = ("teacher", "student", "both")
+LOADER_VIEWS = (*VIEWS, "pair")  # pair: (fused, single) of the same augmented scans
 
 
 @dataclass
@@ -46,52 +46,53 @@ def _voxelise(points: np.ndarray, labels: np.ndarray, instance: np.ndarray, n_or
               aug: Augmentation | None, sequence: str, frame: int) -> Sample:
     if aug is not None:
         points = aug.apply(points)
-    feats, vox = cfg.grid.point_features(points)
+    feats, vox = cfg.model.grid.point_features(points)
     return Sample(feats, vox, labels.astype(np.int64), instance.astype(np.int64), n_original, sequence, frame)
-
-
-def aug_seed(seed: int, step: int, slot: int) -> int:
-    """Augmentation seed of one batch slot: a pure function of (run seed, step, slot), so a
-    resumed run or another worker count draws exactly the same augmentation."""
-    return int(np.random.SeedSequence([seed, step, slot]).generate_state(1)[0])
 
 
 class ShardDataset(torch.utils.data.Dataset):
     """Fused scans of the given sequences from a cache built by `m2skd-fuse`.
 
     Items are keyed by `(index, aug_seed)` (aug_seed None = no augmentation) or a plain
-    index. `view="student"` reads only the first n_original points of each scan.
+    index. `view="single"` reads only the first n_original points of each scan; `fused`
+    and `pair` read them all. The cache's manifest is the one source of the hard classes
+    (`hard_classes`): the run that trains on it takes them from here.
     """
 
     def __init__(self, cache: str | Path, sequences: tuple[str, ...] | list[str], cfg: TrainConfig,
-                 view: str = "teacher") -> None:
-        if view not in VIEWS:
-            raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
+                 view: str = "fused") -> None:
+        if view not in LOADER_VIEWS:
+            raise ValueError(f"view must be one of {LOADER_VIEWS}, got {view!r}")
         self.cache, self.cfg, self.view = Path(cache), cfg, view
         manifest = read_manifest(self.cache)
-        hard = manifest.get("config", {}).get("fusion", {}).get("hard_classes")
-        if hard is not None and tuple(class_ids(hard)) != tuple(class_ids(cfg.hard_classes)):
-            raise ShardError(f"{self.cache}: fused with hard classes {list(hard)}, this run uses "
-                             f"{list(cfg.hard_classes)}; refuse the mix (rebuild the cache or pass --hard-classes)")
+        try:
+            self.hard_classes = tuple(manifest["config"]["fusion"]["hard_classes"])
+        except (KeyError, TypeError):
+            raise ShardError(f"{self.cache / MANIFEST}: no fusion config with hard classes; rebuild the cache "
+                             "with `make fuse`") from None
         wanted = set(sequences)
+        have = {e["sequence"] for e in manifest["shards"]}
+        if wanted - have:
+            raise ShardError(f"{self.cache}: no fused scans of sequence(s) {sorted(wanted - have)} (the cache holds "
+                             f"{sorted(have)}); fuse them with `make fuse SEQ=...`")
         self.readers = [ShardReader(self.cache / e["file"]) for e in manifest["shards"] if e["sequence"] in wanted]
         self.index = [(r, i) for r, reader in enumerate(self.readers) for i in range(len(reader))]
-        if not self.index:
-            have = sorted({e["sequence"] for e in manifest["shards"]})
-            raise ShardError(f"{self.cache}: no fused scans of sequence(s) {sorted(wanted)} (the cache holds "
-                             f"{have}); fuse them with `make fuse SEQ=...`")
 
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, key) -> Sample:
-        idx, seed = key if isinstance(key, tuple) else (key, None)
+    def scan(self, idx: int) -> tuple[str, FusedScan]:
+        """(sequence, scan idx as stored, in this dataset's view), not voxelised."""
         r, i = self.index[idx]
         reader = self.readers[r]
-        scan = reader.scan(i, prefix=self.view == "student")
-        aug = None if seed is None else Augmentation.draw(np.random.default_rng(seed), self.cfg)
-        return _voxelise(scan.points, scan.labels, scan.instance, scan.n_original, self.cfg, aug,
-                         str(reader.attrs.get("sequence")), scan.frame)
+        return str(reader.attrs.get("sequence")), reader.scan(i, "single" if self.view == "single" else "fused")
+
+    def __getitem__(self, key) -> Sample:
+        idx, seed = key if isinstance(key, tuple) else (key, None)
+        sequence, scan = self.scan(idx)
+        aug = None if seed is None else Augmentation.draw(np.random.default_rng(seed), self.cfg.augment)
+        return _voxelise(scan.points, scan.labels, scan.instance, scan.n_original, self.cfg, aug, sequence,
+                         scan.frame)
 
 
 class RawDataset(torch.utils.data.Dataset):
@@ -118,38 +119,3 @@ class RawDataset(torch.utils.data.Dataset):
         else:
             labels = raw_to_train(semantic, str(seq.label_path(frame)))
         return _voxelise(points, labels, instance, len(points), self.cfg, None, seq.name, frame)
-
-
-class StepSampler(torch.utils.data.Sampler):
-    """Batches of `(index, aug_seed)` for steps start..total-1, a pure function of (seed, step).
-
-    Epoch e visits a seeded permutation; step s is chunk s % steps_per_epoch of epoch
-    s // steps_per_epoch, so resuming at step s replays exactly what an unbroken run would
-    have seen. Under DDP each rank takes its slice of the global batch (bs * world).
-    """
-
-    def __init__(self, n: int, batch_size: int, seed: int, total_steps: int, start_step: int = 0,
-                 rank: int = 0, world: int = 1, augment: bool = True) -> None:
-        self.n, self.bs, self.seed, self.total, self.start = n, batch_size, seed, total_steps, start_step
-        self.rank, self.world, self.augment = rank, world, augment
-        self.global_bs = batch_size * world
-        self.steps_per_epoch = max(1, n // self.global_bs)
-
-    def _epoch(self, e: int) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, e])
-        need = self.steps_per_epoch * self.global_bs
-        parts = [rng.permutation(self.n) for _ in range(-(-need // self.n))]
-        return np.concatenate(parts)[:need]
-
-    def __len__(self) -> int:
-        return max(0, self.total - self.start)
-
-    def __iter__(self):
-        cached = (-1, None)
-        for step in range(self.start, self.total):
-            e, k = divmod(step, self.steps_per_epoch)
-            if cached[0] != e:
-                cached = (e, self._epoch(e))
-            chunk = cached[1][k * self.global_bs:(k + 1) * self.global_bs]
-            slots = range(self.rank * self.bs, (self.rank + 1) * self.bs)
-            yield [(int(chunk[j]), aug_seed(self.seed, step, j) if self.augment else None) for j in slots]

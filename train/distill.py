@@ -1,4 +1,4 @@
-"""The three M2SKD distillations (design.md 1.4): features, logits, instance-aware affinity.
+"""The three M2SKD distillations (docs/method.md, "Distillation"): features, logits, instance-aware affinity.
 
 The student's points are the first n_original points of each teacher sample and both
 views are voxelised on the same grid, so every student voxel is also a teacher voxel:
@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from m2skd.common.config import TrainConfig
 from m2skd.common.labels import class_ids
 
 from .batch import Batch
+from .config import DistillConfig
 from .models import ModelOutput
 
 RELEASED_SCALE = 0.3  # released code: softmax(logits * 0.3), i.e. T = 1/0.3
@@ -136,10 +136,10 @@ class Distiller(nn.Module):
     same backbone on both sides it is the identity and has no weights.
     """
 
-    def __init__(self, cfg: TrainConfig, student_dim: int, teacher_dim: int) -> None:
+    def __init__(self, cfg: DistillConfig, hard_classes: tuple[str, ...], student_dim: int, teacher_dim: int) -> None:
         super().__init__()
         self.cfg = cfg
-        self.hard_ids = tuple(class_ids(cfg.hard_classes))
+        self.hard_ids = tuple(class_ids(hard_classes))
         self.adapter = nn.Identity() if student_dim == teacher_dim else nn.Linear(student_dim, teacher_dim)
 
     def forward(self, teacher: Batch, t_out: ModelOutput, student: Batch, s_out: ModelOutput,

@@ -1,8 +1,8 @@
 """Single-scan inference over a split: confusion matrix, IoU table, prediction files.
 
-Scores are always on each scan's own points. With `fused=True` (a cache, teacher view)
-the network sees the fused scan but is scored on the original points only, which is how
-the teacher's "fused val" numbers are meant.
+Scores are always on each scan's own points. In the `fused` view (a cache) the network
+sees the fused scan but is scored on the original points only, which is how the
+teacher's "fused val" numbers are meant.
 """
 
 from __future__ import annotations
@@ -16,20 +16,22 @@ from rich.progress import Progress
 from rich.table import Table
 
 from m2skd.common import kitti_io
-from m2skd.common.config import TrainConfig
 from m2skd.common.labels import CLASS_NAMES, class_ids, train_to_raw
 
 from .batch import collate
 from .checkpoint import checkpoint_config, load_checkpoint
+from .config import TrainConfig
 from .dataset import RawDataset, ShardDataset
 from .metrics import Confusion, predict
 from .models import build_model
 
 
 def load_model(ckpt: str | Path, device: torch.device) -> tuple[torch.nn.Module, TrainConfig, dict]:
+    """The checkpoint's network in eval mode, its config, and the checkpoint (its
+    `hard_classes` are the ones the run trained with)."""
     state = load_checkpoint(ckpt)
     cfg = checkpoint_config(state, ckpt)
-    model = build_model(cfg, device)
+    model = build_model(cfg.model, device)
     model.load_state_dict(state["model"])
     model.eval()
     return model, cfg, state
@@ -37,9 +39,9 @@ def load_model(ckpt: str | Path, device: torch.device) -> tuple[torch.nn.Module,
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, dataset: torch.utils.data.Dataset, device: torch.device, *,
-             batch_size: int = 1, workers: int = 0, predictions: Path | None = None,
+             view: str = "single", batch_size: int = 1, workers: int = 0, predictions: Path | None = None,
              progress: bool = True) -> Confusion:
-    view = "teacher" if getattr(dataset, "view", "student") == "teacher" else "student"
+    """Confusion over the dataset's scans, read in `view` (single or fused), scored on their own points."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate(view),
                                          num_workers=workers)
     conf = Confusion()
@@ -66,14 +68,14 @@ def _write_predictions(root: Path, batch, pred: np.ndarray) -> None:
 
 
 def dataset_for(cfg: TrainConfig, *, data: Path | None, cache: Path | None, sequences: tuple[str, ...],
-                fused: bool) -> torch.utils.data.Dataset:
+                view: str) -> torch.utils.data.Dataset:
     if (data is None) == (cache is None):
         raise ValueError("give exactly one of --data RAW_ROOT or --cache DIR")
     if data is not None:
-        if fused:
+        if view == "fused":
             raise ValueError("--view fused needs --cache (fused scans come from `make fuse`)")
         return RawDataset(data, sequences, cfg)
-    return ShardDataset(cache, sequences, cfg, view="teacher" if fused else "student")
+    return ShardDataset(cache, sequences, cfg, view=view)
 
 
 def iou_table(results: dict[str, dict], hard_classes: tuple[str, ...], title: str = "") -> Table:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE = 0
+from m2skd.common.labels import IGNORE_INDEX as IGNORE
 
 
 def lovasz_grad(gt_sorted: torch.Tensor) -> torch.Tensor:

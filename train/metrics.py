@@ -8,12 +8,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from m2skd.common.labels import CLASS_NAMES, NUM_CLASSES, class_ids
+from m2skd.common.labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, class_ids
 
 
 def predict(logits: torch.Tensor) -> torch.Tensor:
-    """Arg-max over the 19 real classes: 'unlabelled' is never a useful prediction."""
-    return logits[:, 1:].argmax(dim=1) + 1
+    """Arg-max over the 19 real classes: 'unlabelled' (train id 0) is never a useful prediction."""
+    return logits[:, IGNORE_INDEX + 1:].argmax(dim=1) + IGNORE_INDEX + 1
 
 
 class Confusion:
@@ -28,12 +28,9 @@ class Confusion:
             raise ValueError(f"{len(pred)} predictions for {len(gt)} labels")
         self.matrix += np.bincount(pred * self.n + gt, minlength=self.n * self.n).reshape(self.n, self.n)
 
-    def merge(self, other: Confusion) -> None:
-        self.matrix += other.matrix
-
     def iou(self) -> np.ndarray:
         conf = self.matrix.copy()
-        conf[:, 0] = 0
+        conf[:, IGNORE_INDEX] = 0
         tp = np.diag(conf).astype(np.float64)
         fp = conf.sum(axis=1) - tp
         fn = conf.sum(axis=0) - tp
@@ -42,9 +39,10 @@ class Confusion:
     def summary(self, hard_classes: tuple[str, ...]) -> dict:
         iou = self.iou()
         hard = list(class_ids(hard_classes))
+        scored = [c for c in range(self.n) if c != IGNORE_INDEX]
         return {
-            "miou": float(iou[1:].mean()),
+            "miou": float(iou[scored].mean()),
             "hard_miou": float(iou[hard].mean()),
-            "iou": {CLASS_NAMES[c]: float(iou[c]) for c in range(1, self.n)},
-            "points": int(self.matrix[:, 1:].sum()),
+            "iou": {CLASS_NAMES[c]: float(iou[c]) for c in scored},
+            "points": int(self.matrix[:, scored].sum()),
         }

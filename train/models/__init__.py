@@ -1,12 +1,23 @@
-"""Backbones. Each returns per-point logits and the decoder features at its voxels."""
+"""Backbones. Each takes voxelised points and returns per-point logits and the decoder
+features at its voxels. They depend on nothing in the data path: any object with the
+fields of `VoxelInput` (the loader's `Batch` is one) will do."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
-from m2skd.common.config import TrainConfig
+from ..config import ModelConfig
+
+
+class VoxelInput(Protocol):
+    feats: torch.Tensor  # (N, 9) float per-point features
+    vox: torch.Tensor  # (N, 4) long: sample, rho, phi, z indices
+
+    @property
+    def batch_size(self) -> int: ...
 
 
 @dataclass
@@ -17,9 +28,9 @@ class ModelOutput:
     point_voxel: torch.Tensor  # (N,) index into the M voxels for every point
 
 
-def build_model(cfg: TrainConfig, device: torch.device | str = "cpu") -> torch.nn.Module:
+def build_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> torch.nn.Module:
     device = torch.device(device)
-    if cfg.model == "polarnet":
+    if cfg.backbone == "polarnet":
         from .polarnet import PolarNet
 
         model = PolarNet(cfg)

@@ -1,5 +1,5 @@
 """Cylinder3D (Zhu et al., CVPR 2021): cylindrical voxels, point MLP + max pool per voxel,
-asymmetric residual sparse 3D U-Net on spconv (layer plan as in design.md 1.5).
+asymmetric residual sparse 3D U-Net on spconv (layer plan in docs/method.md, "Backbones").
 
 spconv on CPU only runs with ConvAlgo.Native (its default implicit-GEMM algorithm asks
 for a CUDA stream), so the algorithm is picked from the device the model is built for.
@@ -12,12 +12,12 @@ import warnings
 import torch
 from torch import nn
 
-from m2skd.common.config import TrainConfig
 from m2skd.common.labels import NUM_CLASSES
 
-from ..batch import Batch, group
-from . import ModelOutput
+from ..config import ModelConfig
+from . import ModelOutput, VoxelInput
 from .point_encoder import PointEncoder
+from .voxels import group
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)  # spconv uses torch.cuda.amp decorators torch deprecates
@@ -120,7 +120,7 @@ class ReconBlock(nn.Module):
 
 
 class Cylinder3D(nn.Module):
-    def __init__(self, cfg: TrainConfig, device: torch.device, n_classes: int = NUM_CLASSES) -> None:
+    def __init__(self, cfg: ModelConfig, device: torch.device, n_classes: int = NUM_CLASSES) -> None:
         super().__init__()
         ctx = _Ctx(device)
         w = cfg.init_size
@@ -136,7 +136,7 @@ class Cylinder3D(nn.Module):
         self.up = nn.ModuleList([
             UpBlock(ctx, 16 * w, 16 * w, 3),
             UpBlock(ctx, 16 * w, 8 * w, 2),
-            UpBlock(ctx, 8 * w, 4 * w, 1),  # the released code's feature-KD level (upBlock2)
+            UpBlock(ctx, 8 * w, 4 * w, 1),
             UpBlock(ctx, 4 * w, 2 * w, 0),
         ])
         self.recon = ReconBlock(ctx, 2 * w, "l0")
@@ -145,7 +145,7 @@ class Cylinder3D(nn.Module):
         self.logit_bias = nn.Parameter(torch.zeros(n_classes))
         self.feature_dim = 4 * w
 
-    def forward(self, batch: Batch) -> ModelOutput:
+    def forward(self, batch: VoxelInput) -> ModelOutput:
         keys, vox, inverse = group(batch.vox, self.shape)
         feats = self.encoder(batch.feats, inverse, len(keys))
         x = spconv.SparseConvTensor(feats, vox.int(), list(self.shape), batch.batch_size)
@@ -156,6 +156,8 @@ class Cylinder3D(nn.Module):
             skips.append(skip)
         for up in self.up:
             x = up(x, skips.pop())
+        # distilled features: the last decoder level (recon block + its input), not the
+        # released code's upBlock2 (docs/method.md, "Distillation")
         dec = torch.cat([self.recon(x).features, x.features], dim=1)
         logits = self.logits(x.replace_feature(dec)).features + self.logit_bias
         return ModelOutput(logits[inverse], keys, dec, inverse)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..batch import max_pool
+from .voxels import max_pool
 
 
 class PointEncoder(nn.Module):

@@ -7,12 +7,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from m2skd.common.config import TrainConfig
 from m2skd.common.labels import NUM_CLASSES
 
-from ..batch import Batch, group
-from . import ModelOutput
+from ..config import ModelConfig
+from . import ModelOutput, VoxelInput
 from .point_encoder import PointEncoder
+from .voxels import group
 
 
 def circular_pad(x: torch.Tensor, pad: int = 1) -> torch.Tensor:
@@ -58,7 +58,7 @@ class PolarUNet(nn.Module):
 
 
 class PolarNet(nn.Module):
-    def __init__(self, cfg: TrainConfig, n_classes: int = NUM_CLASSES) -> None:
+    def __init__(self, cfg: ModelConfig, n_classes: int = NUM_CLASSES) -> None:
         super().__init__()
         self.shape = tuple(cfg.grid_shape)
         self.n_classes = n_classes
@@ -80,7 +80,7 @@ class PolarNet(nn.Module):
         rank = torch.arange(len(cell), device=cell.device) - first
         return order[rank < self.cap]
 
-    def forward(self, batch: Batch) -> ModelOutput:
+    def forward(self, batch: VoxelInput) -> ModelOutput:
         R, P, Z = self.shape
         keys, cells, inverse = group(batch.vox[:, :3], (R, P))
         keep = self._keep(inverse)

@@ -10,7 +10,6 @@ calib.txt the shard read) and whose checksum verifies; everything else is rebuil
 from __future__ import annotations
 
 import hashlib
-import json
 import multiprocessing as mp
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,10 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..common import kitti_io
-from ..common.atomic import remove_stale_temps
-from ..common.config import FusionConfig
-from ..common.shards import FORMAT_VERSION, finished_entry, shard_name, write_manifest, write_shard
+from m2skd.common import kitti_io
+from m2skd.common.atomic import remove_stale_temps
+from m2skd.common.config import digest
+from m2skd.common.labels import CLASS_NAMES
+from m2skd.common.shards import FORMAT_VERSION, ShardReader, finished_entry, shard_name, write_manifest, write_shard
+
+from .config import FusionConfig
 from .fusion import fuse_scan, hard_lut
 from .walker import iter_windows, window_span
 
@@ -38,10 +40,13 @@ class SequencePlan:
     shards: tuple[tuple[int, int], ...]  # (first, last) frame of each shard
 
 
-def cache_config(cfg: FusionConfig, root: Path) -> tuple[dict, str]:
-    """What a shard's validity depends on (fusion config, format, source dataset) and its hash."""
-    d = {"fusion": cfg.to_dict(), "format_version": FORMAT_VERSION, "data": str(Path(root).resolve())}
-    return d, hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+def cache_config(cfg: FusionConfig) -> tuple[dict, str]:
+    """What a shard's validity depends on besides its input files (fusion config, format) and its hash.
+
+    The dataset's path is not part of it: the input fingerprint covers the files
+    themselves, so a dataset moved elsewhere keeps its cache."""
+    d = {"fusion": cfg.to_dict(), "format_version": FORMAT_VERSION}
+    return d, digest(d)
 
 
 def input_fingerprint(seq: kitti_io.Sequence, first: int, last: int, offsets: tuple[int, ...],
@@ -88,7 +93,7 @@ def fuse_sequence(
     on_scan: Callable[[str, int, bool], None] | None = None,
 ) -> list[dict]:
     """Fuse one sequence's unfinished shards; on_scan(seq, frame, skipped) after each scan."""
-    config, chash = cache_config(cfg, root)
+    config, chash = cache_config(cfg)
     seq = kitti_io.Sequence(root, sp.name)
     todo, entries = [], []
     inputs = {}
@@ -155,7 +160,7 @@ def run_fusion(
         on_plan(plans)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out)  # a killed run's half-written shard
-    config, chash = cache_config(cfg, root)
+    config, chash = cache_config(cfg)
     if workers <= 1 or len(plans) == 1:
         for sp in plans:
             fuse_sequence(root, sp, out, cfg, force, on_scan)
@@ -184,9 +189,6 @@ def run_fusion(
 
 def fused_stats(manifest: dict, out: str | Path) -> dict:
     """Mean fused points per scan, overall and per hard class (for the CLI summary)."""
-    from ..common.labels import CLASS_NAMES
-    from ..common.shards import ShardReader
-
     per_class: dict[str, float] = {}
     fused = scans = 0
     for e in manifest["shards"]:

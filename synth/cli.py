@@ -12,10 +12,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ..common import kitti_io
-from ..common.config import SynthConfig
-from ..common.labels import CLASS_NAMES, HARD_CLASS_IDS, NUM_CLASSES, raw_to_train
-from .synth import generate_sequence
+from m2skd.common import kitti_io
+from m2skd.common.cli import config_options, knob_values
+from m2skd.common.labels import CLASS_NAMES, HARD_CLASS_IDS, NUM_CLASSES, raw_to_train
+
+from .config import SynthConfig
+from .sequence import generate_sequence
 
 console = Console(stderr=True)
 
@@ -52,26 +54,20 @@ def summarise(root: Path, names: list[str], every: int = 1) -> Table:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--sequences", default="00", show_default=True, help="e.g. 00-10, 08 or 00,02,08")
-@click.option("--preset", type=click.Choice(["full", "demo", "tiny"]), default="full", show_default=True,
+@click.option("--preset", type=click.Choice(SynthConfig.preset_names()), default="full", show_default=True,
               help="full: HDL-64E-like 64 x 2000 scans; demo: 32 x 1024; tiny: 16 x 360 for tests")
-@click.option("--scans", type=int, help="scans per sequence (preset: full 200, demo 120, tiny 20)")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--beams", type=int, help="vertical lasers (1-64)")
-@click.option("--columns", type=int, help="firings per revolution")
+@config_options(SynthConfig)
 @click.option("--labels/--no-labels", default=None,
               help="write labels (default: yes, except test sequences 11-21, as SemanticKITTI)")
 @click.option("--summary/--no-summary", default=True, show_default=True, help="print a table read back from disk")
-def main(out_dir: Path, sequences: str, preset: str, scans: int | None, seed: int, beams: int | None,
-         columns: int | None, labels: bool | None, summary: bool) -> None:
+def main(out_dir: Path, sequences: str, preset: str, labels: bool | None, summary: bool, **options) -> None:
     """Generate synthetic LiDAR sequences in OUT_DIR/sequences/XX (SemanticKITTI layout).
 
     Deterministic per seed; an interrupted run resumes where it stopped.
     """
     try:
         names = kitti_io.parse_sequences(sequences)
-        cfg = SynthConfig.preset(preset).override(scans=scans, seed=seed, beams=beams, columns=columns)
-        if cfg.scans <= 0:
-            raise click.BadParameter("--scans must be positive")
+        cfg = SynthConfig.preset(preset).override(**knob_values(SynthConfig, options))
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     t0 = time.perf_counter()

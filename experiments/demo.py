@@ -20,16 +20,16 @@ from rich.console import Console
 from rich.table import Table
 
 from m2skd.common.atomic import atomic_path
-from m2skd.common.config import MODELS, TrainConfig
 from m2skd.common.kitti_io import parse_sequences
 from m2skd.common.labels import CLASS_NAMES, class_ids
-
-from .batch import collate
-from .dataset import ShardDataset
-from .evaluate import evaluate, load_model
-from .metrics import predict
-from .runtime import pick_device
-from .trainer import RunSpec, read_metrics, train
+from m2skd.train.batch import collate
+from m2skd.train.checkpoint import load_checkpoint
+from m2skd.train.config import MODELS, TrainConfig
+from m2skd.train.dataset import ShardDataset
+from m2skd.train.evaluate import evaluate, load_model
+from m2skd.train.metrics import predict
+from m2skd.train.runtime import pick_device
+from m2skd.train.trainer import RunSpec, read_metrics, train
 
 console = Console()
 
@@ -85,10 +85,10 @@ def train_all(cfg: TrainConfig, cache: Path, runs_dir: Path, steps: int, teacher
         return {k: f.result() for k, f in futures.items()}
 
 
-def _score(ckpt: Path, cache: Path, fused: bool, device: torch.device, val: tuple[str, ...]) -> dict:
-    model, cfg, _ = load_model(ckpt, device)
-    ds = ShardDataset(cache, val, cfg, view="teacher" if fused else "student")
-    return evaluate(model, ds, device, progress=False).summary(cfg.hard_classes)
+def _score(ckpt: Path, cache: Path, view: str, device: torch.device, val: tuple[str, ...]) -> dict:
+    model, cfg, state = load_model(ckpt, device)
+    ds = ShardDataset(cache, val, cfg, view=view)
+    return evaluate(model, ds, device, view=view, progress=False).summary(tuple(state["hard_classes"]))
 
 
 def _row_names(hard: tuple[str, ...]) -> list[str]:
@@ -121,15 +121,16 @@ def results_markdown(res: dict, hard: tuple[str, ...]) -> str:
 
 
 def _plots(out: Path, cache: Path, runs: dict[str, Path], device: torch.device, val: tuple[str, ...]) -> None:
-    from . import plots
+    from . import plots  # matplotlib: the `experiments` extra
 
-    _, cfg, _ = load_model(runs["student"], device)
-    ds = ShardDataset(cache, val, cfg, view="teacher")
-    reader, i = ds.index[len(ds) // 2]
-    scan = ds.readers[reader].scan(i)
-    plots.single_vs_fused(scan.points, scan.labels, scan.n_original, cfg.hard_classes, out / "single_vs_fused.png")
-    sample = ShardDataset(cache, val, cfg, view="student")[len(ds) // 2]
-    batch = collate("student")([sample]).to(device)
+    _, cfg, state = load_model(runs["student"], device)
+    ds = ShardDataset(cache, val, cfg, view="fused")
+    middle = len(ds) // 2
+    _, scan = ds.scan(middle)
+    plots.single_vs_fused(scan.points, scan.labels, scan.n_original, tuple(state["hard_classes"]),
+                          out / "single_vs_fused.png")
+    sample = ShardDataset(cache, val, cfg, view="single")[middle]
+    batch = collate("single")([sample]).to(device)
     panels = {"ground truth": sample.labels}
     for name in ("baseline", "student"):
         model, _, _ = load_model(runs[name], device)
@@ -167,8 +168,9 @@ def main(cache: Path, out: Path, model: str, steps: int, teacher_steps: int | No
     # pretrained model the paper distils from, and a student can only learn what its
     # teacher knows (README, "what was tuned").
     teacher_steps = teacher_steps or 2 * steps
-    cfg = TrainConfig.build("tiny", model, workers=workers, train_sequences=tuple(parse_sequences(train_seqs)),
-                            val_sequences=tuple(parse_sequences(val_seqs)))
+    cfg = TrainConfig.preset("tiny", model=model).override(
+        workers=workers, train_sequences=tuple(parse_sequences(train_seqs)),
+        val_sequences=tuple(parse_sequences(val_seqs)))
     dev = pick_device(device)
     runs_dir = out / "runs"
     if lanes is None:
@@ -177,17 +179,19 @@ def main(cache: Path, out: Path, model: str, steps: int, teacher_steps: int | No
     teacher = ckpts["teacher"]
     per_seed = {}
     for seed in seed_list:
-        per_seed[seed] = {"baseline": _score(ckpts[f"baseline_s{seed}"], cache, False, dev, cfg.val_sequences),
-                          "student": _score(ckpts[f"student_s{seed}"], cache, False, dev, cfg.val_sequences)}
-    res = {"teacher": _score(teacher, cache, True, dev, cfg.val_sequences), **per_seed[seed_list[0]]}
+        per_seed[seed] = {
+            "baseline": _score(ckpts[f"baseline_s{seed}"], cache, "single", dev, cfg.data.val_sequences),
+            "student": _score(ckpts[f"student_s{seed}"], cache, "single", dev, cfg.data.val_sequences)}
+    res = {"teacher": _score(teacher, cache, "fused", dev, cfg.data.val_sequences), **per_seed[seed_list[0]]}
     res = {k: res[k] for k in ("baseline", "teacher", "student")}
     res["setup"] = {"model": model, "preset": "tiny", "steps": steps, "teacher_steps": teacher_steps,
                     "seed": seed_list[0], "device": str(dev),
-                    "train": list(cfg.train_sequences), "val": list(cfg.val_sequences)}
-    console.print(results_table(res, cfg.hard_classes))
+                    "train": list(cfg.data.train_sequences), "val": list(cfg.data.val_sequences)}
+    hard = tuple(load_checkpoint(teacher)["hard_classes"])
+    console.print(results_table(res, hard))
     out.mkdir(parents=True, exist_ok=True)
     _write(out / "results.json", json.dumps(res, indent=1))
-    md = results_markdown(res, cfg.hard_classes)
+    md = results_markdown(res, hard)
     if len(seed_list) > 1:
         seeds_res = _seed_summary(per_seed)
         _write(out / "seeds.json", json.dumps({"seeds": seed_list, **seeds_res,
@@ -198,7 +202,7 @@ def main(cache: Path, out: Path, model: str, steps: int, teacher_steps: int | No
     _write(out / "results.md", md)
     if not no_plots:
         _plots(out, cache, {"teacher": teacher, "baseline": runs_dir / f"baseline_s{seed_list[0]}" / "last.pt",
-                            "student": runs_dir / f"student_s{seed_list[0]}" / "last.pt"}, dev, cfg.val_sequences)
+                            "student": runs_dir / f"student_s{seed_list[0]}" / "last.pt"}, dev, cfg.data.val_sequences)
     console.print(f"results: {out}/results.json, results.md" + ("" if no_plots else ", *.png")
                   + f" ({(time.perf_counter() - t0) / 60:.1f} min)")
 

@@ -1,6 +1,6 @@
-"""Synthetic sequences in the exact SemanticKITTI layout (design.md 5).
+"""Synthetic sequences in the exact SemanticKITTI layout (docs/synthetic.md).
 
-`generate_sequence` drives an ego vehicle along the road of a `synth_world.World`,
+`generate_sequence` drives an ego vehicle along the road of a `world.World`,
 ray-casts a 64-beam spinning LiDAR at 10 Hz and writes, per scan, the velodyne `.bin`
 (sensor frame, x forward, y left, z up) and the `.label` (raw ids, 25x ids for moving
 objects, instance ids stable over the sequence), plus `poses.txt` (camera-0 convention),
@@ -19,12 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..common import kitti_io
-from ..common.atomic import atomic_path
-from ..common.config import SynthConfig, kitti_calib_matrices
-from ..common.geometry import camera_poses
-from . import raycast, synth_world
-from .synth_world import BOX, CYLINDER
+from m2skd.common import kitti_io
+from m2skd.common.atomic import atomic_path
+from m2skd.common.geometry import camera_poses
+
+from . import raycast
+from . import world as synth_world
+from .config import SynthConfig, kitti_calib_matrices
+from .world import BOX, CYLINDER
 
 # SemanticKITTI's test split has no labels; the generator mirrors that by default.
 TEST_SEQUENCES = {f"{i:02d}" for i in range(11, 22)}

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..common.labels import RAW_BY_NAME
+from m2skd.common.labels import RAW_BY_NAME
 
 BOX, CYLINDER, ELLIPSOID = 0, 1, 2
 

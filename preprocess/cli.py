@@ -11,10 +11,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ..common.config import FusionConfig, parse_window
-from ..common.kitti_io import KittiFormatError, parse_sequences
-from ..common.labels import DEFAULT_HARD_CLASSES, UnknownLabelError
-from .fuse_pipeline import FusionError, fused_stats, run_fusion
+from m2skd.common.cli import config_options, knob_values
+from m2skd.common.kitti_io import KittiFormatError, parse_sequences
+from m2skd.common.labels import UnknownLabelError
+
+from .config import FusionConfig, parse_window
+from .pipeline import FusionError, fused_stats, run_fusion
 
 console = Console(stderr=True)
 
@@ -24,31 +26,22 @@ console = Console(stderr=True)
               help="dataset root holding sequences/ (SemanticKITTI layout)")
 @click.option("--sequences", default="00", show_default=True, help="e.g. 00-10, 08 or 00,02,08")
 @click.option("--out", default=Path("data_cache/fused"), show_default=True, type=click.Path(path_type=Path))
-@click.option("--window", default="-4:+0", show_default=True,
-              help="neighbour scans: -K:+K (past:future); the released code uses the 4 previous scans")
-@click.option("--voxel", type=float, default=0.05, show_default=True, help="voxel filter on fused points (m); 0 = off")
-@click.option("--hard-classes", default=",".join(DEFAULT_HARD_CLASSES), show_default=True)
-@click.option("--drift-threshold", type=float, default=0.5, show_default=True,
-              help="centroid drift (m) after pose alignment that marks an instance as moving")
-@click.option("--no-centroid-correction", is_flag=True, help="fuse moving instances with the poses only")
-@click.option("--fuse-occluded-static", is_flag=True, help="also fuse static instances absent from the target scan")
-@click.option("--shard-size", type=int, default=50, show_default=True, help="scans per shard")
-@click.option("--compress-points", is_flag=True,
-              help="shuffle+lzf on the points too: 22%% smaller shards, ~9x slower writes")
+@click.option("--preset", type=click.Choice(FusionConfig.preset_names()), default="released", show_default=True,
+              help="released: the released code's 4 previous scans; symmetric: -2:+2")
+@click.option("--window", help=f"neighbour scans -K:+K (past:future) [default: {FusionConfig().window}, "
+                               "or the preset's]")
+@config_options(FusionConfig)
 @click.option("--workers", type=int, default=1, show_default=True, help="sequences fused in parallel")
 @click.option("--force", is_flag=True, help="rebuild shards even if finished")
-def main(data: Path, sequences: str, out: Path, window: str, voxel: float, hard_classes: str,
-         drift_threshold: float, no_centroid_correction: bool, fuse_occluded_static: bool, shard_size: int,
-         compress_points: bool, workers: int, force: bool) -> None:
+def main(data: Path, sequences: str, out: Path, preset: str, window: str | None, workers: int, force: bool,
+         **options) -> None:
     """Fuse the hard-class instances of neighbouring scans into each scan (the teacher's input)."""
     try:
         names = parse_sequences(sequences)
-        past, future = parse_window(window)
-        cfg = FusionConfig(past=past, future=future, voxel=voxel,
-                           hard_classes=tuple(c.strip() for c in hard_classes.split(",") if c.strip()),
-                           drift_threshold=drift_threshold, centroid_correction=not no_centroid_correction,
-                           fuse_occluded_static=fuse_occluded_static, shard_size=shard_size,
-                           compress_points=compress_points)
+        knobs = knob_values(FusionConfig, options)
+        if window is not None:
+            knobs["past"], knobs["future"] = parse_window(window)
+        cfg = FusionConfig.preset(preset).override(**knobs)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     t0 = time.perf_counter()

@@ -1,0 +1,1 @@
+"""Experiments on top of the library: the demo, and its figures (matplotlib, the `experiments` extra)."""

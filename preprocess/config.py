@@ -1,0 +1,77 @@
+"""The fusion stage's config: window, hard classes, motion rule, voxel filter, shards."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from m2skd.common.config import Config, knob
+from m2skd.common.labels import DEFAULT_HARD_CLASSES, class_ids
+
+
+def parse_window(spec: str) -> tuple[int, int]:
+    """'-K:+K', '-4:+0', '4' (past only) -> (past, future)."""
+    s = spec.strip()
+    try:
+        if ":" in s:
+            a, b = s.split(":", 1)
+            past, future = -int(a), int(b)
+        else:
+            past, future = abs(int(s)), 0
+    except ValueError:
+        raise ValueError(f"bad window {spec!r}: use e.g. -4:+0 or -2:+2") from None
+    if past < 0 or future < 0:
+        raise ValueError(f"bad window {spec!r}: past must be <= 0 and future >= 0")
+    return past, future
+
+
+def parse_names(spec: str) -> tuple[str, ...]:
+    return tuple(c.strip() for c in spec.split(",") if c.strip())
+
+
+@dataclass(frozen=True)
+class FusionConfig(Config):
+    """Multi-scan hard-instance fusion (docs/method.md, "Fusion")."""
+
+    past: int = knob(4, "fuse scans t-1..t-past (the released code: 4)", cli=False)
+    future: int = knob(0, "fuse scans t+1..t+future (offline, the future is on disk)", cli=False)
+    hard_classes: tuple[str, ...] = knob(DEFAULT_HARD_CLASSES, "train classes whose instances are fused",
+                                         parse=parse_names)
+    voxel: float = knob(0.05, "voxel filter on fused points (m), so a static object seen in many scans does "
+                              "not dominate; 0 = off")
+    drift_threshold: float = knob(0.5, "centroid drift (m) after pose alignment that marks an instance as moving")
+    centroid_correction: bool = knob(True, "shift moving instances onto the target instance's centroid")
+    fuse_occluded_static: bool = knob(False, "also fuse static instances absent from scan t")
+    shard_size: int = knob(50, "scans per HDF5 shard")
+    compress_points: bool = knob(False, "shuffle+lzf on the points too: 22% smaller shards, ~9x slower writes")
+
+    def __post_init__(self) -> None:
+        if self.past < 0 or self.future < 0 or self.past + self.future == 0:
+            raise ValueError(f"fusion window must include a neighbour, got past={self.past} future={self.future}")
+        if self.voxel < 0 or self.shard_size <= 0:
+            raise ValueError("voxel must be >= 0 and shard_size > 0")
+        if self.drift_threshold < 0:
+            raise ValueError(f"drift_threshold must be >= 0 m, got {self.drift_threshold}")
+        if not self.hard_classes:
+            raise ValueError("hard_classes is empty: name at least one class to fuse")
+        class_ids(self.hard_classes)  # raises on unknown names
+
+    @property
+    def offsets(self) -> tuple[int, ...]:
+        """Neighbour offsets, nearest first (past before future at equal distance)."""
+        out = []
+        for k in range(1, max(self.past, self.future) + 1):
+            if k <= self.past:
+                out.append(-k)
+            if k <= self.future:
+                out.append(k)
+        return tuple(out)
+
+    @property
+    def window(self) -> str:
+        return f"-{self.past}:+{self.future}"
+
+    @classmethod
+    def _presets(cls) -> dict[str, dict[str, Any]]:
+        # released: the released M2SKD code's window; symmetric: past and future, offline
+        return {"released": {}, "symmetric": {"past": 2, "future": 2}}

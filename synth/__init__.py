@@ -1,0 +1,1 @@
+"""The synthetic stand-in for SemanticKITTI: a procedural street, a ray-cast LiDAR, sequences in the KITTI layout."""

@@ -1,0 +1,170 @@
+"""The training stage's config, one small dataclass per concern, nested in `TrainConfig`.
+
+    TrainConfig.preset("tiny", model="polarnet").override(lr=3e-4, w_feat=0.2)
+
+`paper` is the published setting of each backbone (docs/method.md, "Backbones" and
+"Training"), `tiny` trains in minutes on two CPU cores. The hard classes are not here:
+they are the fused cache's (its manifest), so a run cannot disagree with its data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from m2skd.common.config import Config, knob
+from m2skd.common.geometry import PolarGrid
+from m2skd.common.kitti_io import parse_sequences
+
+MODELS = ("polarnet", "cylinder3d")
+_PI = 3.141592653589793
+
+# Published grids: PolarSeg's polar volume and Cylinder3D's cylinder (docs/method.md, "Backbones").
+GRID_BOUNDS = {
+    "polarnet": ((3.0, -_PI, -3.0), (50.0, _PI, 1.5)),
+    "cylinder3d": ((0.0, -_PI, -4.0), (50.0, _PI, 2.0)),
+}
+
+# SemanticKITTI's split (docs/kitti.md): train 00-07, 09, 10; val 08; test 11-21.
+TRAIN_SEQUENCES = ("00", "01", "02", "03", "04", "05", "06", "07", "09", "10")
+VAL_SEQUENCES = ("08",)
+
+
+def _sequences(spec: str) -> tuple[str, ...]:
+    return tuple(parse_sequences(spec))
+
+
+@dataclass(frozen=True)
+class ModelConfig(Config):
+    """The network: backbone, grid and widths. `shape` knobs are what a checkpoint's weights depend on."""
+
+    backbone: str = knob("cylinder3d", "network", choices=MODELS, shape=True, cli=False)
+    grid_shape: tuple[int, int, int] = knob((480, 360, 32), "voxels along rho, phi, z", shape=True)
+    min_bound: tuple[float, float, float] | None = knob(None, "grid's lower (rho, phi, z) bound; None: the "
+                                                        "backbone's published one", shape=True, cli=False)
+    max_bound: tuple[float, float, float] | None = knob(None, "grid's upper bound; None: published", shape=True,
+                                                        cli=False)
+    point_widths: tuple[int, ...] = knob((64, 128, 256, 256), "point MLP widths after BN(9)", shape=True)
+    max_points_per_cell: int = knob(0, "PolarNet: at most this many random points per BEV cell while training "
+                                       "(PolarSeg: 256); 0 = all")
+    init_size: int = knob(32, "Cylinder3D base width / PolarNet U-Net first width", shape=True)
+    compress: int = knob(16, "point feature width fed to the grid (PolarNet: = height bins)", shape=True)
+    dropout: float = knob(0.5, "PolarNet head dropout")
+
+    def __post_init__(self) -> None:
+        if self.backbone not in MODELS:
+            raise ValueError(f"unknown model {self.backbone!r}; choose from {MODELS}")
+        if not 0 <= self.dropout < 1 or self.max_points_per_cell < 0:
+            raise ValueError("dropout must lie in [0, 1) and max_points_per_cell be >= 0")
+
+    @property
+    def grid(self) -> PolarGrid:
+        lo, hi = GRID_BOUNDS[self.backbone]
+        return PolarGrid(tuple(self.grid_shape), tuple(self.min_bound or lo), tuple(self.max_bound or hi))
+
+    def shape_dict(self) -> dict[str, Any]:
+        """The knobs the weights depend on (loading into another shape is refused)."""
+        d = self.to_dict()
+        return {f.name: d[f.name] for f in dataclasses.fields(self) if f.metadata.get("shape")}
+
+
+@dataclass(frozen=True)
+class OptimConfig(Config):
+    """Optimisation (the released config: Adam 1e-3, batch 2, no scheduler)."""
+
+    lr: float = knob(1e-3, "Adam learning rate")
+    batch_size: int = knob(2, "scans per step (per rank under torchrun)")
+    lovasz_weight: float = knob(1.0, "weight of the Lovasz-softmax term beside cross-entropy")
+
+    def __post_init__(self) -> None:
+        if self.batch_size <= 0 or self.lr <= 0 or self.lovasz_weight < 0:
+            raise ValueError("batch_size and lr must be positive, lovasz_weight >= 0")
+
+
+@dataclass(frozen=True)
+class AugmentConfig(Config):
+    """Scan augmentation (the released config)."""
+
+    rotate_deg: float = knob(45.0, "random rotation about z, +- degrees")
+    flip: bool = knob(True, "random flips of x and y")
+    scale: tuple[float, float] = knob((0.95, 1.05), "random scale range")
+    translate: tuple[float, float, float] = knob((0.5, 0.5, 0.1), "translation sigma per axis (m)")
+
+
+@dataclass(frozen=True)
+class DistillConfig(Config):
+    """The student's three distillation terms (docs/method.md, "Distillation")."""
+
+    w_feat: float = knob(0.1, "weight of L_feat (0: off)")
+    w_logit: float = knob(1.0, "weight of L_logit (0: off)")
+    w_aff: float = knob(1.0, "weight of L_aff (0: off)")
+    temperature: float = knob(2.0, "KD temperature T")
+    logit_variant: str = knob("kl", "kl: KL(p_t||p_s) T^2; released: the released code's softmax(0.3 z) variant",
+                              choices=("kl", "released"))
+    # "point" puts ~97 % of the weight on road, building, vegetation...; "class" keeps the
+    # teacher's knowledge of the hard classes from drowning (README, "what was tuned").
+    kd_balance: str = knob("class", "average L_logit over points, or per ground-truth class then over classes",
+                           choices=("class", "point"))
+    aff_level: str = knob("instance", "affinity per instance (paper) or per class (released code)",
+                          choices=("instance", "class"))
+    aff_cap: int = knob(256, "voxels per instance in the affinity matrix (random subset)")
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0 or self.aff_cap < 2 or min(self.w_feat, self.w_logit, self.w_aff) < 0:
+            raise ValueError("temperature must be positive, aff_cap >= 2 and the weights >= 0")
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return {"feat": self.w_feat, "logit": self.w_logit, "aff": self.w_aff}
+
+
+@dataclass(frozen=True)
+class DataConfig(Config):
+    train_sequences: tuple[str, ...] = knob(TRAIN_SEQUENCES, "training split, e.g. 00-07,09,10", parse=_sequences)
+    val_sequences: tuple[str, ...] = knob(VAL_SEQUENCES, "validation split", parse=_sequences)
+    workers: int = knob(2, "loader processes")
+
+    def __post_init__(self) -> None:
+        if self.workers < 0 or not self.train_sequences:
+            raise ValueError("workers must be >= 0 and train_sequences non-empty")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig(Config):
+    amp: bool = knob(False, "fp16 autocast (CUDA only; ignored on CPU)")
+    checkpoint_every: int = knob(500, "steps between checkpoints")
+    log_every: int = knob(1, "steps between progress updates")
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_every <= 0 or self.log_every <= 0:
+            raise ValueError(f"checkpoint_every and log_every must be positive, got {self.checkpoint_every} "
+                             f"and {self.log_every}")
+
+
+@dataclass(frozen=True)
+class TrainConfig(Config):
+    """Everything one training run depends on besides its data, seed and length."""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+    distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+
+    @classmethod
+    def _presets(cls) -> dict[str, dict[str, Any]]:
+        return {
+            "paper": {},
+            "tiny": {"grid_shape": (96, 72, 16), "point_widths": (16, 32, 64), "init_size": 8, "compress": 8,
+                     "checkpoint_every": 100},
+        }
+
+    @classmethod
+    def preset(cls, name: str, model: str = "cylinder3d") -> TrainConfig:  # type: ignore[override]
+        """The named preset for one backbone, its published grid bounds filled in."""
+        if model not in MODELS:
+            raise ValueError(f"unknown model {model!r}; choose from {MODELS}")
+        lo, hi = GRID_BOUNDS[model]
+        return super().preset(name).override(backbone=model, min_bound=lo, max_bound=hi)

@@ -1,0 +1,184 @@
+"""Everything a training run is made of, built once before the first step: device and
+ranks, data, network, frozen teacher, distiller, optimiser, and the state resumed from
+`last.pt`. `trainer.train` only loops over it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .batch import collate
+from .checkpoint import CheckpointError, check_compatible, checkpoint_config, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .dataset import ShardDataset
+from .distill import Distiller
+from .models import build_model
+from .runtime import Dist, init_distributed, pick_device
+from .sampler import StepSampler
+
+KINDS = ("teacher", "baseline", "student")
+VIEW = {"teacher": "fused", "baseline": "single", "student": "pair"}  # what each kind of run reads
+CHECKPOINT = "last.pt"
+
+
+class TrainError(ValueError):
+    """A run that cannot start as asked (its message says why and what to do)."""
+
+
+@dataclass
+class RunSpec:
+    """One run as asked for: what to train, on what, for how long, where."""
+
+    kind: str
+    cfg: TrainConfig
+    cache: Path
+    out: Path
+    steps: int | None = None
+    epochs: int | None = None
+    seed: int = 0
+    resume: bool = False
+    force: bool = False
+    device: str = "auto"
+    teacher: Path | None = None
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+    on_finish: Callable[[torch.nn.Module], None] | None = None  # every rank's final model (tests)
+
+
+@dataclass
+class Run:
+    """A run's built parts and its position (`step`)."""
+
+    spec: RunSpec
+    device: torch.device
+    dist: Dist
+    dataset: ShardDataset
+    total: int
+    model: torch.nn.Module
+    net: torch.nn.Module  # the model, wrapped in DDP under torchrun
+    optimizer: torch.optim.Optimizer
+    teacher: torch.nn.Module | None = None
+    distiller: Distiller | None = None
+    step: int = 0
+
+    @property
+    def ckpt_path(self) -> Path:
+        return Path(self.spec.out) / CHECKPOINT
+
+    def loader(self) -> torch.utils.data.DataLoader:
+        """Batches for steps `step`..`total`-1 (this rank's slice of each global batch)."""
+        cfg, spec = self.spec.cfg, self.spec
+        sampler = StepSampler(len(self.dataset), cfg.optim.batch_size, spec.seed, self.total, self.step,
+                              self.dist.rank, self.dist.world)
+        workers = cfg.data.workers
+        return torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=sampler, collate_fn=collate(VIEW[spec.kind]), num_workers=workers,
+            pin_memory=self.device.type == "cuda", prefetch_factor=4 if workers > 0 else None,
+            generator=torch.Generator().manual_seed(spec.seed))  # keeps the loader off the global RNG (resume)
+
+    def save(self) -> None:
+        if not self.dist.main:
+            return
+        spec = self.spec
+        save_checkpoint(self.ckpt_path, kind=spec.kind, step=self.step, total_steps=self.total, cfg=spec.cfg,
+                        hard_classes=self.dataset.hard_classes, model=self.model, optimizer=self.optimizer,
+                        seed=spec.seed,
+                        extra={"distiller": self.distiller.state_dict() if self.distiller is not None else None,
+                               "teacher": str(spec.teacher) if spec.teacher else None})
+
+    def info(self) -> dict:
+        """What config.json records about the run."""
+        spec = self.spec
+        return {"kind": spec.kind, "seed": spec.seed, "steps": self.total, "cache": str(spec.cache),
+                "teacher": str(spec.teacher) if spec.teacher else None, "device": str(self.device),
+                "world_size": self.dist.world, "hard_classes": list(self.dataset.hard_classes),
+                "config": spec.cfg.to_dict(), **spec.extra}
+
+
+def check_spec(spec: RunSpec) -> None:
+    if spec.kind not in KINDS:
+        raise TrainError(f"unknown run kind {spec.kind!r}; choose from {KINDS}")
+    ckpt = Path(spec.out) / CHECKPOINT
+    if ckpt.exists() and not (spec.resume or spec.force):
+        raise TrainError(f"{ckpt} exists: pass --resume to continue that run or --force to start over")
+    if spec.kind == "student" and spec.teacher is None:
+        raise TrainError("a student run needs --teacher PATH (a checkpoint from `m2skd-train teacher`)")
+
+
+def total_steps(spec: RunSpec, n_scans: int, world: int) -> int:
+    if (spec.steps is None) == (spec.epochs is None):
+        raise TrainError("give exactly one of --steps N or --epochs N")
+    if spec.steps is not None:
+        if spec.steps <= 0:
+            raise TrainError(f"--steps must be positive, got {spec.steps}")
+        return spec.steps
+    per_epoch = max(1, n_scans // (spec.cfg.optim.batch_size * world))
+    return max(1, spec.epochs * per_epoch)
+
+
+def load_teacher(path: Path, cfg: TrainConfig, hard_classes: tuple[str, ...],
+                 device: torch.device) -> torch.nn.Module:
+    """The frozen teacher: a teacher checkpoint of the student's network, fused with the cache's hard classes."""
+    state = load_checkpoint(path)
+    check_compatible(state, cfg, path, "teacher")
+    if state["kind"] != "teacher":
+        raise CheckpointError(f"{path}: a {state['kind']} checkpoint, not a teacher; train one with "
+                              "`m2skd-train teacher` and pass its last.pt")
+    if tuple(state["hard_classes"]) != tuple(hard_classes):
+        raise CheckpointError(f"{path}: teacher fused hard classes {state['hard_classes']}, the student's cache "
+                              f"has {list(hard_classes)}")
+    teacher = build_model(checkpoint_config(state, path).model, device)
+    teacher.load_state_dict(state["model"])
+    teacher.eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def _resume(run: Run) -> None:
+    spec, path = run.spec, run.ckpt_path
+    state = load_checkpoint(path)
+    check_compatible(state, spec.cfg, path, "resumed")
+    if state["kind"] != spec.kind or state["seed"] != spec.seed:
+        raise CheckpointError(f"{path}: a {state['kind']} run with seed {state['seed']}, not a "
+                              f"{spec.kind} run with seed {spec.seed}; use another --out or --force")
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    if run.distiller is not None and state.get("distiller") is not None:
+        run.distiller.load_state_dict(state["distiller"])
+    torch.set_rng_state(state["torch_rng"])
+    run.step = state["step"]
+
+
+def start_run(spec: RunSpec) -> Run:
+    """Build every part of the run and restore `last.pt` when resuming."""
+    check_spec(spec)
+    cfg = spec.cfg
+    device = pick_device(spec.device)
+    if device.type == "cpu":
+        # CPU index_put/scatter accumulate in a thread-dependent order unless told not to;
+        # deterministic kernels make a seeded (and a resumed) run reproducible bit for bit
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    dist = init_distributed(device)
+    dataset = ShardDataset(spec.cache, cfg.data.train_sequences, cfg, view=VIEW[spec.kind])
+    total = total_steps(spec, len(dataset), dist.world)
+    teacher = (load_teacher(Path(spec.teacher), cfg, dataset.hard_classes, device)
+               if spec.kind == "student" else None)
+    torch.manual_seed(spec.seed)  # after the teacher: the student's init depends on the seed alone
+    model = build_model(cfg.model, device)
+    params = list(model.parameters())
+    distiller = None
+    if teacher is not None:
+        distiller = Distiller(cfg.distill, dataset.hard_classes, model.feature_dim, teacher.feature_dim).to(device)
+        params += list(distiller.parameters())
+    net = model
+    run = Run(spec, device, dist, dataset, total, model, net, torch.optim.Adam(params, lr=cfg.optim.lr),
+              teacher, distiller)
+    if spec.resume and run.ckpt_path.exists():
+        _resume(run)
+    if dist.world > 1:
+        run.net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    return run

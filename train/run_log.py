@@ -1,0 +1,65 @@
+"""What a run reports: one JSON line per step in `metrics.jsonl`, and a progress bar."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+METRICS = "metrics.jsonl"
+
+
+class RunLog:
+    """Context manager: `record(step, values, scans)` after each step. Only the main rank
+    writes (`enabled=False` elsewhere); the bar shows the losses and scans/s."""
+
+    def __init__(self, out: Path, title: str, total: int, start: int, *, enabled: bool, progress: bool,
+                 every: int) -> None:
+        self.path, self.title, self.total, self.start = Path(out) / METRICS, title, total, start
+        self.enabled, self.every = enabled, every
+        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[losses]}"), TextColumn("{task.fields[rate]}"),
+                            TimeElapsedColumn(), disable=not (progress and enabled))
+
+    def __enter__(self) -> RunLog:
+        if self.enabled:
+            trim_metrics(self.path, self.start)
+            self.file = self.path.open("a")
+        self.bar.__enter__()
+        self.task = self.bar.add_task(self.title, total=self.total, completed=self.start, losses="", rate="")
+        self.t_last, self.scans_since = time.perf_counter(), 0
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.__exit__(*exc)
+        if self.enabled:
+            self.file.close()
+
+    def record(self, step: int, values: dict[str, float], scans: int) -> None:
+        self.scans_since += scans
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        rate = self.scans_since / max(now - self.t_last, 1e-9)
+        record = {"step": step, **values, "scans_per_s": round(rate, 2)}
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if step % self.every == 0 or step == self.total:
+            self.bar.update(self.task, completed=step, rate=f"{rate:.1f} scans/s",
+                            losses=" ".join(f"{k} {v:.3f}" for k, v in values.items()))
+            self.t_last, self.scans_since = now, 0
+
+
+def trim_metrics(path: Path, upto: int) -> None:
+    """Drop logged steps beyond the checkpoint we resume from (they will be redone)."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= upto]
+    path.write_text("".join(ln + "\n" for ln in keep))
+
+
+def read_metrics(out: str | Path) -> list[dict]:
+    path = Path(out) / METRICS
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
