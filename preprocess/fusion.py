@@ -68,6 +68,64 @@ def _lookup(sorted_ids: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.nd
     return pos, sorted_ids[np.minimum(pos, len(sorted_ids) - 1)] == keys
 
 
+@dataclass(frozen=True)
+class _Instances:
+    """Hard-class instances of one scan (in the target's frame): sorted keys, centroids,
+    extents, moving flags, and each selected point's instance index."""
+
+    ids: np.ndarray
+    cent: np.ndarray
+    ext: np.ndarray
+    moving: np.ndarray
+    group: np.ndarray
+
+    @classmethod
+    def of(cls, keys: np.ndarray, xyz: np.ndarray, moving_points: np.ndarray) -> _Instances:
+        ids, cent, _, group = K.group_centroids(keys, xyz)
+        moving = np.zeros(len(ids), bool)
+        moving[group[moving_points]] = True
+        return cls(ids, cent, K.group_extents(group, xyz, len(ids)), moving, group)
+
+
+def moves(nb: _Instances, g: int, tg: _Instances, t: int, drift_threshold: float) -> bool:
+    """Whether neighbour instance g (the same object as target instance t) moved.
+
+    A 25x id in either scan says so. Otherwise its centroid must have drifted by more
+    than the threshold *plus* the change of its visible extent: a big static object
+    seen from another side has its visible centroid elsewhere although it did not move
+    (a truck's rear face vs its flank), and that change of view shows in the extent.
+    """
+    if nb.moving[g] or tg.moving[t]:
+        return True
+    view_change = float(np.linalg.norm(nb.ext[g] - tg.ext[t]))
+    return float(np.linalg.norm(nb.cent[g] - tg.cent[t])) > drift_threshold + view_change
+
+
+def _neighbour_points(offset: int, nb_scan: LabelledScan, rel: np.ndarray, tg: _Instances, cfg: FusionConfig,
+                      lut: np.ndarray) -> tuple[np.ndarray, ...] | None:
+    """(points, labels, instance, source) of one neighbour's hard instances, placed in t."""
+    sel, keys = nb_scan.hard(lut)
+    if len(sel) and not cfg.fuse_occluded_static:
+        present = _lookup(tg.ids, keys)[1]
+        sel, keys = sel[present], keys[present]
+    if not len(sel):
+        return None
+    xyz = K.transform(nb_scan.points[sel], rel)
+    nb = _Instances.of(keys, xyz, nb_scan.moving[sel])
+    g_pos, g_present = _lookup(tg.ids, nb.ids)
+    shift = np.zeros((len(nb.ids), 3))
+    keep_group = np.ones(len(nb.ids), bool)
+    for g in range(len(nb.ids)):
+        if g_present[g]:
+            if cfg.centroid_correction and moves(nb, g, tg, g_pos[g], cfg.drift_threshold):
+                shift[g] = tg.cent[g_pos[g]] - nb.cent[g]
+        elif nb.moving[g]:
+            keep_group[g] = False  # a moving object absent from t has nowhere to go
+    pts, rows = K.place(xyz, nb.group, shift, keep_group, nb_scan.points, sel)
+    sel = sel[rows]
+    return pts, nb_scan.labels[sel], nb_scan.instance[sel], np.full(len(sel), offset, np.int8)
+
+
 def fuse_scan(
     target: LabelledScan,
     neighbours: list[tuple[int, LabelledScan, np.ndarray]],
@@ -77,58 +135,20 @@ def fuse_scan(
     """Fuse the hard instances of `neighbours` [(offset, scan, 4x4 scan->target)] into `target`."""
     lut = hard_lut(cfg) if lut is None else lut
     t_sel, t_keys = target.hard(lut)
-    t_ids, t_cent, _, t_group = K.group_centroids(t_keys, target.points[t_sel, :3].astype(np.float64))
-    t_moving = np.zeros(len(t_ids), bool)
-    t_moving[t_group[target.moving[t_sel]]] = True
-
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]] = []
-    for offset, nb_scan, rel in neighbours:
-        sel, keys = nb_scan.hard(lut)
-        if not len(sel):
-            continue
-        if not cfg.fuse_occluded_static:
-            present = _lookup(t_ids, keys)[1]
-            sel, keys = sel[present], keys[present]
-            if not len(sel):
-                continue
-        xyz = K.transform(nb_scan.points[sel], rel)
-        ids, cent, _, group = K.group_centroids(keys, xyz)
-        n_moving = np.zeros(len(ids), bool)
-        n_moving[group[nb_scan.moving[sel]]] = True
-        g_pos, g_present = _lookup(t_ids, ids)
-        shift = np.zeros((len(ids), 3))
-        keep_group = np.ones(len(ids), bool)
-        for g in range(len(ids)):
-            if g_present[g]:
-                tc = t_cent[g_pos[g]]
-                moving = n_moving[g] or t_moving[g_pos[g]] or np.linalg.norm(cent[g] - tc) > cfg.drift_threshold
-                if moving and cfg.centroid_correction:
-                    shift[g] = tc - cent[g]
-            elif n_moving[g]:
-                keep_group[g] = False  # a moving object absent from t has nowhere to go
-        pts, rows = K.place(xyz, group, shift, keep_group, nb_scan.points, sel)
-        sel = sel[rows]
-        parts.append((pts, nb_scan.labels[sel], nb_scan.instance[sel], np.full(len(sel), offset, np.int8), offset))
-
+    tg = _Instances.of(t_keys, target.points[t_sel, :3].astype(np.float64), target.moving[t_sel])
+    parts = [p for offset, nb_scan, rel in neighbours
+             if (p := _neighbour_points(offset, nb_scan, rel, tg, cfg, lut)) is not None]
+    fused = [np.concatenate(cols) for cols in zip(*parts, strict=True)] if parts else [
+        np.empty((0, 4), np.float32), np.empty(0, np.uint8), np.empty(0, np.uint32), np.empty(0, np.int8)]
+    if cfg.voxel > 0 and len(fused[0]):
+        k = K.voxel_first(fused[0][:, :3], cfg.voxel)
+        fused = [a[k] for a in fused]
     n = len(target.points)
-    if parts:
-        f_pts = np.concatenate([p[0] for p in parts])
-        f_lab = np.concatenate([p[1] for p in parts])
-        f_ins = np.concatenate([p[2] for p in parts])
-        f_src = np.concatenate([p[3] for p in parts])
-        if cfg.voxel > 0 and len(f_pts):
-            k = K.voxel_first(f_pts[:, :3], cfg.voxel)
-            f_pts, f_lab, f_ins, f_src = f_pts[k], f_lab[k], f_ins[k], f_src[k]
-    else:
-        f_pts = np.empty((0, 4), np.float32)
-        f_lab = np.empty(0, np.uint8)
-        f_ins = np.empty(0, np.uint32)
-        f_src = np.empty(0, np.int8)
     return FusedScan(
         frame=target.frame,
-        points=np.concatenate([target.points, f_pts]),
-        labels=np.concatenate([target.labels, f_lab]),
-        instance=np.concatenate([target.instance, f_ins]),
-        source=np.concatenate([np.zeros(n, np.int8), f_src]),
+        points=np.concatenate([target.points, fused[0]]),
+        labels=np.concatenate([target.labels, fused[1]]),
+        instance=np.concatenate([target.instance, fused[2]]),
+        source=np.concatenate([np.zeros(n, np.int8), fused[3]]),
         n_original=n,
     )

@@ -140,3 +140,19 @@ def voxel_first(xyz, voxel):
             keep[k] = i
             k += 1
     return keep
+
+
+@nb.njit(cache=True, nogil=True)
+def group_extents(group, xyz, n_groups):
+    """(K, 3) axis-aligned extent (max - min) of each group's points."""
+    lo = np.full((n_groups, 3), np.inf)
+    hi = np.full((n_groups, 3), -np.inf)
+    for i in range(group.shape[0]):
+        g = group[i]
+        for d in range(3):
+            v = xyz[i, d]
+            if v < lo[g, d]:
+                lo[g, d] = v
+            if v > hi[g, d]:
+                hi[g, d] = v
+    return hi - lo
