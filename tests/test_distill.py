@@ -14,6 +14,7 @@ from m2skd.train.distill import (
     Distiller,
     affinity_groups,
     affinity_loss,
+    class_balanced_mean,
     feature_loss,
     join_voxels,
     logit_loss,
@@ -76,12 +77,32 @@ def test_class_balanced_logit_loss_by_hand():
     assert float(logit_loss(s, t, T, "kl", labels)) == pytest.approx(kl / 2, rel=1e-6)
 
 
-def test_released_logit_loss_by_hand():
-    s = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
-    t = torch.tensor([[10.0, 0.0], [1.0, 0.0]])  # the second point agrees: below the threshold
-    p = 1 / (1 + math.exp(-3.0))  # softmax(0.3 * (10, 0))
-    term = p * abs(math.log(p / 0.5)) + (1 - p) * abs(math.log((1 - p) / 0.5))
-    assert float(logit_loss(s, t, 2.0, "released")) == pytest.approx(term, rel=1e-6)
+def test_released_logit_loss_is_the_released_formula():
+    """The released code: p = softmax(0.3 z); per point torch.mean(p_t * |log(p_t / p_s)|, dim=1)
+    over the 20 classes; points whose term is at most 0.01 are dropped; mean over the rest."""
+    C = 20
+    s, t = torch.zeros(3, C), torch.zeros(3, C)
+    t[0, 3] = 10.0  # point 0: the teacher is sure of class 3, the student uniform
+    s[1, 5] = t[1, 5] = 1.0  # point 1: they agree, term 0
+    t[2, 3] = 1.0  # point 2: a small disagreement: summed over classes above 0.01, averaged below
+
+    def released_term(zt: list[float], zs: list[float]) -> float:
+        et, es = [math.exp(0.3 * v) for v in zt], [math.exp(0.3 * v) for v in zs]
+        pt, ps = [v / sum(et) for v in et], [v / sum(es) for v in es]
+        return sum(a * abs(math.log(a / b)) for a, b in zip(pt, ps, strict=True)) / C
+    terms = [released_term(t[i].tolist(), s[i].tolist()) for i in range(3)]
+    assert terms[1] == 0.0 and terms[2] < 0.01 < terms[2] * C and terms[0] > 0.01
+    assert float(logit_loss(s, t, 2.0, "released")) == pytest.approx(terms[0], rel=1e-5)
+
+
+def test_class_balanced_mean_leaves_unlabelled_points_out():
+    # KL terms 0 (road), 4 (unlabelled), 2 (person): balanced over road and person only -> 1
+    s = torch.zeros(3, 2)
+    t = torch.zeros(3, 2)
+    values = torch.tensor([0.0, 4.0, 2.0])
+    assert float(class_balanced_mean(values, torch.tensor([9, 0, 6]))) == pytest.approx(1.0)
+    assert float(class_balanced_mean(values, torch.tensor([0, 0, 0]))) == 0.0
+    assert float(logit_loss(s, t, 2.0, "kl", torch.tensor([0, 0, 0]))) == 0.0
 
 
 def test_affinity_loss_by_hand():
@@ -115,6 +136,10 @@ def test_affinity_groups_per_instance_and_per_class():
     assert [g.tolist() for g in by_class] == [[0, 1, 2]]
     capped = affinity_groups(b, out, hard, cap=2, level="class")
     assert len(capped[0]) == 2 and set(capped[0].tolist()) <= {0, 1, 2}
+    # a person and a bicycle that share instance id 7 in one scan are two groups, not one
+    shared = _batch_with([6, 6, 2, 2], [7, 7, 7, 7], [[0, 0, 0, 0]] * 4)
+    out4 = ModelOutput(torch.zeros(4, 20), torch.arange(4), torch.zeros(4, 3), torch.tensor([0, 1, 2, 3]))
+    assert sorted(g.tolist() for g in affinity_groups(shared, out4, hard, cap=10)) == [[0, 1], [2, 3]]
     # no hard-class instance: no groups -> L_aff = 0, not NaN
     none = _batch_with([1, 9], [3, 0], [[0, 0, 0, 0]] * 2)
     assert affinity_groups(none, ModelOutput(torch.zeros(2, 20), torch.arange(1), torch.zeros(1, 3),

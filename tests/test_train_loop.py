@@ -13,6 +13,7 @@ import torch
 
 from m2skd.common import kitti_io
 from m2skd.common.labels import raw_to_train
+from m2skd.common.shards import ShardError
 from m2skd.train.batch import collate
 from m2skd.train.checkpoint import CheckpointError, load_checkpoint
 from m2skd.train.dataset import RawDataset, ShardDataset
@@ -164,3 +165,27 @@ def test_cli_train_eval_and_clear_errors(fused_cache, synth_root, tmp_path):
     bad.write_bytes(b"not a checkpoint")
     r = _cli("eval", "--ckpt", str(bad), "--data", str(synth_root), cwd=tmp_path)
     assert r.returncode == 1 and "bad.pt: not a readable checkpoint" in r.stderr
+
+
+def test_a_cache_fused_with_other_hard_classes_trains_with_them(synth_root, tmp_path):
+    """The manifest is the one source of the hard classes: teacher, student, checkpoint and
+    evaluation all take the cache's list, whatever the default."""
+    from m2skd.preprocess.config import FusionConfig
+    from m2skd.preprocess.pipeline import run_fusion
+
+    cache = tmp_path / "cache"
+    run_fusion(synth_root, ["00"], cache, FusionConfig(hard_classes=("person", "bicycle"), shard_size=6))
+    teacher = train(_spec(cache, tmp_path / "t", steps=1))
+    student = train(_spec(cache, tmp_path / "s", kind="student", steps=1, teacher=teacher))
+    assert load_checkpoint(student)["hard_classes"] == ["person", "bicycle"]
+    r = _cli("eval", "--ckpt", str(student), "--cache", str(cache), "--sequences", "00", "--json",
+             str(tmp_path / "r.json"), "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["hard_miou"] == pytest.approx((res["iou"]["person"] + res["iou"]["bicycle"]) / 2)
+
+
+def test_asked_sequences_missing_from_the_cache_are_refused(fused_cache, tmp_path):
+    with pytest.raises(ShardError, match=r"no fused scans of sequence\(s\) \['03'\]"):
+        train(_spec(fused_cache, tmp_path / "x", cfg={"train_sequences": ("00", "03")}))
+    assert not (tmp_path / "x").exists()

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from m2skd.common.labels import class_ids
+from m2skd.common.labels import IGNORE_INDEX, class_ids
 
 from .batch import Batch
 from .config import DistillConfig
@@ -49,7 +49,12 @@ def feature_loss(s_feat: torch.Tensor, t_feat: torch.Tensor) -> torch.Tensor:
 
 
 def class_balanced_mean(values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean of `values` within each label, then over the labels present (each equal)."""
+    """Mean of `values` within each label, then over the labels present (each equal).
+    Unlabelled points (train id 0) are left out, as the segmentation loss leaves them out."""
+    labelled = labels != IGNORE_INDEX
+    values, labels = values[labelled], labels[labelled]
+    if len(labels) == 0:
+        return values.sum() * 0.0
     n = int(labels.max()) + 1
     sums = values.new_zeros(n).index_add(0, labels, values)
     counts = torch.bincount(labels, minlength=n)
@@ -60,8 +65,9 @@ def class_balanced_mean(values: torch.Tensor, labels: torch.Tensor) -> torch.Ten
 def logit_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float = 2.0,
                variant: str = "kl", labels: torch.Tensor | None = None) -> torch.Tensor:
     """'kl': mean over points of KL(p_t || p_s) at temperature T, times T^2 (Hinton et al.).
-    'released': softmax(0.3 z), per point sum_c p_t |log p_t - log p_s|, averaged over the
-    points whose term exceeds 0.01 (our reading of the released code).
+    'released': softmax(0.3 z), per point the mean over classes of p_t |log p_t - log p_s|
+    (the released code's `torch.mean(p_t * |log(p_t / p_s)|, dim=1)`), averaged over the
+    points whose term exceeds 0.01.
     With `labels` (ground truth per point) the mean is taken per class, then over classes."""
     if len(s_logits) == 0:
         return s_logits.sum() * 0.0
@@ -79,7 +85,7 @@ def logit_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: floa
     if variant == "released":
         log_ps = F.log_softmax(s_logits * RELEASED_SCALE, dim=1)
         log_pt = F.log_softmax(t_logits * RELEASED_SCALE, dim=1)
-        term = (log_pt.exp() * (log_pt - log_ps).abs()).sum(dim=1)
+        term = (log_pt.exp() * (log_pt - log_ps).abs()).mean(dim=1)
         keep = term > RELEASED_THRESHOLD
         if not bool(keep.any()):
             return term.sum() * 0.0
@@ -105,8 +111,9 @@ def affinity_loss(s_feat: torch.Tensor, t_feat: torch.Tensor, groups: list[torch
 
 def affinity_groups(student: Batch, out: ModelOutput, hard_ids: tuple[int, ...], cap: int, level: str = "instance",
                     generator: torch.Generator | None = None) -> list[torch.Tensor]:
-    """Voxel index sets of each hard-class instance (or class, per scan) of the student's scans,
-    each capped at `cap` voxels by a random subset."""
+    """Voxel index sets of each hard-class instance (keyed by scan, class and instance id, as
+    fusion keys instances) or of each hard class per scan, each capped at `cap` voxels by a
+    random subset."""
     labels, inst = student.labels, student.instance
     is_hard = torch.isin(labels, torch.tensor(hard_ids, device=labels.device))
     if level == "instance":
@@ -115,9 +122,9 @@ def affinity_groups(student: Batch, out: ModelOutput, hard_ids: tuple[int, ...],
         return []
     sample = torch.repeat_interleave(torch.arange(student.batch_size, device=labels.device),
                                      torch.tensor(student.sizes, device=labels.device))
-    ident = inst if level == "instance" else labels
-    # one id per (scan, instance) or (scan, class); voxels of the group = voxels of its points
-    gid = sample[is_hard] * (int(ident.max()) + 1) + ident[is_hard]
+    cols = [sample, labels, inst] if level == "instance" else [sample, labels]
+    # one id per (scan, class, instance) or (scan, class); voxels of the group = voxels of its points
+    gid = torch.unique(torch.stack([c[is_hard] for c in cols], dim=1), dim=0, return_inverse=True)[1]
     vox = out.point_voxel[is_hard]
     pairs = torch.unique(torch.stack([gid, vox], dim=1), dim=0)  # sorted by group, then voxel
     _, counts = torch.unique_consecutive(pairs[:, 0], return_counts=True)
