@@ -65,7 +65,9 @@ class PolarGrid:
 
     @property
     def cell_size(self) -> np.ndarray:
-        return (np.array(self.max_bound) - np.array(self.min_bound)) / np.array(self.shape)
+        """(max - min) / (size - 1), as PolarSeg's and Cylinder3D's published code compute it:
+        the last cell only holds points clipped onto the upper bound."""
+        return (np.array(self.max_bound) - np.array(self.min_bound)) / np.maximum(np.array(self.shape) - 1, 1)
 
     def polar_index(self, pol: np.ndarray) -> np.ndarray:
         """(N, 3) polar coords -> (N, 3) int32 voxel indices (clipped into the grid)."""

@@ -40,14 +40,15 @@ def test_transform_points_keeps_remission():
 
 
 def test_voxel_index_of_hand_placed_points():
+    # published spacing (max - min) / (size - 1): rho 10/9 m, phi 2 pi/3, z 4 m
     g = PolarGrid(shape=(10, 4, 2), min_bound=(0.0, -np.pi, -2.0), max_bound=(10.0, np.pi, 2.0))
     pts = np.array([
-        [0.5, 0.0, -1.0],  # rho 0.5 -> 0; phi 0 -> bin 2 (of -pi..pi in 4); z -1 -> 0
-        [0.0, 3.5, 1.0],  # rho 3.5 -> 3; phi pi/2 -> 3; z 1 -> 1
-        [-2.5, -0.001, 0.0],  # rho ~2.5 -> 2; phi just above -pi -> 0; z 0 -> 1
-        [100.0, 0.0, -9.0],  # outside: clipped into the last rho and first z cell
+        [0.5, 0.0, -1.0],  # rho 0.45 -> 0; phi 0: pi / (2 pi/3) = 1.5 -> 1; z 1/4 -> 0
+        [0.0, 3.5, 1.0],  # rho 3.15 -> 3; phi pi/2: 1.5 pi / (2 pi/3) = 2.25 -> 2; z 3/4 -> 0
+        [-2.5, -0.001, 0.0],  # rho 2.25 -> 2; phi just above -pi -> 0; z 2/4 -> 0
+        [100.0, 0.0, 9.0],  # outside: clipped onto the upper bounds, the last rho and z cells
     ])
-    assert g.voxel_index(pts).tolist() == [[0, 2, 0], [3, 3, 1], [2, 0, 1], [9, 2, 0]]
+    assert g.voxel_index(pts).tolist() == [[0, 1, 0], [3, 2, 0], [2, 0, 0], [9, 1, 1]]
 
 
 def test_point_features_are_offsets_inside_the_cell():

@@ -17,24 +17,26 @@ from m2skd.train.sampler import StepSampler
 
 
 def test_voxel_index_of_hand_placed_points():
-    # tiny Cylinder3D grid: rho 0-50 m in 96 cells, phi -pi..pi in 72 (5 deg), z -4..2 m in 16
+    # tiny Cylinder3D grid, published spacing (max - min) / (size - 1): rho 0-50 m in
+    # steps of 50/95 m, phi -pi..pi in steps of 2 pi/71, z -4..2 m in steps of 6/15 = 0.4 m
     grid = TrainConfig.preset("tiny", model="cylinder3d").model.grid
     pts = np.array([
-        [10.0, 0.0, 0.0],  # rho 10 -> 10/(50/96)=19.2 -> 19; phi 0 -> 36; z 0 -> 4/(6/16)=10.67 -> 10
-        [0.0, 3.0, -3.9],  # rho 3 -> 5.76 -> 5; phi 90 deg -> 36 + 18 = 54; z -3.9 -> 0.27 -> 0
-        [-20.0, -0.01, 1.99],  # phi just above -pi -> 0; rho 20 -> 38.4 -> 38; z 1.99 -> 15.97 -> 15
-        [70.0, 0.0, 5.0],  # outside: clipped into the last rho and z cells
+        [10.3, 0.0, 0.1],  # rho 10.3 * 95/50 = 19.57 -> 19; phi 0: pi / (2 pi/71) = 35.5 -> 35; z 4.1/0.4 -> 10
+        [0.0, 3.0, -3.9],  # rho 3 -> 5.7 -> 5; phi 90 deg: 1.5 pi / (2 pi/71) = 53.25 -> 53; z 0.1/0.4 -> 0
+        [-20.0, -0.01, 1.99],  # phi just above -pi -> 0; rho 20 -> 38.0 -> 38; z 5.99/0.4 = 14.98 -> 14
+        [70.0, 0.0, 5.0],  # outside: clipped onto the bounds, which fall in the last rho and z cells
     ])
     idx = grid.voxel_index(pts)
-    np.testing.assert_array_equal(idx, [[19, 36, 10], [5, 54, 0], [38, 0, 15], [95, 36, 15]])
+    np.testing.assert_array_equal(idx, [[19, 35, 10], [5, 53, 0], [38, 0, 14], [95, 35, 15]])
 
 
 def test_point_features_are_offsets_polar_cartesian_remission():
     grid = PolarGrid((10, 8, 4), (0.0, -np.pi, -2.0), (10.0, np.pi, 2.0))
     feats, idx = grid.point_features(np.array([[3.2, 0.0, 0.3, 0.7]], np.float32))
-    np.testing.assert_array_equal(idx, [[3, 4, 2]])
-    # centre of voxel (3, 4, 2): rho 3.5, phi 0 + pi/8, z 0.5
-    np.testing.assert_allclose(feats[0], [3.2 - 3.5, 0 - np.pi / 8, 0.3 - 0.5, 3.2, 0, 0.3, 3.2, 0, 0.7], atol=1e-6)
+    # steps 10/9 m, 2 pi/7, 4/3 m: rho 3.2 * 0.9 = 2.88 -> 2; phi pi / (2 pi/7) = 3.5 -> 3; z 2.3 * 0.75 -> 1
+    np.testing.assert_array_equal(idx, [[2, 3, 1]])
+    # centre of voxel (2, 3, 1): rho 2.5 * 10/9 = 25/9, phi -pi + 3.5 * 2 pi/7 = 0, z -2 + 1.5 * 4/3 = 0
+    np.testing.assert_allclose(feats[0], [3.2 - 25 / 9, 0.0, 0.3, 3.2, 0, 0.3, 3.2, 0, 0.7], atol=1e-6)
 
 
 def test_augmentation_rotation_flip_scale_by_hand():
@@ -146,3 +148,49 @@ def test_confusion_matches_the_official_evaluator():
     miou, iou = official.getIoU()
     np.testing.assert_allclose(ours.iou()[1:], iou[1:], atol=1e-12)
     assert ours.summary(("bicycle",))["miou"] == pytest.approx(float(miou), abs=1e-9)
+
+
+def _published_cylinder3d_parameters(w: int = 32, fea: int = 16, classes: int = 20) -> int:
+    """Cylinder3D's parameter count from its published layer list (xinge008/Cylinder3D,
+    network/*.py), counted by hand: kernel volume x in x out per conv, 2 per BatchNorm."""
+    def bn(c):
+        return 2 * c
+
+    def lin(i, o):
+        return i * o + o
+
+    point = bn(9) + lin(9, 64) + bn(64) + lin(64, 128) + bn(128) + lin(128, 256) + bn(256) + lin(256, 256)
+    point += lin(256, fea)
+    def res(i, o):  # two 9-tap convs from the input, two 9-tap convs o -> o, four BNs
+        return 2 * 9 * i * o + 2 * 9 * o * o + 4 * bn(o)
+    down = sum(res(i, o) + 27 * o * o for i, o in ((w, 2 * w), (2 * w, 4 * w), (4 * w, 8 * w), (8 * w, 16 * w)))
+    def upb(i, o):  # 3x3x3 i -> o, 1x3x3, 3x1x3, 3x3x3, inverse 3x3x3 (o -> o), four BNs
+        return 27 * i * o + 9 * o * o + 9 * o * o + 27 * o * o + 27 * o * o + 4 * bn(o)
+    up = upb(16 * w, 16 * w) + upb(16 * w, 8 * w) + upb(8 * w, 4 * w) + upb(4 * w, 2 * w)
+    recon = 3 * (3 * (2 * w) ** 2 + bn(2 * w))
+    logits = 27 * 4 * w * classes + classes
+    return point + res(fea, w) + down + up + recon + logits
+
+
+@pytest.mark.parametrize(("model", "published"), [
+    # PolarSeg's official network at 480 x 360 x 32 with its training script's settings,
+    # counted on its code side by side (docs/method.md, "Backbones")
+    ("polarnet", 13_642_450),
+    ("cylinder3d", _published_cylinder3d_parameters()),
+])
+def test_paper_preset_is_the_published_network(model, published):
+    from m2skd.train.models import build_model
+
+    net = build_model(TrainConfig.preset("paper", model=model).model)
+    assert sum(p.numel() for p in net.parameters()) == published
+
+
+def test_cylinder3d_blocks_in_the_published_order():
+    """Context block: shortcut 1x3x3 -> 3x1x3, branch 3x1x3 -> 1x3x3; down blocks the other
+    way round (the published ResContextBlock and ResBlock)."""
+    from m2skd.train.models import build_model
+
+    net = build_model(TrainConfig.preset("tiny", model="cylinder3d").model)
+    ctx, down = net.context, net.down[0].res
+    assert (tuple(ctx.shortcut.c1.kernel_size), tuple(ctx.branch.c1.kernel_size)) == ((1, 3, 3), (3, 1, 3))
+    assert (tuple(down.shortcut.c1.kernel_size), tuple(down.branch.c1.kernel_size)) == ((3, 1, 3), (1, 3, 3))

@@ -155,16 +155,34 @@ class TrainConfig(Config):
 
     @classmethod
     def _presets(cls) -> dict[str, dict[str, Any]]:
-        return {
-            "paper": {},
-            "tiny": {"grid_shape": (96, 72, 16), "point_widths": (16, 32, 64), "init_size": 8, "compress": 8,
-                     "checkpoint_every": 100},
-        }
+        return {"paper": {}, "tiny": TINY}
 
     @classmethod
     def preset(cls, name: str, model: str = "cylinder3d") -> TrainConfig:  # type: ignore[override]
-        """The named preset for one backbone, its published grid bounds filled in."""
+        """The named preset for one backbone: its published network and setting
+        (`PUBLISHED`), narrowed by the preset, its grid bounds filled in."""
         if model not in MODELS:
             raise ValueError(f"unknown model {model!r}; choose from {MODELS}")
+        presets = cls._presets()
+        if name not in presets:
+            raise ValueError(f"unknown {cls.__name__} preset {name!r}; choose from {sorted(presets)}")
         lo, hi = GRID_BOUNDS[model]
-        return super().preset(name).override(backbone=model, min_bound=lo, max_bound=hi)
+        return (cls().override(backbone=model, min_bound=lo, max_bound=hi, **PUBLISHED[model])
+                .override(**presets[name]).override(**PRESET_BY_BACKBONE.get((name, model), {})))
+
+
+# Each backbone's published network and training setting, beside the defaults above
+# (docs/method.md, "Backbones", cites the sources). PolarSeg: point MLP to 512, compressed
+# to one channel per height bin (32), at most 256 random points per BEV cell, DropBlock
+# p 0.5; rotation 0-360 deg and flips, no scaling or translation. Cylinder3D: point MLP to
+# 256, compressed to 16; the released M2SKD augmentation (the defaults).
+PUBLISHED: dict[str, dict[str, Any]] = {
+    "polarnet": {"point_widths": (64, 128, 256, 512), "compress": 32, "max_points_per_cell": 256, "dropout": 0.5,
+                 "rotate_deg": 180.0, "scale": (1.0, 1.0), "translate": (0.0, 0.0, 0.0)},
+    "cylinder3d": {"point_widths": (64, 128, 256, 256), "compress": 16, "max_points_per_cell": 0},
+}
+# `tiny`: a 96 x 72 x 16 grid and narrow layers that train in minutes on two CPU cores
+TINY: dict[str, Any] = {"grid_shape": (96, 72, 16), "point_widths": (16, 32, 64), "init_size": 8, "compress": 8,
+                        "checkpoint_every": 100}
+# PolarNet's compressed width is its number of height bins, at every size
+PRESET_BY_BACKBONE: dict[tuple[str, str], dict[str, Any]] = {("tiny", "polarnet"): {"compress": 16}}

@@ -42,25 +42,35 @@ def _act_bn(x: spconv.SparseConvTensor, bn: nn.Module) -> spconv.SparseConvTenso
 
 
 class AsymPair(nn.Module):
-    """Two asymmetric convs (e.g. 1x3x3 then 3x1x3), each LeakyReLU + BN."""
+    """Two asymmetric convs (e.g. 1x3x3 then 3x1x3), each LeakyReLU + BN. `first_bn=False`
+    applies the first BN's activation only: the published context block computes that BN
+    and discards its result (its `reaA` assignment); the weights exist, the output skips it,
+    and so does ours, so published weights give published outputs."""
 
-    def __init__(self, ctx: _Ctx, cin: int, cout: int, k1, k2, key: str) -> None:
+    def __init__(self, ctx: _Ctx, cin: int, cout: int, k1, k2, key: str, first_bn: bool = True) -> None:
         super().__init__()
         self.c1, self.b1 = ctx.subm(cin, cout, k1, f"{key}_{k1}"), nn.BatchNorm1d(cout)
         self.c2, self.b2 = ctx.subm(cout, cout, k2, f"{key}_{k2}"), nn.BatchNorm1d(cout)
+        self.first_bn = first_bn
 
     def forward(self, x):
-        return _act_bn(self.c2(_act_bn(self.c1(x), self.b1)), self.b2)
+        y = self.c1(x)
+        y = _act_bn(y, self.b1) if self.first_bn else y.replace_feature(nn.functional.leaky_relu(y.features, 0.01))
+        return _act_bn(self.c2(y), self.b2)
 
 
 A, B_ = (1, 3, 3), (3, 1, 3)
 
 
 class ResContext(nn.Module):
-    def __init__(self, ctx: _Ctx, cin: int, cout: int, key: str) -> None:
+    """Shortcut and branch of two asymmetric convs each, summed. The context block (first)
+    runs 1x3x3 -> 3x1x3 beside 3x1x3 -> 1x3x3; the down blocks the other way round."""
+
+    def __init__(self, ctx: _Ctx, cin: int, cout: int, key: str, context: bool = True) -> None:
         super().__init__()
-        self.shortcut = AsymPair(ctx, cin, cout, A, B_, key)
-        self.branch = AsymPair(ctx, cin, cout, B_, A, key)
+        k1, k2 = (A, B_) if context else (B_, A)
+        self.shortcut = AsymPair(ctx, cin, cout, k1, k2, key)
+        self.branch = AsymPair(ctx, cin, cout, k2, k1, key, first_bn=not context)
 
     def forward(self, x):
         s, r = self.shortcut(x), self.branch(x)
@@ -72,7 +82,7 @@ class DownBlock(nn.Module):
 
     def __init__(self, ctx: _Ctx, cin: int, cout: int, key: str, pool_height: bool) -> None:
         super().__init__()
-        self.res = ResContext(ctx, cin, cout, key)
+        self.res = ResContext(ctx, cin, cout, key, context=False)
         stride = (2, 2, 2) if pool_height else (2, 2, 1)
         self.pool = spconv.SparseConv3d(cout, cout, 3, stride=stride, padding=1, bias=False,
                                         indice_key=f"down_{key}", algo=ctx.algo)

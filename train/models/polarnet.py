@@ -14,6 +14,10 @@ from . import ModelOutput, VoxelInput
 from .point_encoder import PointEncoder
 from .voxels import group
 
+# 'unlabelled' gets no output: a constant logit low enough that softmax gives it ~0,
+# within fp16's range for autocast
+UNLABELLED_LOGIT = -1e4
+
 
 def circular_pad(x: torch.Tensor, pad: int = 1) -> torch.Tensor:
     """Pad (B, C, rho, phi): the angle axis wraps (phi = -pi is next to +pi), rho gets zeros."""
@@ -22,52 +26,82 @@ def circular_pad(x: torch.Tensor, pad: int = 1) -> torch.Tensor:
 
 
 class PolarConv(nn.Module):
-    """Two (circular pad, 3x3 conv, BN, LeakyReLU) layers."""
+    """Two (circular pad, 3x3 conv, BN, LeakyReLU 0.01) layers (PolarSeg's double_conv_circular)."""
 
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__()
-        self.c1, self.b1 = nn.Conv2d(cin, cout, 3, bias=False), nn.BatchNorm2d(cout)
-        self.c2, self.b2 = nn.Conv2d(cout, cout, 3, bias=False), nn.BatchNorm2d(cout)
+        self.c1, self.b1 = nn.Conv2d(cin, cout, 3), nn.BatchNorm2d(cout)
+        self.c2, self.b2 = nn.Conv2d(cout, cout, 3), nn.BatchNorm2d(cout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.leaky_relu(self.b1(self.c1(circular_pad(x))), 0.1)
-        return F.leaky_relu(self.b2(self.c2(circular_pad(x))), 0.1)
+        x = F.leaky_relu(self.b1(self.c1(circular_pad(x))), 0.01)
+        return F.leaky_relu(self.b2(self.c2(circular_pad(x))), 0.01)
+
+
+class DropBlock2D(nn.Module):
+    """DropBlock (Ghiasi et al., NeurIPS 2018) while training: zero square blocks of
+    `block` x `block` cells around seeds drawn with probability p / block^2, rescale the
+    rest. PolarSeg applies it (block 7, p 0.5) after every up block."""
+
+    def __init__(self, p: float, block: int = 7) -> None:
+        super().__init__()
+        self.p, self.block = p, block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        seeds = (torch.rand(x.shape[0], *x.shape[2:], device=x.device) < self.p / self.block**2).to(x.dtype)
+        dropped = F.max_pool2d(seeds[:, None], self.block, stride=1, padding=self.block // 2)
+        if self.block % 2 == 0:
+            dropped = dropped[:, :, :-1, :-1]
+        keep = 1.0 - dropped
+        return x * keep * (keep.numel() / keep.sum().clamp(min=1.0))
 
 
 class PolarUNet(nn.Module):
-    """U-Net over the BEV grid; widths 2w, 4w, 8w, 16w, 16w (PolarSeg: w = 32 -> 64 ... 512, 512)."""
+    """U-Net over the BEV grid, PolarSeg's: BatchNorm on the input, widths 2w, 4w, 8w, 16w,
+    16w down (w = 32: 64 ... 512, 512); up blocks 32w -> 8w, 16w -> 4w, 8w -> 2w, 4w -> 2w
+    (1024 -> 256, 512 -> 128, 256 -> 64, 128 -> 64), each a x2 bilinear upsample padded to
+    the skip, [skip, up] concatenated, a double conv and DropBlock."""
 
-    def __init__(self, cin: int, w: int) -> None:
+    def __init__(self, cin: int, w: int, drop: float) -> None:
         super().__init__()
         widths = [2 * w, 4 * w, 8 * w, 16 * w, 16 * w]
+        self.input_bn = nn.BatchNorm2d(cin)
         self.inc = PolarConv(cin, widths[0])
         self.downs = nn.ModuleList(PolarConv(widths[k], widths[k + 1]) for k in range(4))
-        self.ups = nn.ModuleList(PolarConv(widths[k + 1] + widths[k], widths[k]) for k in reversed(range(4)))
+        self.ups = nn.ModuleList(PolarConv(2 * widths[k], widths[max(k - 1, 0)]) for k in reversed(range(4)))
+        self.drops = nn.ModuleList(DropBlock2D(drop) for _ in range(4))
         self.out_channels = widths[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = [self.inc(x)]
+        skips = [self.inc(self.input_bn(x))]
         for down in self.downs:
-            skips.append(down(F.max_pool2d(skips[-1], 2, ceil_mode=True)))
+            skips.append(down(F.max_pool2d(skips[-1], 2)))
         x = skips.pop()
-        for up in self.ups:
+        for up, drop in zip(self.ups, self.drops, strict=True):
             skip = skips.pop()
-            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            x = up(torch.cat([x, skip], dim=1))
+            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+            dy, dx = skip.shape[-2] - x.shape[-2], skip.shape[-1] - x.shape[-1]
+            x = F.pad(x, (dx // 2, dx - dx // 2, dy // 2, dy - dy // 2))
+            x = drop(up(torch.cat([skip, x], dim=1)))
         return x
 
 
 class PolarNet(nn.Module):
-    def __init__(self, cfg: ModelConfig, n_classes: int = NUM_CLASSES) -> None:
+    """PolarSeg's network. It predicts the 19 real classes (no output for 'unlabelled', as
+    published); `point_logits` carries a constant very low logit in column 0 so every
+    backbone returns the same 20 columns to the losses and the evaluator."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.shape = tuple(cfg.grid_shape)
-        self.n_classes = n_classes
+        self.n_classes = NUM_CLASSES - 1
         self.cap = cfg.max_points_per_cell
         self.encoder = PointEncoder(tuple(cfg.point_widths), cfg.compress)
-        self.unet = PolarUNet(cfg.compress, cfg.init_size)
-        self.dropout = nn.Dropout2d(cfg.dropout)
+        self.unet = PolarUNet(cfg.compress, cfg.init_size, cfg.dropout)
         self.feature_dim = self.unet.out_channels
-        self.head = nn.Conv2d(self.unet.out_channels, n_classes * self.shape[2], 1)
+        self.head = nn.Conv2d(self.unet.out_channels, self.n_classes * self.shape[2], 1)
 
     def _keep(self, inverse: torch.Tensor) -> torch.Tensor:
         """At most `cap` random points per BEV cell while training (PolarSeg's 256)."""
@@ -88,8 +122,10 @@ class PolarNet(nn.Module):
         bev = pooled.new_zeros((batch.batch_size, R, P, pooled.shape[1]))
         bev[cells[:, 0], cells[:, 1], cells[:, 2]] = pooled
         dec = self.unet(bev.permute(0, 3, 1, 2))
-        logits = self.head(self.dropout(dec)).view(batch.batch_size, self.n_classes, Z, R, P)
+        # channels are (height, class), as PolarSeg lays them out
+        logits = self.head(dec).view(batch.batch_size, Z, self.n_classes, R, P)
         b, r, p, z = batch.vox.unbind(1)
-        point_logits = logits.permute(0, 2, 3, 4, 1)[b, z, r, p]
+        real = logits.permute(0, 1, 3, 4, 2)[b, z, r, p]
+        point_logits = torch.cat([real.new_full((len(real), 1), UNLABELLED_LOGIT), real], dim=1)
         voxel_feats = dec.permute(0, 2, 3, 1)[cells[:, 0], cells[:, 1], cells[:, 2]]
         return ModelOutput(point_logits, keys, voxel_feats, inverse)
