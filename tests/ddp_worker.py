@@ -1,4 +1,7 @@
-"""Run under torchrun by test_ddp.py: a few baseline steps, then each rank saves its weights."""
+"""Run under torchrun by test_ddp.py: a few steps of a run, then each rank saves its weights.
+
+    ddp_worker.py CACHE OUT KIND [TEACHER_CKPT]
+"""
 
 from __future__ import annotations
 
@@ -13,13 +16,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from m2skd.train.trainer import RunSpec, train
 from tests.conftest import tiny_train_config
 
-cache, out = Path(sys.argv[1]), Path(sys.argv[2])
+cache, out, kind = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+teacher = Path(sys.argv[4]) if len(sys.argv) > 4 else None
 rank = int(os.environ["RANK"])
 
 
-def dump(model: torch.nn.Module) -> None:
-    torch.save(model.state_dict(), out / f"rank{rank}.pt")
+def dump(run) -> None:
+    torch.save(run.model.state_dict(), out / f"rank{rank}.pt")
 
 
-train(RunSpec(kind="baseline", cfg=tiny_train_config("polarnet", batch_size=1), cache=cache, out=out, steps=3,
-              seed=0, progress=False, device="cpu", on_finish=dump))
+train(RunSpec(kind=kind, cfg=tiny_train_config("polarnet", batch_size=1), cache=cache, out=out, steps=3,
+              seed=0, progress=False, device="cpu", teacher=teacher, on_finish=dump))

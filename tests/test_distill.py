@@ -161,18 +161,35 @@ def _views(fused_cache, cfg, keys):
 
 
 @pytest.mark.parametrize("model", ["polarnet", "cylinder3d"])
-def test_identical_networks_and_views_distil_to_zero(fused_cache, model):
-    cfg = tiny_train_config(model)
-    _, student = _views(fused_cache, cfg, [(2, 7), (4, 8)])
+def test_distilling_from_the_fused_view_matches_a_brute_force_join(fused_cache, model):
+    """Teacher on the really fused view, student on the single view of the same augmented
+    scans: L_feat and L_logit equal a brute-force join that pairs voxels by their (scan,
+    rho, phi, z) coordinates in a dict and points by their row within each scan."""
+    cfg = tiny_train_config(model, w_feat=1.0)
+    fused, single = _views(fused_cache, cfg, [(2, 7), (4, 8)])
+    assert sum(fused.sizes) > sum(single.sizes)  # fused points are really there
     torch.manual_seed(0)
-    net = build_model(cfg.model).eval()
+    teacher, student = build_model(cfg.model).eval(), build_model(cfg.model).eval()
     with torch.no_grad():
-        out = net(student)
-    losses = Distiller(cfg.distill, DEFAULT_HARD_CLASSES, net.feature_dim, net.feature_dim)(student, out, student, out,
-                                                             {"feat": True, "logit": True, "aff": True})
-    assert set(losses) == {"feat", "logit", "aff"}
-    for k, v in losses.items():
-        assert abs(float(v)) < 1e-6, k
+        t_out, s_out = teacher(fused), student(single)
+        losses = Distiller(cfg.distill.override(kd_balance="point"), DEFAULT_HARD_CLASSES, student.feature_dim,
+                           teacher.feature_dim)(fused, t_out, single, s_out, {"feat": True, "logit": True})
+    shape = tuple(cfg.model.grid_shape[:2]) if model == "polarnet" else tuple(cfg.model.grid_shape)
+    def voxel_table(batch, out):
+        cells = batch.vox[:, : 1 + len(shape)].tolist()
+        return {tuple(cells[i]): out.voxel_feats[int(out.point_voxel[i])] for i in range(len(cells))}
+    t_vox, s_vox = voxel_table(fused, t_out), voxel_table(single, s_out)
+    feat = torch.stack([((s_vox[k] - t_vox[k]) ** 2).mean() for k in s_vox]).mean()
+    T = cfg.distill.temperature
+    kl, start_t, start_s = [], 0, 0
+    for size_t, size_s in zip(fused.sizes, single.sizes, strict=True):
+        for i in range(size_s):  # point i of the single scan is point i of the fused one
+            pt = torch.softmax(t_out.point_logits[start_t + i] / T, 0)
+            ps = torch.softmax(s_out.point_logits[start_s + i] / T, 0)
+            kl.append((pt * (pt.clamp_min(1e-30).log() - ps.clamp_min(1e-30).log())).sum())
+        start_t, start_s = start_t + size_t, start_s + size_s
+    assert float(losses["feat"]) == pytest.approx(float(feat), rel=1e-4)
+    assert float(losses["logit"]) == pytest.approx(float(torch.stack(kl).mean()) * T * T, rel=1e-3, abs=1e-6)
 
 
 @pytest.mark.parametrize("model", ["polarnet", "cylinder3d"])

@@ -189,3 +189,33 @@ def test_asked_sequences_missing_from_the_cache_are_refused(fused_cache, tmp_pat
     with pytest.raises(ShardError, match=r"no fused scans of sequence\(s\) \['03'\]"):
         train(_spec(fused_cache, tmp_path / "x", cfg={"train_sequences": ("00", "03")}))
     assert not (tmp_path / "x").exists()
+
+
+def test_student_run_leaves_its_teacher_untouched(fused_cache, tmp_path):
+    """The trainer's own teacher loading: after a student run the teacher in memory still
+    has the checkpoint's weights and BatchNorm statistics (frozen, eval mode)."""
+    teacher = train(_spec(fused_cache, tmp_path / "t", steps=2))
+    seen = {}
+    train(_spec(fused_cache, tmp_path / "s", kind="student", steps=3, teacher=teacher,
+                on_finish=lambda run: seen.update(run.teacher.state_dict())))
+    saved = load_checkpoint(teacher)["model"]
+    assert seen.keys() == saved.keys() and any("running_mean" in k for k in saved)
+    for k, v in saved.items():
+        torch.testing.assert_close(seen[k], v, rtol=0, atol=0, msg=k)
+
+
+def test_baseline_and_student_of_one_seed_see_the_same_batches(fused_cache, tmp_path):
+    """Same seed: the baseline's batches are the student's single view, scan for scan and
+    augmentation for augmentation, so the two differ only by the distillation."""
+    from m2skd.train.run import start_run
+
+    teacher = train(_spec(fused_cache, tmp_path / "t", steps=1))
+    base = start_run(_spec(fused_cache, tmp_path / "b", kind="baseline", steps=4))
+    stud = start_run(_spec(fused_cache, tmp_path / "s", kind="student", steps=4, teacher=teacher))
+    n = 0
+    for b, (fused, single) in zip(base.loader(), stud.loader(), strict=True):
+        assert b.meta == single.meta == fused.meta
+        for name in ("feats", "vox", "labels", "instance"):
+            assert torch.equal(getattr(b, name), getattr(single, name)), name
+        n += 1
+    assert n == 4

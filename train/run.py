@@ -45,7 +45,7 @@ class RunSpec:
     teacher: Path | None = None
     progress: bool = True
     extra: dict = field(default_factory=dict)
-    on_finish: Callable[[torch.nn.Module], None] | None = None  # every rank's final model (tests)
+    on_finish: Callable[[Run], None] | None = None  # called with every rank's finished run (tests)
 
 
 @dataclass

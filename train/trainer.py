@@ -54,5 +54,5 @@ def train(spec: RunSpec) -> Path:
                 run.save()
     run.save()
     if spec.on_finish is not None:
-        spec.on_finish(run.model)
+        spec.on_finish(run)
     return run.ckpt_path
