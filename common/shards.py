@@ -29,6 +29,7 @@ import h5py
 import numpy as np
 
 from .atomic import atomic_path
+from .outputs import OutputError, check_free_space, disk_full
 
 FORMAT_VERSION = 1
 DATASETS = {"points": np.float32, "labels": np.uint8, "instance": np.uint32, "source": np.int8}
@@ -79,6 +80,35 @@ def write_shard(path: str | os.PathLike, scans: list[FusedScan], attrs: dict, co
     sizes = np.array([len(s.points) for s in scans], np.int64)
     offsets = np.concatenate([[0], np.cumsum(sizes)])
     total = int(offsets[-1])
+    # a full disk mid-write crashed HDF5 (a segfault, not an exception): refuse up front
+    check_free_space(path.parent, total * sum(np.dtype(t).itemsize * (4 if k == "points" else 1)
+                                              for k, t in DATASETS.items()), f"shard {path.name}")
+    try:
+        _write_datasets(path, scans, sizes, offsets, attrs, compress_points)
+    except OSError as e:
+        if disk_full(e):
+            raise OutputError(f"{path}: the disk filled up while writing this shard (removed); free some space "
+                              "and rerun `make fuse` to resume") from None
+        raise
+    entry = {
+        "file": path.name,
+        "sequence": attrs.get("sequence"),
+        "frames": [int(scans[0].frame), int(scans[-1].frame)],
+        "scans": len(scans),
+        "points": int(offsets[-1]),
+        "original_points": int(sum(s.n_original for s in scans)),
+        "config_hash": attrs.get("config_hash"),
+        "input_hash": attrs.get("input_hash"),
+        "sha256": file_sha256(path),
+    }
+    with atomic_path(sidecar(path)) as tmp:
+        tmp.write_text(json.dumps(entry, indent=1))
+    return entry
+
+
+def _write_datasets(path: Path, scans: list[FusedScan], sizes: np.ndarray, offsets: np.ndarray, attrs: dict,
+                    compress_points: bool) -> None:
+    total = int(offsets[-1])
     with atomic_path(path) as tmp:
         # Each scan goes straight into its rows of preallocated datasets: concatenating a
         # shard first copied ~130 MB and cost more than the fusion itself. The chunk cache
@@ -101,20 +131,6 @@ def write_shard(path: str | os.PathLike, scans: list[FusedScan], attrs: dict, co
             f.attrs["format_version"] = FORMAT_VERSION
             for k, v in attrs.items():
                 f.attrs[k] = json.dumps(v) if isinstance(v, (dict, list, tuple)) else v
-    entry = {
-        "file": path.name,
-        "sequence": attrs.get("sequence"),
-        "frames": [int(scans[0].frame), int(scans[-1].frame)],
-        "scans": len(scans),
-        "points": int(offsets[-1]),
-        "original_points": int(sum(s.n_original for s in scans)),
-        "config_hash": attrs.get("config_hash"),
-        "input_hash": attrs.get("input_hash"),
-        "sha256": file_sha256(path),
-    }
-    with atomic_path(sidecar(path)) as tmp:
-        tmp.write_text(json.dumps(entry, indent=1))
-    return entry
 
 
 def sidecar(path: str | os.PathLike) -> Path:
@@ -172,7 +188,14 @@ def read_manifest(cache: str | os.PathLike) -> dict:
     path = Path(cache) / MANIFEST
     if not path.is_file():
         raise ShardError(f"{path}: no manifest; run `make fuse` (m2skd-fuse) to build the cache first")
-    manifest = json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ShardError(f"{path}: not valid JSON ({e}); rerun `make fuse` to rewrite it") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list) or not all(
+            isinstance(e, dict) and {"file", "sequence", "scans"} <= set(e) for e in manifest["shards"]):
+        raise ShardError(f"{path}: not an m2skd manifest (no list of shards with file, sequence and scans); "
+                         "rerun `make fuse` to rewrite it")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ShardError(f"{path}: shard format {manifest.get('format_version')}, this code reads {FORMAT_VERSION}")
     if not manifest.get("shards"):
@@ -186,7 +209,7 @@ class ShardReader:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self._f: h5py.File | None = None
-        with h5py.File(self.path, "r") as f:
+        with self._open() as f:
             missing = [k for k in (*DATASETS, *PER_SCAN) if k not in f]
             if missing:
                 raise ShardError(f"{self.path}: missing dataset(s) {missing}")
@@ -203,9 +226,16 @@ class ShardReader:
     def _file(self) -> h5py.File:
         # h5py handles must not cross fork(): each process opens its own
         if self._f is None or self._pid != os.getpid():
-            self._f = h5py.File(self.path, "r")
+            self._f = self._open()
             self._pid = os.getpid()
         return self._f
+
+    def _open(self) -> h5py.File:
+        try:
+            return h5py.File(self.path, "r")
+        except OSError as e:  # missing, truncated, not HDF5: h5py's message names no file
+            raise ShardError(f"{self.path}: not a readable fused shard ({e}); rerun `make fuse` to rebuild "
+                             "the cache") from None
 
     def scan(self, i: int, view: str = "fused") -> FusedScan:
         """Scan i in a view; `single` reads only its original points (a prefix of its rows)."""

@@ -37,7 +37,7 @@ console = Console()
 def _train(kind: str, cfg: TrainConfig, cache: Path, out: Path, steps: int, seed: int, device: str,
            teacher: Path | None = None, progress: bool = True) -> Path:
     t0 = time.perf_counter()
-    ckpt = train(RunSpec(kind=kind, cfg=cfg, cache=cache, out=out, steps=steps, seed=seed, resume=True,
+    ckpt = train(RunSpec(kind=kind, cfg=cfg, cache=cache, out=out, steps=steps, seed=seed, resume="auto",
                          device=device, teacher=teacher, progress=progress,
                          extra={"preset": "tiny", "demo": True}))
     console.print(f"{out.name}: {steps} steps done ({(time.perf_counter() - t0) / 60:.1f} min)")

@@ -8,12 +8,15 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from m2skd.common.cli import config_options, knob_values
+from m2skd.common.cli import config_options, fail, knob_values
 from m2skd.common.kitti_io import KittiFormatError, parse_sequences
 from m2skd.common.labels import UnknownLabelError
+from m2skd.common.outputs import OutputError
+from m2skd.common.progress import progress
+from m2skd.common.shards import ShardError
 
 from .config import FusionConfig, parse_window
 from .pipeline import FusionError, fused_stats, run_fusion
@@ -47,24 +50,31 @@ def main(data: Path, sequences: str, out: Path, preset: str, window: str | None,
     t0 = time.perf_counter()
     done = {"fused": 0}
     try:
-        with Progress(TextColumn("[bold]fuse"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                      TimeRemainingColumn(), console=console) as progress:
-            task = progress.add_task("fuse", total=None, info="")
+        with progress(TextColumn("[bold]fuse"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                      TimeRemainingColumn(), console=console) as bar:
+            task = bar.add_task("fuse", total=None, info="")
 
             def on_plan(plans):
-                progress.update(task, total=sum(p.n_frames for p in plans))
+                for note in (n for p in plans for n in p.notes):
+                    console.print(f"warning: {note}", markup=False, highlight=False)
+                bar.update(task, total=sum(p.n_frames for p in plans))
 
             def on_scan(name, frame, skipped):
                 if not skipped:
                     done["fused"] += 1
                 rate = done["fused"] / max(time.perf_counter() - t0, 1e-9)
-                progress.update(task, advance=1, info=f"seq {name} {rate:.1f} scans/s")
+                bar.update(task, advance=1, info=f"seq {name} {rate:.1f} scans/s")
 
             manifest = run_fusion(data, names, out, cfg, workers=workers, force=force,
                                   on_scan=on_scan, on_plan=on_plan)
-    except (FusionError, KittiFormatError, UnknownLabelError) as e:
-        console.print(f"[red]error:[/red] {e}")
-        sys.exit(1)
+    except (FusionError, KittiFormatError, UnknownLabelError, OutputError, ShardError) as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        fail(f"interrupted: the finished shards in {out} are kept; rerun the same command to resume", 130)
+    except SystemError as e:  # Ctrl-C landing inside a numba kernel surfaces as this
+        if not isinstance(e.__cause__ or e.__context__, KeyboardInterrupt):
+            raise
+        fail(f"interrupted: the finished shards in {out} are kept; rerun the same command to resume", 130)
     dt = time.perf_counter() - t0
     stats = fused_stats(manifest, out)
     table = Table(title=f"fused cache {out} (window {cfg.window}, voxel {cfg.voxel} m)")

@@ -9,11 +9,16 @@ calib.txt the shard read) and whose checksum verifies; everything else is rebuil
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
+import json
 import multiprocessing as mp
+import os
+import signal
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +27,7 @@ from m2skd.common import kitti_io
 from m2skd.common.atomic import remove_stale_temps
 from m2skd.common.config import digest
 from m2skd.common.labels import CLASS_NAMES
+from m2skd.common.outputs import exclusive
 from m2skd.common.shards import FORMAT_VERSION, ShardReader, finished_entry, shard_name, write_manifest, write_shard
 
 from .config import FusionConfig
@@ -38,6 +44,7 @@ class SequencePlan:
     name: str
     n_frames: int
     shards: tuple[tuple[int, int], ...]  # (first, last) frame of each shard
+    notes: tuple[str, ...] = ()  # warnings worth the user's eye (the CLI prints them)
 
 
 def cache_config(cfg: FusionConfig) -> tuple[dict, str]:
@@ -69,7 +76,12 @@ def input_fingerprint(seq: kitti_io.Sequence, first: int, last: int, offsets: tu
 
 
 def plan(root: Path, names: list[str], cfg: FusionConfig) -> list[SequencePlan]:
-    """Check every sequence before anything is written; raise FusionError on unusable input."""
+    """Check every sequence before anything is written; raise FusionError on unusable input.
+
+    Checked here: labels present, no scan missing in the middle, poses and calibration
+    complete and parseable, every scan's and label's size (from stat, no reads). What only
+    reading shows (NaN, unknown label ids) stops the run at that scan, naming it; shards
+    finished before it are kept."""
     plans = []
     for seq in kitti_io.iter_sequences(root, names):
         if not seq.has_labels:
@@ -78,14 +90,30 @@ def plan(root: Path, names: list[str], cfg: FusionConfig) -> list[SequencePlan]:
                 "instances; fuse only labelled sequences (SemanticKITTI: 00-10). Nothing was written."
             )
         frames = seq.frames()
-        seq.lidar_poses(len(frames))  # poses.txt / calib.txt present, complete and parseable
-        missing = [f for f in frames if not seq.label_path(f).is_file()]
-        if missing:
-            raise FusionError(f"{seq.path / 'labels'}: no label for scan(s) {missing[:5]}")
         n = len(frames)
+        n_poses = len(seq.lidar_poses(n))  # poses.txt / calib.txt present, complete and parseable
+        _check_sizes(seq, frames)
+        notes = () if n_poses == n else (
+            f"{seq.path / 'poses.txt'}: {n_poses} poses for {n} scans: the last {n_poses - n} scan(s) are "
+            f"missing from velodyne/ (a partial copy?); fusing the {n} present",)
         shards = tuple((a, min(a + cfg.shard_size, n) - 1) for a in range(0, n, cfg.shard_size))
-        plans.append(SequencePlan(seq.name, n, shards))
+        plans.append(SequencePlan(seq.name, n, shards, notes))
     return plans
+
+
+def _check_sizes(seq: kitti_io.Sequence, frames: list[int]) -> None:
+    """Every scan a multiple of 16 bytes, every label 4 bytes per point (stat only)."""
+    for f in frames:
+        scan, label = seq.scan_path(f), seq.label_path(f)
+        if not label.is_file():
+            raise FusionError(f"{label}: no label for scan {f}. Nothing was written.")
+        size = scan.stat().st_size
+        if size % 16:
+            raise FusionError(f"{scan}: size {size} bytes is not a multiple of 16 (float32 x, y, z, remission). "
+                              "Nothing was written.")
+        if label.stat().st_size != size // 4:
+            raise FusionError(f"{label}: {label.stat().st_size // 4} labels but the scan has {size // 16} points. "
+                              "Nothing was written.")
 
 
 def fuse_sequence(
@@ -140,12 +168,71 @@ def fuse_sequence(
     return entries
 
 
+_QUEUE = None  # a pool worker's progress queue (handed over at start: spawn cannot pickle it per task)
+
+
+def _init_worker(queue) -> None:
+    """Pool worker start-up: Ctrl-C is the parent's to handle (it stops the pool), and the
+    worker dies with its parent (Linux), so a killed `m2skd-fuse` leaves no orphan behind."""
+    global _QUEUE
+    _QUEUE = queue
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent died before the call took effect
+            os._exit(1)
+
+
 def _worker(args):
-    root, sp, out, cfg, force, queue = args
+    root, sp, out, cfg, force = args
 
     def tick(name, frame, skipped):
-        queue.put((name, frame, skipped))
+        _QUEUE.put((name, frame, skipped))
     return fuse_sequence(root, sp, out, cfg, force, tick)
+
+
+def _check_mixing(out: Path, names: list[str], chash: str, force: bool) -> list[str]:
+    """Sequences of OUT fused with another config than this run's, outside this run.
+
+    A cache holds one config (the teacher must not train on a mix): they are refused
+    unless `force`, which drops them from the manifest (their files stay)."""
+    other = sorted({e.get("sequence") for e in _sidecars(out)
+                    if e.get("config_hash") != chash and e.get("sequence") not in names})
+    if other and not force:
+        raise FusionError(f"{out}: holds sequence(s) {other} fused with another config; a cache holds one config. "
+                          "Fuse them again with this one (add them to --sequences), use another --out, or pass "
+                          "--force to drop them from the manifest.")
+    return other
+
+
+def _sidecars(out: Path) -> list[dict]:
+    entries = []
+    for side in out.glob("*.h5.json"):
+        with contextlib.suppress(OSError, json.JSONDecodeError):
+            entries.append(json.loads(side.read_text()))
+    return entries
+
+
+def _fuse_in_pool(root: Path, plans: list[SequencePlan], out: Path, cfg: FusionConfig, workers: int, force: bool,
+                  on_scan: Callable[[str, int, bool], None] | None) -> None:
+    ctx = mp.get_context("spawn")  # numba and h5py state must not be forked
+    queue = ctx.Queue()
+    pool = ctx.Pool(min(workers, len(plans)), initializer=_init_worker, initargs=(queue,))
+    try:
+        result = pool.map_async(_worker, [(root, sp, out, cfg, force) for sp in plans])
+        while not result.ready() or not queue.empty():
+            try:
+                item = queue.get(timeout=0.2)
+            except Exception:  # queue.Empty
+                continue
+            if on_scan:
+                on_scan(*item)
+        result.get()  # re-raises a worker's error
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
 
 
 def run_fusion(
@@ -153,38 +240,29 @@ def run_fusion(
     force: bool = False, on_scan: Callable[[str, int, bool], None] | None = None,
     on_plan: Callable[[list[SequencePlan]], None] | None = None,
 ) -> dict:
-    """Fuse the given sequences of ROOT into OUT; return the manifest."""
+    """Fuse the given sequences of ROOT into OUT; return the manifest.
+
+    OUT is checked writable and locked against a second writer before anything else."""
     root, out = Path(root), Path(out)
-    plans = plan(root, names, cfg)
-    if on_plan:
-        on_plan(plans)
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out)  # a killed run's half-written shard
-    config, chash = cache_config(cfg)
-    if workers <= 1 or len(plans) == 1:
-        for sp in plans:
-            fuse_sequence(root, sp, out, cfg, force, on_scan)
-    else:
-        ctx = mp.get_context("spawn")  # numba and h5py state must not be forked
-        with ctx.Manager() as mgr:
-            queue = mgr.Queue()
-            with ctx.Pool(min(workers, len(plans))) as pool:
-                result = pool.map_async(_worker, [(root, sp, out, cfg, force, queue) for sp in plans])
-                total = sum(sp.n_frames for sp in plans)
-                seen = 0
-                while seen < total:
-                    try:
-                        item = queue.get(timeout=0.5)
-                    except Exception:  # queue.Empty through the manager proxy
-                        if result.ready():
-                            result.get()  # re-raises a worker's error
-                            break
-                        continue
-                    seen += 1
-                    if on_scan:
-                        on_scan(*item)
-                result.get()
-    return write_manifest(out, config, chash)
+    with exclusive(out, "m2skd-fuse"):
+        plans = plan(root, names, cfg)
+        config, chash = cache_config(cfg)
+        dropped = _check_mixing(out, names, chash, force)
+        if dropped:
+            plans[0] = replace(plans[0], notes=(*plans[0].notes, f"{out}: --force drops sequence(s) {dropped}, "
+                                                "fused with another config, from the manifest"))
+        if on_plan:
+            on_plan(plans)
+        remove_stale_temps(out)  # a killed run's half-written shard
+        try:
+            if workers <= 1 or len(plans) == 1:
+                for sp in plans:
+                    fuse_sequence(root, sp, out, cfg, force, on_scan)
+            else:
+                _fuse_in_pool(root, plans, out, cfg, workers, force, on_scan)
+        finally:
+            remove_stale_temps(out)  # workers stopped by Ctrl-C or an error leave theirs
+        return write_manifest(out, config, chash)
 
 
 def fused_stats(manifest: dict, out: str | Path) -> dict:

@@ -9,12 +9,13 @@ from pathlib import Path
 import click
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from m2skd.common import kitti_io
 from m2skd.common.cli import config_options, knob_values
 from m2skd.common.labels import CLASS_NAMES, HARD_CLASS_IDS, NUM_CLASSES, raw_to_train
+from m2skd.common.progress import progress
 
 from .config import SynthConfig
 from .sequence import generate_sequence
@@ -71,17 +72,17 @@ def main(out_dir: Path, sequences: str, preset: str, labels: bool | None, summar
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     t0 = time.perf_counter()
-    with Progress(
+    with progress(
         TextColumn("[bold]seq {task.fields[seq]}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console,
-    ) as progress:
+    ) as bar:
         for name in names:
-            task = progress.add_task("synth", total=cfg.scans, seq=name, rate="")
+            task = bar.add_task("synth", total=cfg.scans, seq=name, rate="")
             start = time.perf_counter()
 
             def tick(frame: int, task=task, start=start) -> None:
                 rate = (frame + 1) / max(time.perf_counter() - start, 1e-9)
-                progress.update(task, advance=1, rate=f"{rate:.1f} scans/s")
+                bar.update(task, advance=1, rate=f"{rate:.1f} scans/s")
 
             generate_sequence(out_dir, name, cfg, labels=labels, on_scan=tick)
     console.print(f"wrote {len(names)} sequence(s) x {cfg.scans} scans to {out_dir} "

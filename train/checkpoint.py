@@ -10,6 +10,7 @@ import torch
 
 from m2skd.common.atomic import atomic_path
 from m2skd.common.labels import CLASS_NAMES
+from m2skd.common.outputs import OutputError, check_free_space, disk_full
 
 from .config import TrainConfig
 
@@ -32,8 +33,18 @@ def save_checkpoint(path: str | Path, *, kind: str, step: int, total_steps: int,
         "torch_rng": torch.get_rng_state(),
         **(extra or {}),
     }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    path = Path(path)
+    size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    # the weights, Adam's two moments, the distiller: ~3x the weights; refuse rather than fill the disk
+    check_free_space(path.parent, 3 * size, f"checkpoint {path.name}")
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except (OSError, RuntimeError) as e:  # torch reports a short write as RuntimeError
+        if disk_full(e) or "file write failed" in str(e):
+            raise OutputError(f"{path}: the disk filled up while writing the checkpoint (the partial file was "
+                              "removed, the previous checkpoint is intact); free some space and --resume") from None
+        raise
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 
 from m2skd.common import kitti_io
 from m2skd.common.labels import CLASS_NAMES, class_ids, train_to_raw
+from m2skd.common.progress import progress as progress_bar
 
 from .batch import collate
 from .checkpoint import checkpoint_config, load_checkpoint
@@ -45,7 +45,7 @@ def evaluate(model: torch.nn.Module, dataset: torch.utils.data.Dataset, device: 
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate(view),
                                          num_workers=workers)
     conf = Confusion()
-    with Progress(disable=not progress) as bar:
+    with progress_bar(disable=not progress) as bar:
         task = bar.add_task("evaluating", total=len(dataset))
         for batch in loader:
             b = batch.to(device)

@@ -39,7 +39,7 @@ class RunSpec:
     steps: int | None = None
     epochs: int | None = None
     seed: int = 0
-    resume: bool = False
+    resume: bool | str = False  # True: continue OUT/last.pt (must exist); "auto": continue it if present
     force: bool = False
     device: str = "auto"
     teacher: Path | None = None
@@ -98,10 +98,18 @@ class Run:
                 "config": spec.cfg.to_dict(), **spec.extra}
 
 
+# Knobs a resumed run may change: they change neither what is computed nor in what order
+RESUMABLE = {"workers", "log_every", "checkpoint_every"}
+
+
 def check_spec(spec: RunSpec) -> None:
     if spec.kind not in KINDS:
         raise TrainError(f"unknown run kind {spec.kind!r}; choose from {KINDS}")
     ckpt = Path(spec.out) / CHECKPOINT
+    if spec.resume and spec.force:
+        raise TrainError("--resume and --force contradict each other: continue the run, or start it over")
+    if spec.resume is True and not ckpt.exists():
+        raise TrainError(f"{ckpt}: nothing to resume (no checkpoint); drop --resume to start a new run there")
     if ckpt.exists() and not (spec.resume or spec.force):
         raise TrainError(f"{ckpt} exists: pass --resume to continue that run or --force to start over")
     if spec.kind == "student" and spec.teacher is None:
@@ -144,6 +152,14 @@ def _resume(run: Run) -> None:
     if state["kind"] != spec.kind or state["seed"] != spec.seed:
         raise CheckpointError(f"{path}: a {state['kind']} run with seed {state['seed']}, not a "
                               f"{spec.kind} run with seed {spec.seed}; use another --out or --force")
+    if state["step"] > run.total:
+        raise TrainError(f"{path}: the run is at step {state['step']}, past the {run.total} steps asked; ask for "
+                         f"at least {state['step']} or start over with --force")
+    changed = _changed_knobs(state["config"], spec.cfg.to_dict())
+    if changed:
+        diff = ", ".join(f"{k}: run {a} vs now {b}" for k, (a, b) in changed.items())
+        raise TrainError(f"{path}: resuming with other settings than the run has ({diff}); a resumed run continues "
+                         "as it was: drop those options, or start a new run (--force or another --out)")
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     if run.distiller is not None and state.get("distiller") is not None:
@@ -152,9 +168,23 @@ def _resume(run: Run) -> None:
     run.step = state["step"]
 
 
+def _leaves(d: dict) -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_leaves(v))
+        else:
+            out[k] = v
+    return out
+
+
+def _changed_knobs(saved: dict, now: dict) -> dict[str, tuple]:
+    a, b = _leaves(saved), _leaves(now)
+    return {k: (a.get(k), b.get(k)) for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in RESUMABLE}
+
+
 def start_run(spec: RunSpec) -> Run:
-    """Build every part of the run and restore `last.pt` when resuming."""
-    check_spec(spec)
+    """Build every part of the run (after `check_spec`) and restore `last.pt` when resuming."""
     cfg = spec.cfg
     device = pick_device(spec.device)
     if device.type == "cpu":

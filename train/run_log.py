@@ -6,7 +6,9 @@ import json
 import time
 from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+from m2skd.common.progress import progress
 
 METRICS = "metrics.jsonl"
 
@@ -15,13 +17,13 @@ class RunLog:
     """Context manager: `record(step, values, scans)` after each step. Only the main rank
     writes (`enabled=False` elsewhere); the bar shows the losses and scans/s."""
 
-    def __init__(self, out: Path, title: str, total: int, start: int, *, enabled: bool, progress: bool,
+    def __init__(self, out: Path, title: str, total: int, start: int, *, enabled: bool, show: bool,
                  every: int) -> None:
         self.path, self.title, self.total, self.start = Path(out) / METRICS, title, total, start
         self.enabled, self.every = enabled, every
-        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        self.bar = progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("{task.fields[losses]}"), TextColumn("{task.fields[rate]}"),
-                            TimeElapsedColumn(), disable=not (progress and enabled))
+                            TimeElapsedColumn(), disable=not (show and enabled))
 
     def __enter__(self) -> RunLog:
         if self.enabled:

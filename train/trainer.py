@@ -8,12 +8,16 @@ the logging in `run_log.py`; this module only wires them into the loop.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 import torch
 
+from m2skd.common.outputs import exclusive
+
 from .checkpoint import write_config
-from .run import RunSpec, TrainError, start_run
+from .run import RunSpec, TrainError, check_spec, start_run
 from .run_log import RunLog, read_metrics
 from .steps import STEPS, weighted_total
 
@@ -21,11 +25,19 @@ __all__ = ["RunSpec", "TrainError", "read_metrics", "train"]
 
 
 def train(spec: RunSpec) -> Path:
-    """Run (or resume) one training run; returns the path of its final checkpoint."""
+    """Run (or resume) one training run; returns the path of its final checkpoint.
+
+    OUT is checked writable and locked (by the main rank) before anything else starts."""
+    check_spec(spec)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    with exclusive(spec.out, "m2skd-train") if main_rank else contextlib.nullcontext():
+        return _train(spec)
+
+
+def _train(spec: RunSpec) -> Path:
     run = start_run(spec)
     cfg, out = spec.cfg, Path(spec.out)
     if run.dist.main:
-        out.mkdir(parents=True, exist_ok=True)
         write_config(out, run.info())
     use_amp = cfg.runtime.amp and run.device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -34,7 +46,7 @@ def train(spec: RunSpec) -> Path:
     aff_gen = torch.Generator(device=run.device)
     run.model.train()
     with RunLog(out, f"{spec.kind} ({cfg.model.backbone})", run.total, run.step, enabled=run.dist.main,
-                progress=spec.progress, every=cfg.runtime.log_every) as log:
+                show=spec.progress, every=cfg.runtime.log_every) as log:
         for batch in run.loader():
             aff_gen.manual_seed(spec.seed * 1_000_003 + run.step)
             with torch.autocast(run.device.type, dtype=torch.float16, enabled=use_amp):

@@ -1,0 +1,101 @@
+"""Output folders: checked writable before any work starts, held by one process at a time,
+and checked for free space before a big write.
+
+Every stage that writes a folder (`m2skd-fuse --out`, `m2skd-train ... --out`) goes
+through `output_dir(path)`: a path that is a file, lies under a file, or sits on a
+read-only file system is refused up front with one line naming it, and a second process
+writing the same folder is refused while the first is alive (a dead owner's lock is
+taken over).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+LOCK = ".m2skd.lock"
+
+
+class OutputError(ValueError):
+    """An output path that cannot be written (the message names it and says what to do)."""
+
+
+def ensure_writable_dir(path: str | os.PathLike) -> Path:
+    """Create `path` (and parents) if needed and prove it is a writable folder."""
+    path = Path(path)
+    for parent in (path, *path.parents):
+        if parent.exists() and not parent.is_dir():
+            raise OutputError(f"{path}: {parent} is a file, not a folder; choose another output path")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".m2skd-probe.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write here ({e.strerror or e}); choose another output path") from None
+    return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def exclusive(path: str | os.PathLike, what: str = "m2skd") -> Iterator[Path]:
+    """Hold `path/.m2skd.lock` (holding our PID) for the duration; refuse if a live process
+    holds it. A folder created here and still empty at the end is removed again, so a run
+    refused before it wrote anything leaves nothing behind."""
+    created = not Path(path).exists()
+    path = ensure_writable_dir(path)
+    lock = path / LOCK
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                owner = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                owner = 0
+            if owner and owner != os.getpid() and _alive(owner):
+                raise OutputError(f"{path}: another {what} process (PID {owner}) is writing here; wait for it, "
+                                  "stop it, or choose another output folder") from None
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()  # a dead owner's (or our own stale) lock: take it over
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        break
+    else:
+        raise OutputError(f"{lock}: could not take the lock")
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            if lock.read_text().strip() == str(os.getpid()):
+                lock.unlink()
+        if created:
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only succeeds if empty
+
+
+def check_free_space(path: str | os.PathLike, need: int, what: str) -> None:
+    """Refuse to start a write of about `need` bytes under `path` when the disk has less
+    (with 10 % and 64 MiB to spare): a full disk mid-write costs more than a clear no."""
+    free = shutil.disk_usage(path).free
+    if free < need * 1.1 + (64 << 20):
+        raise OutputError(f"{path}: not enough free disk space for {what} (needs ~{need / 2**20:,.0f} MiB, "
+                          f"{free / 2**20:,.0f} MiB free); free some space or choose another output folder")
+
+
+def disk_full(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
