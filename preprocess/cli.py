@@ -47,34 +47,43 @@ def main(data: Path, sequences: str, out: Path, preset: str, window: str | None,
         cfg = FusionConfig.preset(preset).override(**knobs)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
-    t0 = time.perf_counter()
-    done = {"fused": 0}
     try:
-        with progress(TextColumn("[bold]fuse"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                      TimeRemainingColumn(), console=console) as bar:
-            task = bar.add_task("fuse", total=None, info="")
-
-            def on_plan(plans):
-                for note in (n for p in plans for n in p.notes):
-                    console.print(f"warning: {note}", markup=False, highlight=False)
-                bar.update(task, total=sum(p.n_frames for p in plans))
-
-            def on_scan(name, frame, skipped):
-                if not skipped:
-                    done["fused"] += 1
-                rate = done["fused"] / max(time.perf_counter() - t0, 1e-9)
-                bar.update(task, advance=1, info=f"seq {name} {rate:.1f} scans/s")
-
-            manifest = run_fusion(data, names, out, cfg, workers=workers, force=force,
-                                  on_scan=on_scan, on_plan=on_plan)
+        _fuse(data, names, out, cfg, workers, force)
     except (FusionError, KittiFormatError, UnknownLabelError, OutputError, ShardError) as e:
         fail(str(e))
-    except KeyboardInterrupt:
-        fail(f"interrupted: the finished shards in {out} are kept; rerun the same command to resume", 130)
-    except SystemError as e:  # Ctrl-C landing inside a numba kernel surfaces as this
-        if not isinstance(e.__cause__ or e.__context__, KeyboardInterrupt):
+    except BaseException as e:  # Ctrl-C: inside a numba kernel it surfaces chained to another error
+        if not _interrupted(e):
             raise
         fail(f"interrupted: the finished shards in {out} are kept; rerun the same command to resume", 130)
+
+
+def _interrupted(e: BaseException | None) -> bool:
+    while e is not None:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _fuse(data: Path, names: list[str], out: Path, cfg: FusionConfig, workers: int, force: bool) -> None:
+    t0 = time.perf_counter()
+    done = {"fused": 0}
+    with progress(TextColumn("[bold]fuse"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                  TimeRemainingColumn(), console=console) as bar:
+        task = bar.add_task("fuse", total=None, info="")
+
+        def on_plan(plans):
+            for note in (n for p in plans for n in p.notes):
+                console.print(f"warning: {note}", markup=False, highlight=False)
+            bar.update(task, total=sum(p.n_frames for p in plans))
+
+        def on_scan(name, frame, skipped):
+            if not skipped:
+                done["fused"] += 1
+            rate = done["fused"] / max(time.perf_counter() - t0, 1e-9)
+            bar.update(task, advance=1, info=f"seq {name} {rate:.1f} scans/s")
+
+        manifest = run_fusion(data, names, out, cfg, workers=workers, force=force, on_scan=on_scan, on_plan=on_plan)
     dt = time.perf_counter() - t0
     stats = fused_stats(manifest, out)
     table = Table(title=f"fused cache {out} (window {cfg.window}, voxel {cfg.voxel} m)")
@@ -86,7 +95,6 @@ def main(data: Path, sequences: str, out: Path, preset: str, window: str | None,
     for name, v in stats["per_class_per_scan"].items():
         table.add_row(f"  {name}", f"{v:.0f}")
     Console().print(table)
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,50 @@
+"""Output folders: writable or refused, one writer at a time, free space checked."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from m2skd.common import outputs
+from m2skd.common.outputs import OutputError, check_free_space, ensure_writable_dir, exclusive
+
+
+def test_a_file_or_a_path_under_a_file_is_refused(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(OutputError, match=f"{f}: {f} is a file"):
+        ensure_writable_dir(f)
+    with pytest.raises(OutputError, match=f"is a file, not a folder"):
+        ensure_writable_dir(f / "sub")
+    assert ensure_writable_dir(tmp_path / "a" / "b").is_dir()
+
+
+def test_a_live_owner_keeps_the_folder_a_dead_one_loses_it(tmp_path):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / outputs.LOCK).write_text(str(sleeper.pid))
+        with pytest.raises(OutputError, match=f"another m2skd-fuse process \\(PID {sleeper.pid}\\)"):
+            with exclusive(tmp_path, "m2skd-fuse"):
+                pass
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # the owner is dead now: its lock is taken over, and released at the end
+    with exclusive(tmp_path) as path:
+        assert (path / outputs.LOCK).read_text() == str(__import__("os").getpid())
+    assert not (tmp_path / outputs.LOCK).exists()
+
+
+def test_a_refused_start_leaves_no_folder_behind(tmp_path):
+    with pytest.raises(RuntimeError), exclusive(tmp_path / "new"):
+        raise RuntimeError("refused")
+    assert not (tmp_path / "new").exists()
+
+
+def test_free_space_is_checked(tmp_path, monkeypatch):
+    check_free_space(tmp_path, 1 << 20, "a test")  # a megabyte fits anywhere this runs
+    monkeypatch.setattr(outputs.shutil, "disk_usage", lambda p: type("U", (), {"free": 10 << 20})())
+    with pytest.raises(OutputError, match=r"not enough free disk space for a test \(needs ~100 MiB, 10 MiB free\)"):
+        check_free_space(tmp_path, 100 << 20, "a test")
