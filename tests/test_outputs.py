@@ -16,7 +16,7 @@ def test_a_file_or_a_path_under_a_file_is_refused(tmp_path):
     f.write_text("x")
     with pytest.raises(OutputError, match=f"{f}: {f} is a file"):
         ensure_writable_dir(f)
-    with pytest.raises(OutputError, match=f"is a file, not a folder"):
+    with pytest.raises(OutputError, match="is a file, not a folder"):
         ensure_writable_dir(f / "sub")
     assert ensure_writable_dir(tmp_path / "a" / "b").is_dir()
 

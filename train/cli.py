@@ -4,6 +4,7 @@
     m2skd-train baseline --cache data_cache/fused --model cylinder3d --preset tiny --steps 300
     m2skd-train student  --teacher data_cache/runs/teacher_cylinder3d_tiny_s0/last.pt ...
     m2skd-train eval     --ckpt .../last.pt --data data_cache/synth --split val --json r.json
+    m2skd-train predict  --ckpt .../last.pt --data /path/to/semantickitti --sequences 11-21 --out submission
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from rich.console import Console
 from m2skd.common.cli import config_options, fail, knob_values
 from m2skd.common.kitti_io import KittiFormatError, parse_sequences
 from m2skd.common.labels import UnknownLabelError
+from m2skd.common.outputs import ensure_writable_dir, exclusive
 from m2skd.common.shards import VIEWS, ShardError
 
 from .checkpoint import CheckpointError
@@ -127,6 +129,9 @@ def eval_cmd(ckpt: Path, data: Path | None, cache: Path | None, split: str, sequ
     from .runtime import pick_device
 
     try:
+        for path in (json_path.parent if json_path else None, predictions):
+            if path is not None:
+                ensure_writable_dir(path)
         dev = pick_device(device)
         model, cfg, state = load_model(ckpt, dev)
         seqs = tuple(parse_sequences(sequences)) if sequences else (
@@ -146,5 +151,44 @@ def eval_cmd(ckpt: Path, data: Path | None, cache: Path | None, split: str, sequ
         json_path.write_text(json.dumps(result, indent=1))
     if predictions:
         console.print(f"predictions: {predictions}/sequences/*/predictions/*.label (raw ids)")
+
+
+@main.command("predict")
+@click.option("--ckpt", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="the checkpoint to deploy (a student or a baseline: single-scan input)")
+@click.option("--data", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="SemanticKITTI-layout root; labels are not needed")
+@click.option("--sequences", default="11-21", show_default=True, help="the test split by default")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--zip/--no-zip", "make_zip", default=True, show_default=True, help="write OUT/submission.zip too")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--workers", type=int, default=0, show_default=True, help="loader processes")
+@click.option("--quiet", is_flag=True)
+def predict_cmd(ckpt: Path, data: Path, sequences: str, out: Path, make_zip: bool, device: str, workers: int,
+                quiet: bool) -> None:
+    """Predictions for the benchmark server: OUT/sequences/XX/predictions/NNNNNN.label in raw
+    ids, checked as its validator checks them, and the zip it takes. Resumes where it stopped."""
+    from .evaluate import load_model
+    from .predict import check_predictions, check_zip, predict_sequences, write_zip
+    from .runtime import pick_device
+
+    try:
+        names = parse_sequences(sequences)
+        with exclusive(out, "m2skd-train predict"):
+            dev = pick_device(device)
+            model, cfg, state = load_model(ckpt, dev)
+            if state["kind"] == "teacher":
+                raise CheckpointError(f"{ckpt}: a teacher needs fused scans, which the test split cannot give "
+                                      "(no labels to find instances); deploy a student or a baseline")
+            written, skipped = predict_sequences(model, cfg, data, names, out, dev, show=not quiet, workers=workers)
+            problems = check_predictions(data, names, out)
+            if not problems and make_zip:
+                problems = check_zip(write_zip(out, names), data, names)
+    except ERRORS as e:
+        fail(str(e))
+    if problems:
+        fail("the predictions would be rejected:\n  " + "\n  ".join(problems[:20]))
+    console.print(f"{written} scans predicted, {skipped} already done; {out}/sequences/*/predictions valid"
+                  + (f", {out}/submission.zip ready for the benchmark server" if make_zip else ""))
 if __name__ == "__main__":
     main()

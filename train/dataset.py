@@ -9,6 +9,7 @@ of the teacher's on the same grid.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,13 +97,24 @@ class ShardDataset(torch.utils.data.Dataset):
 
 
 class RawDataset(torch.utils.data.Dataset):
-    """Single scans straight from a SemanticKITTI-layout root (evaluation and prediction export)."""
+    """Single scans straight from a SemanticKITTI-layout root (evaluation and prediction export).
 
-    def __init__(self, root: str | Path, sequences: tuple[str, ...] | list[str], cfg: TrainConfig) -> None:
-        self.cfg = cfg
+    `labels=True` (scoring) refuses sequences without labels; `skip(seq, frame)` leaves
+    scans out (prediction export skips the ones already written)."""
+
+    def __init__(self, root: str | Path, sequences: tuple[str, ...] | list[str], cfg: TrainConfig,
+                 labels: bool = True, skip: Callable[[kitti_io.Sequence, int], bool] | None = None) -> None:
+        self.cfg, self.labels = cfg, labels
         self.sequences = list(kitti_io.iter_sequences(root, list(sequences)))
-        self.index = [(s, f) for s, seq in enumerate(self.sequences) for f in seq.frames()]
-        if not self.index:
+        unlabelled = [s.name for s in self.sequences if not s.has_labels]
+        if labels and unlabelled:
+            raise kitti_io.KittiFormatError(
+                f"{root}: sequence(s) {unlabelled} have no labels (the test split?): nothing to score; "
+                "`m2skd-train predict` writes their predictions for the benchmark server")
+        every = [(s, f) for s, seq in enumerate(self.sequences) for f in seq.frames()]
+        self.index = [(s, f) for s, f in every if skip is None or not skip(self.sequences[s], f)]
+        self.skipped = len(every) - len(self.index)
+        if not every:
             raise kitti_io.KittiFormatError(f"{root}: no scans in sequence(s) {list(sequences)}")
 
     def __len__(self) -> int:
@@ -112,7 +124,7 @@ class RawDataset(torch.utils.data.Dataset):
         idx = key[0] if isinstance(key, tuple) else key
         s, frame = self.index[idx]
         seq = self.sequences[s]
-        points, semantic, instance = seq.read(frame, labels=seq.has_labels)
+        points, semantic, instance = seq.read(frame, labels=self.labels)
         if semantic is None:
             labels = np.zeros(len(points), np.int64)
             instance = np.zeros(len(points), np.int64)

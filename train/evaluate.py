@@ -53,12 +53,13 @@ def evaluate(model: torch.nn.Module, dataset: torch.utils.data.Dataset, device: 
             own = b.original_mask()
             conf.add(pred[own], b.labels[own])
             if predictions is not None:
-                _write_predictions(predictions, batch, pred.cpu().numpy())
+                write_predictions(predictions, batch, pred.cpu().numpy())
             bar.advance(task, batch.batch_size)
     return conf
 
 
-def _write_predictions(root: Path, batch, pred: np.ndarray) -> None:
+def write_predictions(root: Path, batch, pred: np.ndarray) -> None:
+    """ROOT/sequences/XX/predictions/NNNNNN.label in raw ids for each scan's own points."""
     start = 0
     for size, n, (seq, frame) in zip(batch.sizes, batch.n_original, batch.meta, strict=True):
         raw = train_to_raw(pred[start:start + n])

@@ -1,0 +1,128 @@
+"""What a user can do wrong with `m2skd-train`, and the test-split export."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from m2skd.common import kitti_io, outputs
+from m2skd.common.labels import LEARNING_MAP_INV
+from m2skd.common.outputs import OutputError
+from m2skd.train.trainer import RunSpec, TrainError, train
+
+from .conftest import tiny_train_config
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "m2skd.train.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+def _spec(cache, out, kind="baseline", steps=2, **kw):
+    cfg = tiny_train_config("polarnet", **kw.pop("cfg", {}))
+    return RunSpec(kind=kind, cfg=cfg, cache=cache, out=out, steps=steps, seed=1, progress=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def baseline_ckpt(fused_cache, tmp_path_factory) -> Path:
+    return train(_spec(fused_cache, tmp_path_factory.mktemp("b") / "run"))
+
+
+def test_resume_refuses_what_it_would_not_honour(fused_cache, baseline_ckpt, tmp_path):
+    out = baseline_ckpt.parent
+    before = (out / "config.json").read_text()
+    with pytest.raises(TrainError, match=r"resuming with other settings.*lr: run 0\.001 vs now 0\.5"):
+        train(_spec(fused_cache, out, steps=4, resume=True, cfg={"lr": 0.5}))
+    with pytest.raises(TrainError, match="past the 1 steps asked"):
+        train(_spec(fused_cache, out, steps=1, resume=True))
+    with pytest.raises(TrainError, match="--resume and --force contradict"):
+        train(_spec(fused_cache, out, steps=4, resume=True, force=True))
+    with pytest.raises(TrainError, match="nothing to resume"):
+        train(_spec(fused_cache, tmp_path / "fresh", steps=4, resume=True))
+    assert (out / "config.json").read_text() == before  # nothing recorded that was not used
+    assert not (tmp_path / "fresh").exists()
+    # what changes neither the result nor its order may change
+    train(_spec(fused_cache, out, steps=3, resume=True, cfg={"log_every": 5}))
+
+
+def test_cli_validates_options_and_outputs_up_front(fused_cache, tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    base = ["baseline", "--cache", str(fused_cache), "--model", "polarnet", "--steps", "1", "--workers", "0",
+            "--train-sequences", "00"]
+    for extra, message in ((["--out", str(f)], "is a file"),
+                           (["--out", str(f / "sub")], "is a file"),
+                           (["--out", str(tmp_path / "a"), "--checkpoint-every", "0"], "checkpoint_every"),
+                           (["--out", str(tmp_path / "b"), "--device", "tpu"], "--device 'tpu'")):
+        r = _cli(*base, *extra, cwd=tmp_path)
+        # click refuses a file where a folder is expected itself (usage error, exit 2)
+        assert r.returncode in (1, 2) and "rror: " in r.stderr and message in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_full_disk_is_refused_before_the_checkpoint(fused_cache, tmp_path, monkeypatch):
+    monkeypatch.setattr(outputs.shutil, "disk_usage", lambda p: type("U", (), {"free": 1 << 20})())
+    with pytest.raises(OutputError, match=r"not enough free disk space for checkpoint last\.pt"):
+        train(_spec(fused_cache, tmp_path / "run"))
+    assert not list((tmp_path / "run").glob("*.pt")) and not list((tmp_path / "run").glob(".*.tmp"))
+
+
+def test_piped_output_shows_plain_progress_lines(fused_cache, tmp_path):
+    r = _cli("baseline", "--cache", str(fused_cache), "--model", "polarnet", "--steps", "3", "--workers", "0",
+             "--train-sequences", "00", "--out", str(tmp_path / "run"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("baseline (polarnet): 3/3")]
+    assert len(lines) == 1 and "seg" in lines[0] and "scans/s" in lines[0], r.stderr
+
+
+def test_eval_refuses_unlabelled_sequences(baseline_ckpt, synth_root, tmp_path):
+    r = _cli("eval", "--ckpt", str(baseline_ckpt), "--data", str(synth_root), "--sequences", "11", cwd=tmp_path)
+    assert r.returncode == 1 and "have no labels" in r.stderr and "m2skd-train predict" in r.stderr, r.stderr
+
+
+def test_predict_writes_one_valid_raw_id_per_point_and_resumes(baseline_ckpt, synth_root, tmp_path):
+    out = tmp_path / "sub"
+    r = _cli("predict", "--ckpt", str(baseline_ckpt), "--data", str(synth_root), "--sequences", "11",
+             "--out", str(out), "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    seq = kitti_io.Sequence(synth_root, "11")
+    assert not seq.has_labels
+    valid = set(LEARNING_MAP_INV[1:])
+    for f in seq.frames():
+        raw = np.fromfile(kitti_io.Sequence(out, "11").prediction_path(f), np.uint32)
+        assert len(raw) == len(kitti_io.read_scan(seq.scan_path(f)))
+        assert set(np.unique(raw).tolist()) <= valid and not (raw >> 16).any()
+    with zipfile.ZipFile(out / "submission.zip") as z:
+        names = set(z.namelist())
+    assert {"sequences/", "sequences/11/", "sequences/11/predictions/"} <= names
+    assert len([n for n in names if n.endswith(".label")]) == len(seq.frames())
+    # a rerun skips every finished scan; a truncated file is redone
+    first = kitti_io.Sequence(out, "11").prediction_path(0)
+    first.write_bytes(first.read_bytes()[:8])
+    r = _cli("predict", "--ckpt", str(baseline_ckpt), "--data", str(synth_root), "--sequences", "11",
+             "--out", str(out), "--quiet", cwd=tmp_path)
+    assert r.returncode == 0 and f"1 scans predicted, {len(seq.frames()) - 1} already done" in r.stderr, r.stderr
+    assert first.stat().st_size == 4 * len(kitti_io.read_scan(seq.scan_path(0)))
+
+
+def test_predictions_match_the_model(baseline_ckpt, synth_root, tmp_path):
+    from m2skd.train.batch import collate
+    from m2skd.train.dataset import RawDataset
+    from m2skd.train.evaluate import load_model
+    from m2skd.train.metrics import predict
+    from m2skd.train.predict import predict_sequences
+
+    model, cfg, _ = load_model(baseline_ckpt, torch.device("cpu"))
+    predict_sequences(model, cfg, synth_root, ["11"], tmp_path, torch.device("cpu"), show=False)
+    sample = RawDataset(synth_root, ["11"], cfg, labels=False)[2]
+    with torch.no_grad():
+        expected = predict(model(collate("single")([sample])).point_logits).numpy()
+    raw = np.fromfile(kitti_io.Sequence(tmp_path, "11").prediction_path(sample.frame), np.uint32)
+    np.testing.assert_array_equal(raw, np.asarray(LEARNING_MAP_INV)[expected])

@@ -1,0 +1,101 @@
+"""Test-split export: single-scan predictions in the benchmark server's layout, checked the
+way its submission validator (semantic-kitti-api `validate_submission.py`) checks them.
+
+    OUT/sequences/XX/predictions/NNNNNN.label   raw ids (learning_map_inv), one uint32 a point
+    OUT/submission.zip                          the same, with the folder entries the validator wants
+
+Resumable: a scan whose prediction file exists with one label per point is skipped
+(files are written to a temp name and renamed, so an existing one is complete).
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from m2skd.common import kitti_io
+from m2skd.common.atomic import atomic_path
+from m2skd.common.labels import LEARNING_MAP_INV
+from m2skd.common.progress import progress
+
+from .batch import collate
+from .config import TrainConfig
+from .dataset import RawDataset
+from .evaluate import write_predictions
+from .metrics import predict
+
+VALID_RAW_IDS = frozenset(LEARNING_MAP_INV[1:])  # a prediction is never 'unlabelled'
+
+
+def _done(out: Path, seq: kitti_io.Sequence, frame: int) -> bool:
+    pred = kitti_io.Sequence(out, seq.name).prediction_path(frame)
+    return pred.is_file() and pred.stat().st_size == seq.scan_path(frame).stat().st_size // 4
+
+
+@torch.no_grad()
+def predict_sequences(model: torch.nn.Module, cfg: TrainConfig, root: Path, sequences: list[str], out: Path,
+                      device: torch.device, *, show: bool = True, workers: int = 0) -> tuple[int, int]:
+    """Write the prediction of every scan not done yet; returns (written, skipped)."""
+    ds = RawDataset(root, sequences, cfg, labels=False, skip=lambda seq, f: _done(out, seq, f))
+    loader = torch.utils.data.DataLoader(ds, batch_size=1, collate_fn=collate("single"), num_workers=workers)
+    with progress(disable=not show) as bar:
+        task = bar.add_task("predict", total=len(ds))
+        for batch in loader:
+            write_predictions(out, batch, predict(model(batch.to(device)).point_logits).cpu().numpy())
+            bar.advance(task, 1)
+    return len(ds), ds.skipped
+
+
+def check_predictions(root: Path, sequences: list[str], out: Path) -> list[str]:
+    """What the server would reject, one line each (empty: ready): a missing file, a file
+    with another count than its scan, a raw id the benchmark does not score."""
+    problems = []
+    for seq in kitti_io.iter_sequences(root, sequences):
+        for f in seq.frames():
+            pred = kitti_io.Sequence(out, seq.name).prediction_path(f)
+            n = seq.scan_path(f).stat().st_size // 16
+            if not pred.is_file():
+                problems.append(f"{pred}: missing")
+                continue
+            sem, _ = kitti_io.read_label(pred)
+            if len(sem) != n:
+                problems.append(f"{pred}: {len(sem)} labels for {n} points")
+            elif bad := sorted(set(np.unique(sem).tolist()) - VALID_RAW_IDS):
+                problems.append(f"{pred}: raw ids {bad[:5]} the benchmark does not score")
+    return problems
+
+
+def write_zip(out: Path, sequences: list[str]) -> Path:
+    """OUT/submission.zip with `sequences/`, `sequences/XX/`, `sequences/XX/predictions/` folder
+    entries (the validator looks them up) and every prediction file, stored uncompressed
+    in name order."""
+    path = out / "submission.zip"
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("sequences/", b"")
+        for name in sequences:
+            z.writestr(f"sequences/{name}/", b"")
+            z.writestr(f"sequences/{name}/predictions/", b"")
+            for f in sorted((out / "sequences" / name / "predictions").glob("*.label")):
+                z.write(f, f"sequences/{name}/predictions/{f.name}")
+    return path
+
+
+def check_zip(path: Path, root: Path, sequences: list[str]) -> list[str]:
+    """The validator's checks on the archive: folder entries, one file per scan, its size."""
+    with zipfile.ZipFile(path) as z:
+        infos = {i.filename: i for i in z.infolist()}
+    problems = [f"{path}: folder entry {d!r} missing" for d in
+                ["sequences/", *(f"sequences/{s}/{p}" for s in sequences for p in ("", "predictions/"))]
+                if d not in infos]
+    for seq in kitti_io.iter_sequences(root, sequences):
+        for f in seq.frames():
+            name = f"sequences/{seq.name}/predictions/{f:06d}.label"
+            n = seq.scan_path(f).stat().st_size // 16
+            if name not in infos:
+                problems.append(f"{path}: {name} missing")
+            elif infos[name].file_size != 4 * n:
+                problems.append(f"{path}: {name} holds {infos[name].file_size // 4} labels for {n} points")
+    return problems
