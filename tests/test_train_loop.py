@@ -219,3 +219,56 @@ def test_baseline_and_student_of_one_seed_see_the_same_batches(fused_cache, tmp_
             assert torch.equal(getattr(b, name), getattr(single, name)), name
         n += 1
     assert n == 4
+
+
+def test_single_scan_teacher_is_the_control(fused_cache, tmp_path):
+    """`student --teacher BASELINE.pt`: the teacher reads the student's own scan; everything
+    else as for an M2SKD student, and the run records which kind of teacher it had."""
+    from m2skd.train.run import start_run
+
+    baseline = train(_spec(fused_cache, tmp_path / "b", kind="baseline", steps=2))
+    spec = _spec(fused_cache, tmp_path / "s", kind="student", steps=2, teacher=baseline)
+    run = start_run(spec)
+    assert run.teacher_view == "single" and run.view == "single"
+    train(spec)
+    info = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert info["teacher_view"] == "single" and load_checkpoint(tmp_path / "s" / "last.pt")["teacher_view"] == "single"
+    assert all({"feat", "logit", "aff"} <= set(m) for m in read_metrics(tmp_path / "s"))
+    teacher = train(_spec(fused_cache, tmp_path / "t", steps=1))
+    assert start_run(_spec(fused_cache, tmp_path / "s2", kind="student", steps=2, teacher=teacher)).view == "pair"
+
+
+def test_validation_keeps_the_best_checkpoint_and_stops_on_a_plateau(fused_cache, tmp_path):
+    cfg = {"val_every": 1, "patience": 2, "lr": 0.05}  # a high rate: the val curve turns within 12 steps
+    train(_spec(fused_cache, tmp_path / "v", kind="baseline", steps=12, cfg=cfg))
+    rows = read_metrics(tmp_path / "v")
+    vals = [r["val_miou"] for r in rows]
+    assert all("val_hard_miou" in r for r in rows)
+    # the independent reading of the log: where the best is, and where 2 validations
+    # without a better one end the run
+    best, bad, stop = 0, 0, len(vals)
+    for i, v in enumerate(vals):
+        if i == 0 or v > vals[best]:
+            best, bad = i, 0
+        else:
+            bad += 1
+            if bad == 2:
+                stop = i + 1
+                break
+    assert len(rows) == stop < 12
+    assert load_checkpoint(tmp_path / "v" / "best.pt")["step"] == best + 1
+    last = load_checkpoint(tmp_path / "v" / "last.pt")
+    assert last["step"] == stop and last["best"]["val_miou"] == pytest.approx(vals[best])
+
+
+def test_resume_with_validation_matches_an_unbroken_run(fused_cache, tmp_path):
+    cfg = {"val_every": 2}
+    train(_spec(fused_cache, tmp_path / "full", kind="baseline", steps=4, cfg=cfg))
+    train(_spec(fused_cache, tmp_path / "part", kind="baseline", steps=2, cfg=cfg))
+    train(_spec(fused_cache, tmp_path / "part", kind="baseline", steps=4, resume=True, cfg=cfg))
+    a, b = (load_checkpoint(tmp_path / r / "best.pt") for r in ("full", "part"))
+    assert a["step"] == b["step"]
+    for k, v in a["model"].items():
+        torch.testing.assert_close(v, b["model"][k], rtol=0, atol=0, msg=k)
+    assert [m.get("val_miou") for m in read_metrics(tmp_path / "full")] == [
+        m.get("val_miou") for m in read_metrics(tmp_path / "part")]

@@ -135,11 +135,15 @@ class RuntimeConfig(Config):
     amp: bool = knob(False, "fp16 autocast (CUDA only; ignored on CPU)")
     checkpoint_every: int = knob(500, "steps between checkpoints")
     log_every: int = knob(1, "steps between progress updates")
+    val_every: int = knob(0, "score the val split every N steps, keep OUT/best.pt (0: never)")
+    patience: int = knob(0, "stop after this many validations without a better val mIoU (0: never)")
 
     def __post_init__(self) -> None:
         if self.checkpoint_every <= 0 or self.log_every <= 0:
             raise ValueError(f"checkpoint_every and log_every must be positive, got {self.checkpoint_every} "
                              f"and {self.log_every}")
+        if self.val_every < 0 or self.patience < 0 or (self.patience and not self.val_every):
+            raise ValueError("val_every and patience must be >= 0, and patience needs val_every")
 
 
 @dataclass(frozen=True)

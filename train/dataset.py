@@ -9,6 +9,7 @@ of the teacher's on the same grid.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +82,14 @@ class ShardDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.index)
+
+    def with_view(self, view: str) -> ShardDataset:
+        """The same scans read in another view (no manifest or shard is read again)."""
+        if view not in LOADER_VIEWS:
+            raise ValueError(f"view must be one of {LOADER_VIEWS}, got {view!r}")
+        other = copy.copy(self)
+        other.view = view
+        return other
 
     def scan(self, idx: int) -> tuple[str, FusedScan]:
         """(sequence, scan idx as stored, in this dataset's view), not voxelised."""

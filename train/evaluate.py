@@ -42,8 +42,9 @@ def evaluate(model: torch.nn.Module, dataset: torch.utils.data.Dataset, device: 
              view: str = "single", batch_size: int = 1, workers: int = 0, predictions: Path | None = None,
              progress: bool = True) -> Confusion:
     """Confusion over the dataset's scans, read in `view` (single or fused), scored on their own points."""
+    # its own generator: validation during training must not draw from the run's RNG
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate(view),
-                                         num_workers=workers)
+                                         num_workers=workers, generator=torch.Generator())
     conf = Confusion()
     with progress_bar(disable=not progress) as bar:
         task = bar.add_task("evaluating", total=len(dataset))

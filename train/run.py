@@ -22,6 +22,8 @@ from .sampler import StepSampler
 KINDS = ("teacher", "baseline", "student")
 VIEW = {"teacher": "fused", "baseline": "single", "student": "pair"}  # what each kind of run reads
 CHECKPOINT = "last.pt"
+BEST = "best.pt"  # the checkpoint of the best val mIoU so far (with --val-every)
+VAL_VIEW = {"teacher": "fused", "baseline": "single", "student": "single"}  # what validation scores
 
 
 class TrainError(ValueError):
@@ -61,12 +63,32 @@ class Run:
     net: torch.nn.Module  # the model, wrapped in DDP under torchrun
     optimizer: torch.optim.Optimizer
     teacher: torch.nn.Module | None = None
+    teacher_view: str | None = None  # the teacher's input: "fused" (M2SKD) or "single" (a single-scan teacher)
     distiller: Distiller | None = None
+    val_dataset: ShardDataset | None = None
     step: int = 0
+    best: dict = field(default_factory=dict)  # {"step", "val_miou", "val_hard_miou"} of best.pt
+    bad_validations: int = 0  # validations since the best one
+    stopped: bool = False  # stopped early (--patience)
 
     @property
     def ckpt_path(self) -> Path:
         return Path(self.spec.out) / CHECKPOINT
+
+    @property
+    def view(self) -> str:
+        """What the loader reads: a student of a single-scan teacher needs no fused view."""
+        return "single" if self.teacher_view == "single" else VIEW[self.spec.kind]
+
+    def note_validation(self, result: dict) -> bool:
+        """Record a validation; True if it is the best so far (then best.pt is written)."""
+        if self.best and result["miou"] <= self.best["val_miou"]:
+            self.bad_validations += 1
+            return False
+        self.best = {"step": self.step, "val_miou": result["miou"], "val_hard_miou": result["hard_miou"]}
+        self.bad_validations = 0
+        self.save(Path(self.spec.out) / BEST)
+        return True
 
     def loader(self) -> torch.utils.data.DataLoader:
         """Batches for steps `step`..`total`-1 (this rank's slice of each global batch)."""
@@ -75,31 +97,34 @@ class Run:
                               self.dist.rank, self.dist.world)
         workers = cfg.data.workers
         return torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=sampler, collate_fn=collate(VIEW[spec.kind]), num_workers=workers,
+            self.dataset, batch_sampler=sampler, collate_fn=collate(self.view), num_workers=workers,
             pin_memory=self.device.type == "cuda", prefetch_factor=4 if workers > 0 else None,
             generator=torch.Generator().manual_seed(spec.seed))  # keeps the loader off the global RNG (resume)
 
-    def save(self) -> None:
+    def save(self, path: Path | None = None) -> None:
         if not self.dist.main:
             return
         spec = self.spec
-        save_checkpoint(self.ckpt_path, kind=spec.kind, step=self.step, total_steps=self.total, cfg=spec.cfg,
-                        hard_classes=self.dataset.hard_classes, model=self.model, optimizer=self.optimizer,
-                        seed=spec.seed,
+        save_checkpoint(path or self.ckpt_path, kind=spec.kind, step=self.step, total_steps=self.total,
+                        cfg=spec.cfg, hard_classes=self.dataset.hard_classes, model=self.model,
+                        optimizer=self.optimizer, seed=spec.seed,
                         extra={"distiller": self.distiller.state_dict() if self.distiller is not None else None,
-                               "teacher": str(spec.teacher) if spec.teacher else None})
+                               "teacher": str(spec.teacher) if spec.teacher else None,
+                               "teacher_view": self.teacher_view, "best": self.best,
+                               "bad_validations": self.bad_validations, "stopped": self.stopped})
 
     def info(self) -> dict:
         """What config.json records about the run."""
         spec = self.spec
         return {"kind": spec.kind, "seed": spec.seed, "steps": self.total, "cache": str(spec.cache),
-                "teacher": str(spec.teacher) if spec.teacher else None, "device": str(self.device),
+                "teacher": str(spec.teacher) if spec.teacher else None, "teacher_view": self.teacher_view,
+                "device": str(self.device),
                 "world_size": self.dist.world, "hard_classes": list(self.dataset.hard_classes),
                 "config": spec.cfg.to_dict(), **spec.extra}
 
 
 # Knobs a resumed run may change: they change neither what is computed nor in what order
-RESUMABLE = {"workers", "log_every", "checkpoint_every"}
+RESUMABLE = {"workers", "log_every", "checkpoint_every", "val_every", "patience"}
 
 
 def check_spec(spec: RunSpec) -> None:
@@ -128,13 +153,15 @@ def total_steps(spec: RunSpec, n_scans: int, world: int) -> int:
 
 
 def load_teacher(path: Path, cfg: TrainConfig, hard_classes: tuple[str, ...],
-                 device: torch.device) -> torch.nn.Module:
-    """The frozen teacher: a teacher checkpoint of the student's network, fused with the cache's hard classes."""
+                 device: torch.device) -> tuple[torch.nn.Module, str]:
+    """The frozen teacher and the view it reads: a teacher checkpoint (fused scans, M2SKD)
+    or a baseline checkpoint (the student's own single scan: the control every
+    multi-to-single claim needs), of the student's network and the cache's hard classes."""
     state = load_checkpoint(path)
     check_compatible(state, cfg, path, "teacher")
-    if state["kind"] != "teacher":
-        raise CheckpointError(f"{path}: a {state['kind']} checkpoint, not a teacher; train one with "
-                              "`m2skd-train teacher` and pass its last.pt")
+    if state["kind"] not in ("teacher", "baseline"):
+        raise CheckpointError(f"{path}: a {state['kind']} checkpoint; distil from a teacher (`m2skd-train "
+                              "teacher`, fused scans) or a baseline (a single-scan teacher)")
     if tuple(state["hard_classes"]) != tuple(hard_classes):
         raise CheckpointError(f"{path}: teacher fused hard classes {state['hard_classes']}, the student's cache "
                               f"has {list(hard_classes)}")
@@ -142,7 +169,7 @@ def load_teacher(path: Path, cfg: TrainConfig, hard_classes: tuple[str, ...],
     teacher.load_state_dict(state["model"])
     teacher.eval()
     teacher.requires_grad_(False)
-    return teacher
+    return teacher, "fused" if state["kind"] == "teacher" else "single"
 
 
 def _resume(run: Run) -> None:
@@ -162,6 +189,7 @@ def _resume(run: Run) -> None:
                          "as it was: drop those options, or start a new run (--force or another --out)")
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
+    run.best, run.bad_validations, run.stopped = state["best"], state["bad_validations"], state["stopped"]
     if run.distiller is not None and state.get("distiller") is not None:
         run.distiller.load_state_dict(state["distiller"])
     torch.set_rng_state(state["torch_rng"])
@@ -194,8 +222,13 @@ def start_run(spec: RunSpec) -> Run:
     dist = init_distributed(device)
     dataset = ShardDataset(spec.cache, cfg.data.train_sequences, cfg, view=VIEW[spec.kind])
     total = total_steps(spec, len(dataset), dist.world)
-    teacher = (load_teacher(Path(spec.teacher), cfg, dataset.hard_classes, device)
-               if spec.kind == "student" else None)
+    teacher, teacher_view = (load_teacher(Path(spec.teacher), cfg, dataset.hard_classes, device)
+                             if spec.kind == "student" else (None, None))
+    if teacher_view == "single":
+        dataset = dataset.with_view("single")
+    val = None
+    if cfg.runtime.val_every:
+        val = ShardDataset(spec.cache, cfg.data.val_sequences, cfg, view=VAL_VIEW[spec.kind])
     torch.manual_seed(spec.seed)  # after the teacher: the student's init depends on the seed alone
     model = build_model(cfg.model, device)
     params = list(model.parameters())
@@ -205,7 +238,7 @@ def start_run(spec: RunSpec) -> Run:
         params += list(distiller.parameters())
     net = model
     run = Run(spec, device, dist, dataset, total, model, net, torch.optim.Adam(params, lr=cfg.optim.lr),
-              teacher, distiller)
+              teacher, teacher_view, distiller, val)
     if spec.resume and run.ckpt_path.exists():
         _resume(run)
     if dist.world > 1:

@@ -3,6 +3,7 @@
 teacher / baseline  segmentation loss on the run's one view (fused / single)
 student             segmentation loss on the single view + the three distillation terms
                     against the frozen teacher on the fused view of the same augmented scans
+                    (or on the single view itself: a single-scan teacher, the control)
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ def seg_step(run: Run, batch: Batch, gen: torch.Generator) -> tuple[Losses, int]
     return {"seg": segmentation_loss(out.point_logits, b.labels, run.spec.cfg.optim.lovasz_weight)}, b.batch_size
 
 
-def student_step(run: Run, batch: tuple[Batch, Batch], gen: torch.Generator) -> tuple[Losses, int]:
-    fused, single = (b.to(run.device) for b in batch)
+def student_step(run: Run, batch: tuple[Batch, Batch] | Batch, gen: torch.Generator) -> tuple[Losses, int]:
+    if run.teacher_view == "single":  # a single-scan teacher reads the student's own scan
+        fused = single = batch.to(run.device)
+    else:
+        fused, single = (b.to(run.device) for b in batch)
     with torch.no_grad():
         t_out = run.teacher(fused)
     s_out = run.net(single)

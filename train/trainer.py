@@ -17,7 +17,8 @@ import torch
 from m2skd.common.outputs import exclusive
 
 from .checkpoint import write_config
-from .run import RunSpec, TrainError, check_spec, start_run
+from .evaluate import evaluate
+from .run import Run, RunSpec, TrainError, check_spec, start_run
 from .run_log import RunLog, read_metrics
 from .steps import STEPS, weighted_total
 
@@ -45,6 +46,8 @@ def _train(spec: RunSpec) -> Path:
     step_fn = STEPS[spec.kind]
     aff_gen = torch.Generator(device=run.device)
     run.model.train()
+    if run.stopped:  # a run that stopped early (--patience) has nothing left to do
+        return run.ckpt_path
     with RunLog(out, f"{spec.kind} ({cfg.model.backbone})", run.total, run.step, enabled=run.dist.main,
                 show=spec.progress, every=cfg.runtime.log_every) as log:
         for batch in run.loader():
@@ -60,11 +63,33 @@ def _train(spec: RunSpec) -> Path:
             scaler.step(run.optimizer)
             scaler.update()
             run.step += 1
-            log.record(run.step, {**{k: float(v.detach()) for k, v in losses.items()}, "total": float(total.detach())},
-                       n_scans * run.dist.world)
+            values = {**{k: float(v.detach()) for k, v in losses.items()}, "total": float(total.detach())}
+            if cfg.runtime.val_every and (run.step % cfg.runtime.val_every == 0 or run.step == run.total):
+                values.update(_validate(run))
+            log.record(run.step, values, n_scans * run.dist.world)
+            if run.stopped:
+                break
             if run.step % cfg.runtime.checkpoint_every == 0 and run.step < run.total:
                 run.save()
     run.save()
     if spec.on_finish is not None:
         spec.on_finish(run)
     return run.ckpt_path
+
+
+def _validate(run: Run) -> dict[str, float]:
+    """Score the val split (the main rank), keep best.pt, decide on early stopping (all ranks agree)."""
+    values, stop = {}, torch.zeros(1)
+    if run.dist.main:
+        run.model.eval()
+        result = evaluate(run.model, run.val_dataset, run.device, view=run.val_dataset.view,
+                          progress=False).summary(run.dataset.hard_classes)
+        run.model.train()
+        run.note_validation(result)
+        values = {"val_miou": result["miou"], "val_hard_miou": result["hard_miou"]}
+        patience = run.spec.cfg.runtime.patience
+        stop[0] = float(bool(patience) and run.bad_validations >= patience)
+    if run.dist.world > 1:
+        torch.distributed.broadcast(stop, 0)
+    run.stopped = bool(stop[0])
+    return values
