@@ -1,0 +1,215 @@
+"""`make experiment`: M2SKD against its controls, each run to its val plateau, seeded
+teachers, paired differences, scored on sequences used for nothing else.
+
+Per seed s, on the same data and settings:
+    baseline_s   single scans (also the single-scan teacher)
+    teacher_s    fused scans (the M2SKD teacher)
+    s2skd_s      student distilled from baseline_s (a single-scan teacher: the control)
+    m2skd_s      student distilled from teacher_s (the method)
+Every run validates on the `val` sequences every `--val-every` steps, keeps best.pt and
+stops after `--patience` validations without a better val mIoU (or at `--max-steps`);
+students distil from their teacher's best.pt. best.pt of each run is then scored on the
+`report` sequences, which nothing was selected or tuned on.
+
+Writes OUT/results.json (per run: kind, seed, stop and best step, report scores),
+OUT/results.md (mean +- std over seeds and paired differences M2SKD - baseline and
+M2SKD - S2SKD of mIoU, hard-class mIoU and per-class IoU) and OUT/val_curves.png.
+`--record DIR` copies the per-run results there (small JSON, committed under docs/) and
+`--rebuild DIR` rewrites the tables from such a folder without training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+from rich.console import Console
+
+from m2skd.common.atomic import atomic_path
+from m2skd.common.kitti_io import parse_sequences
+from m2skd.common.labels import CLASS_NAMES, class_ids
+from m2skd.train.checkpoint import load_checkpoint
+from m2skd.train.config import MODELS, TrainConfig
+from m2skd.train.dataset import ShardDataset
+from m2skd.train.evaluate import evaluate, load_model
+from m2skd.train.run_log import read_metrics
+
+from .lanes import Job, deployable, run_jobs
+
+console = Console()
+KINDS = ("baseline", "teacher", "s2skd", "m2skd")
+TEACHER_OF = {"s2skd": "baseline", "m2skd": "teacher"}
+
+
+def jobs_for(cfg: TrainConfig, cache: Path, runs: Path, seeds: list[int], max_steps: int) -> dict[str, Job]:
+    jobs = {}
+    for s in seeds:
+        for kind in KINDS:
+            train_kind = "student" if kind in TEACHER_OF else kind
+            teacher = f"{TEACHER_OF[kind]}_s{s}" if kind in TEACHER_OF else None
+            jobs[f"{kind}_s{s}"] = Job(train_kind, cfg, cache, runs / f"{kind}_s{s}", max_steps, s, teacher,
+                                       {"experiment": kind})
+    return jobs
+
+
+def score(ckpt: Path, cache: Path, sequences: tuple[str, ...], view: str, device: torch.device) -> dict:
+    model, cfg, state = load_model(ckpt, device)
+    ds = ShardDataset(cache, sequences, cfg, view=view)
+    return evaluate(model, ds, device, view=view, progress=False).summary(tuple(state["hard_classes"]))
+
+
+def run_result(name: str, last: Path, cache: Path, report: tuple[str, ...], device: torch.device) -> dict:
+    kind, seed = name.rsplit("_s", 1)
+    best = deployable(last)
+    state = load_checkpoint(last)
+    res = {"name": name, "kind": kind, "seed": int(seed), "stopped_at": state["step"],
+           "best_step": load_checkpoint(best)["step"], "stopped_early": bool(state.get("stopped")),
+           "hard_classes": state["hard_classes"], "report": score(best, cache, report, "single", device),
+           "val_curve": [(m["step"], m["val_miou"]) for m in read_metrics(last.parent) if "val_miou" in m]}
+    if kind == "teacher":
+        res["report_fused"] = score(best, cache, report, "fused", device)
+    return res
+
+
+def _stats(values: list[float]) -> dict:
+    v = np.array(values, float)
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "values": v.round(2).tolist()}
+
+
+def summarise(results: list[dict]) -> dict:
+    """Mean +- std per kind, and paired (same seed) differences, in IoU percentage points."""
+    hard = tuple(results[0]["hard_classes"])
+    keys = ["miou", "hard_miou", *CLASS_NAMES[1:]]
+
+    def val(r: dict, key: str) -> float:
+        rep = r["report"]
+        return 100 * (rep[key] if key in ("miou", "hard_miou") else rep["iou"][key])
+
+    by = {(r["kind"], r["seed"]): r for r in results}
+    seeds = sorted({r["seed"] for r in results})
+    out = {"seeds": seeds, "hard_classes": list(hard), "kinds": {}, "paired": {}}
+    for kind in KINDS:
+        rs = [by[(kind, s)] for s in seeds if (kind, s) in by]
+        if rs:
+            out["kinds"][kind] = {k: _stats([val(r, k) for r in rs]) for k in keys}
+            out["kinds"][kind]["stopped_at"] = _stats([r["stopped_at"] for r in rs])
+    for a, b in (("m2skd", "baseline"), ("m2skd", "s2skd"), ("s2skd", "baseline")):
+        pairs = [s for s in seeds if (a, s) in by and (b, s) in by]
+        if pairs:
+            out["paired"][f"{a} - {b}"] = {k: _stats([val(by[(a, s)], k) - val(by[(b, s)], k) for s in pairs])
+                                           for k in keys}
+            for d in out["paired"][f"{a} - {b}"].values():
+                d["positive"] = int(sum(x > 0 for x in d["values"]))
+    return out
+
+
+def markdown(summary: dict) -> str:
+    def f(d: dict) -> str:
+        return f"{d['mean']:.1f} ± {d['std']:.1f}"
+
+    kinds = [k for k in KINDS if k in summary["kinds"]]
+    pairs = list(summary["paired"])
+    hard = [CLASS_NAMES[c] for c in class_ids(summary["hard_classes"])]
+    head = "| seeds " + ",".join(map(str, summary["seeds"])) + " | " + " | ".join(kinds) + " | " + " | ".join(
+        f"{p} (paired)" for p in pairs) + " |"
+    lines = [head, "|---" * (1 + len(kinds) + len(pairs)) + "|"]
+    for key in ["miou", "hard_miou", *hard]:
+        label = {"miou": "**mIoU**", "hard_miou": "**hard-class mIoU**"}.get(key, key)
+        row = [f(summary["kinds"][k][key]) for k in kinds]
+        row += [f"{f(summary['paired'][p][key])} ({summary['paired'][p][key]['positive']}/"
+                f"{len(summary['paired'][p][key]['values'])} > 0)" for p in pairs]
+        lines.append(f"| {label} | " + " | ".join(row) + " |")
+    lines.append("| steps to the val plateau | " + " | ".join(
+        f"{summary['kinds'][k]['stopped_at']['mean']:.0f}" for k in kinds) + " |" + " |" * len(pairs))
+    return "\n".join(lines) + "\n"
+
+
+def _write(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def report(results: list[dict], out: Path) -> dict:
+    summary = summarise(results)
+    _write(out / "results.json", json.dumps({"summary": summary, "runs": results}, indent=1))
+    _write(out / "results.md", markdown(summary))
+    console.print(markdown(summary))
+    return summary
+
+
+def plot_curves(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    colours = dict(zip(KINDS, ("tab:grey", "tab:green", "tab:orange", "tab:blue"), strict=True))
+    for r in results:
+        if r["val_curve"]:
+            steps, vals = zip(*r["val_curve"], strict=True)
+            ax.plot(steps, [100 * v for v in vals], color=colours[r["kind"]], alpha=0.8,
+                    label=r["kind"] if r["seed"] == min(x["seed"] for x in results) else None)
+    ax.set_xlabel("step")
+    ax.set_ylabel("val mIoU (%)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=Path("data_cache/experiment/fused"))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("data_cache/experiment"))
+@click.option("--model", type=click.Choice(MODELS), default="polarnet", show_default=True)
+@click.option("--seeds", default="0,1,2", show_default=True)
+@click.option("--train-seqs", default="00-03", show_default=True)
+@click.option("--val-seqs", default="04", show_default=True, help="early stopping and best.pt")
+@click.option("--report-seqs", default="08-10", show_default=True, help="the table: nothing is selected on these")
+@click.option("--max-steps", type=int, default=8000, show_default=True)
+@click.option("--val-every", type=int, default=250, show_default=True)
+@click.option("--patience", type=int, default=4, show_default=True)
+@click.option("--lanes", type=int, help="runs side by side [default: 2 on >= 2 cores]")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--record", type=click.Path(file_okay=False, path_type=Path), help="copy per-run results here")
+@click.option("--rebuild", type=click.Path(file_okay=False, path_type=Path),
+              help="no training: rebuild the tables from per-run results recorded in this folder")
+def main(cache: Path, out: Path, model: str, seeds: str, train_seqs: str, val_seqs: str, report_seqs: str,
+         max_steps: int, val_every: int, patience: int, lanes: int | None, device: str, record: Path | None,
+         rebuild: Path | None) -> None:
+    """M2SKD, a single-scan-teacher student and the baseline, each to its val plateau, several seeds."""
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    if rebuild is not None:
+        report([json.loads(p.read_text()) for p in sorted(rebuild.glob("*_s*.json"))], out)
+        return
+    seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    cfg = TrainConfig.preset("tiny", model=model).override(
+        workers=0, train_sequences=tuple(parse_sequences(train_seqs)), val_sequences=tuple(parse_sequences(val_seqs)),
+        val_every=val_every, patience=patience)
+    lanes = lanes or (2 if (os.cpu_count() or 1) >= 2 else 1)
+    done = run_jobs(jobs_for(cfg, cache, out / "runs", seed_list, max_steps), lanes, device)
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    results = []
+    for name, last in sorted(done.items()):
+        res = run_result(name, last, cache, tuple(parse_sequences(report_seqs)), dev)
+        results.append(res)
+        if record is not None:
+            record.mkdir(parents=True, exist_ok=True)
+            _write(record / f"{name}.json", json.dumps(res, indent=1))
+    report(results, out)
+    try:
+        plot_curves(results, out / "val_curves.png")
+    except ImportError:
+        console.print("matplotlib missing (the `experiments` extra): no val_curves.png")
+    console.print(f"results: {out}/results.json, results.md ({(time.perf_counter() - t0) / 60:.1f} min)")
+
+
+if __name__ == "__main__":
+    main()

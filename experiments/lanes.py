@@ -1,0 +1,91 @@
+"""Training runs side by side: each run in a single-threaded process, `lanes` at a time,
+a run starting as soon as the run it distils from is done.
+
+Two single-threaded runs side by side train ~1.9x faster on 2 CPU cores than one run on
+both (the tiny networks' kernels scale poorly over threads). Every run resumes where it
+stopped, so an interrupted experiment picks up again.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from m2skd.train.config import TrainConfig
+from m2skd.train.trainer import RunSpec, train
+
+console = Console()
+
+
+@dataclass(frozen=True)
+class Job:
+    kind: str
+    cfg: TrainConfig
+    cache: Path
+    out: Path
+    steps: int
+    seed: int
+    teacher: str | None = None  # name of the job whose best (or last) checkpoint is the teacher
+    extra: dict = field(default_factory=dict)
+
+
+def _lane_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _run(job: Job, teacher_ckpt: Path | None, device: str, progress: bool) -> Path:
+    t0 = time.perf_counter()
+    ckpt = train(RunSpec(kind=job.kind, cfg=job.cfg, cache=job.cache, out=job.out, steps=job.steps, seed=job.seed,
+                         resume="auto", device=device, teacher=teacher_ckpt, progress=progress, extra=job.extra))
+    console.print(f"{job.out.name}: done ({(time.perf_counter() - t0) / 60:.1f} min)")
+    return ckpt
+
+
+def deployable(ckpt: Path) -> Path:
+    """best.pt beside a run's last.pt when validation kept one, else last.pt."""
+    best = ckpt.with_name("best.pt")
+    return best if best.is_file() else ckpt
+
+
+def run_jobs(jobs: dict[str, Job], lanes: int, device: str = "auto") -> dict[str, Path]:
+    """Train every job (teachers before their students); returns each job's last.pt."""
+    done: dict[str, Path] = {}
+    order = _order(jobs)  # also refuses a job whose teacher is no job
+    if lanes <= 1:
+        for name in order:
+            job = jobs[name]
+            done[name] = _run(job, deployable(done[job.teacher]) if job.teacher else None, device, True)
+        return done
+    threads = max(1, (os.cpu_count() or 2) // lanes)
+    console.print(f"training {len(jobs)} runs, {lanes} at a time ({threads} thread(s) each); a line as each run "
+                  "ends, step logs in */metrics.jsonl")
+    waiting = dict(jobs)
+    running: dict[Future, str] = {}
+    with ProcessPoolExecutor(lanes, mp_context=mp.get_context("spawn"), initializer=_lane_init,
+                             initargs=(threads,)) as pool:
+        while waiting or running:
+            for name in [n for n, j in waiting.items() if j.teacher is None or j.teacher in done]:
+                job = waiting.pop(name)
+                teacher = deployable(done[job.teacher]) if job.teacher else None
+                running[pool.submit(_run, job, teacher, device, False)] = name
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                done[running.pop(fut)] = fut.result()
+    return done
+
+
+def _order(jobs: dict[str, Job]) -> list[str]:
+    order: list[str] = []
+    while len(order) < len(jobs):
+        ready = [n for n, j in jobs.items() if n not in order and (j.teacher is None or j.teacher in order)]
+        if not ready:
+            raise ValueError(f"jobs whose teacher is no job: {sorted(set(jobs) - set(order))}")
+        order += ready
+    return order
