@@ -50,7 +50,8 @@ class ModelConfig(Config):
                                        "(PolarSeg: 256); 0 = all")
     init_size: int = knob(32, "Cylinder3D base width / PolarNet U-Net first width", shape=True)
     compress: int = knob(16, "point feature width fed to the grid (PolarNet: = height bins)", shape=True)
-    dropout: float = knob(0.5, "PolarNet head dropout")
+    dropout: float = knob(0.5, "PolarNet: DropBlock probability after each up block (PolarSeg: 0.5)")
+    remission: bool = knob(True, "feed remission as the 9th point feature; off: zeros, for data without it")
 
     def __post_init__(self) -> None:
         if self.backbone not in MODELS:

@@ -44,11 +44,13 @@ class Sample:
                       self.sequence, self.frame)
 
 
-def _voxelise(points: np.ndarray, labels: np.ndarray, instance: np.ndarray, n_original: int, cfg: TrainConfig,
+def voxelise(points: np.ndarray, labels: np.ndarray, instance: np.ndarray, n_original: int, cfg: TrainConfig,
               aug: Augmentation | None, sequence: str, frame: int) -> Sample:
     if aug is not None:
         points = aug.apply(points)
     feats, vox = cfg.model.grid.point_features(points)
+    if not cfg.model.remission:
+        feats[:, 8] = 0.0  # the last feature is remission (common/geometry.py)
     return Sample(feats, vox, labels.astype(np.int64), instance.astype(np.int64), n_original, sequence, frame)
 
 
@@ -101,7 +103,7 @@ class ShardDataset(torch.utils.data.Dataset):
         idx, seed = key if isinstance(key, tuple) else (key, None)
         sequence, scan = self.scan(idx)
         aug = None if seed is None else Augmentation.draw(np.random.default_rng(seed), self.cfg.augment)
-        return _voxelise(scan.points, scan.labels, scan.instance, scan.n_original, self.cfg, aug, sequence,
+        return voxelise(scan.points, scan.labels, scan.instance, scan.n_original, self.cfg, aug, sequence,
                          scan.frame)
 
 
@@ -139,4 +141,4 @@ class RawDataset(torch.utils.data.Dataset):
             instance = np.zeros(len(points), np.int64)
         else:
             labels = raw_to_train(semantic, str(seq.label_path(frame)))
-        return _voxelise(points, labels, instance, len(points), self.cfg, None, seq.name, frame)
+        return voxelise(points, labels, instance, len(points), self.cfg, None, seq.name, frame)
