@@ -1,13 +1,17 @@
-"""Synthetic vs real: points per scan, range percentiles, class proportions, time per scan.
+"""Synthetic vs real: class shares over a 00-10 split beside SemanticKITTI's published
+content, range and remission percentiles beside the real scans, ray-cast time.
 
-    python bench/synth_realism.py [--scans 10]
+    python bench/synth_realism.py [--split 00-10] [--scans 8] [--density 1] [--json FILE]
 
 Real: shared/data/real (SemanticKITTI scan 000750 with train ids; a raw KITTI HDL-64E
-scan with remission). Synthetic: full-size scans of three sequences.
+scan with remission). Synthetic: full-size scans spread over each sequence of the split.
+A class share matches when it lies within 2 points or 25 % of the published share,
+whichever is larger (the tolerance the realism issue set).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -16,21 +20,22 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from m2skd.common.kitti_io import read_scan
-from m2skd.common.labels import CLASS_NAMES, raw_to_train
+from m2skd.common.kitti_io import parse_sequences, read_scan
+from m2skd.common.labels import CLASS_NAMES, HARD_CLASS_IDS, PUBLISHED_CONTENT, raw_to_train
 from m2skd.synth.config import SynthConfig
 from m2skd.synth.sequence import SequenceSim
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+MATCHED = ("road", "sidewalk", "building", "vegetation", "terrain", "fence", "car")
+PCT = (5, 25, 50, 75, 95)
 
 
-@click.command()
-@click.option("--scans", default=10, show_default=True, help="scans per sequence, spread over 200 frames")
-def main(scans: int) -> None:
-    cfg = SynthConfig.preset("full")
-    counts, ranges, rem, n_pts, secs = np.zeros(20), [], [], [], []
-    for name in ("00", "01", "08"):
+def measure(split: list[str], scans: int, density: float, seed: int = 0) -> dict:
+    cfg = SynthConfig.preset("full").override(hard_density=density, seed=seed)
+    counts, ranges, rem, n_pts, secs, streets = np.zeros(20), [], [], [], [], {}
+    for name in split:
         sim = SequenceSim(cfg, name)
+        streets[name] = sim.street.name
         sim.scan(0)  # numba compile / cache load outside the timing
         for f in np.linspace(0, cfg.scans - 1, scans).astype(int):
             t0 = time.perf_counter()
@@ -40,30 +45,52 @@ def main(scans: int) -> None:
             ranges.append(np.linalg.norm(pts[:, :3], axis=1))
             rem.append(pts[:, 3])
             n_pts.append(len(pts))
-    share = counts / counts.sum()
+    share = counts[1:] / counts[1:].sum()  # of labelled points, as the published content
+    return {"share": {CLASS_NAMES[c + 1]: float(share[c]) for c in range(19)},
+            "hard_total": float(share[[c - 1 for c in HARD_CLASS_IDS]].sum()),
+            "range": np.percentile(np.concatenate(ranges), PCT).tolist(),
+            "remission": np.percentile(np.concatenate(rem), (5, 25, 50, 75, 95)).tolist(),
+            "points": [float(np.mean(n_pts)), int(min(n_pts)), int(max(n_pts))],
+            "ms_per_scan": 1000 * float(np.median(secs)), "streets": streets}
+
+
+def matches(ours: float, published: float) -> bool:
+    return abs(ours - published) <= max(0.02, 0.25 * published)
+
+
+@click.command()
+@click.option("--split", default="00-10", show_default=True)
+@click.option("--scans", default=8, show_default=True, help="scans per sequence, spread over 200 frames")
+@click.option("--density", default=1.0, show_default=True, help="hard_density")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
+def main(split: str, scans: int, density: float, json_path: Path | None) -> None:
+    m = measure(parse_sequences(split), scans, density)
     sk_xyz = np.load(REAL / "semantickitti_points_000750.npy")
-    sk_lab = np.load(REAL / "semantickitti_labels_000750.npy").ravel()
-    sk_share = np.bincount(sk_lab, minlength=20) / len(sk_lab)
     raw = read_scan(REAL / "kitti_object_004139.bin")
-
-    t = Table(title="synthetic (full preset) vs real scans")
-    for c in ("quantity", "synthetic", "SemanticKITTI 000750", "KITTI raw 004139"):
+    t = Table(title=f"synthetic {split} ({scans} full-size scans a sequence, hard_density {density}) vs real")
+    for c in ("quantity", "synthetic", "SemanticKITTI", "KITTI raw 004139", "match"):
         t.add_column(c)
-    pct = (5, 25, 50, 75, 95)
-
-    def rp(r):
-        return " / ".join(f"{v:.1f}" for v in np.percentile(r, pct))
-
-    t.add_row("points per scan", f"{np.mean(n_pts):,.0f} ({min(n_pts):,}-{max(n_pts):,})", f"{len(sk_xyz):,}",
-              f"{len(raw):,}")
-    t.add_row("range p5/25/50/75/95 (m)", rp(np.concatenate(ranges)), rp(np.linalg.norm(sk_xyz, axis=1)),
-              rp(np.linalg.norm(raw[:, :3], axis=1)))
-    t.add_row("remission p5/50/95", " / ".join(f"{v:.2f}" for v in np.percentile(np.concatenate(rem), (5, 50, 95))),
-              "-", " / ".join(f"{v:.2f}" for v in np.percentile(raw[:, 3], (5, 50, 95))))
-    for c in range(20):
-        t.add_row(f"% {CLASS_NAMES[c]}", f"{100 * share[c]:.2f}", f"{100 * sk_share[c]:.2f}", "-")
-    t.add_row("ray-cast time per scan (ms)", f"{1000 * np.median(secs):.0f}", "-", "-")
+    for name in (*MATCHED, "parking", "other-ground", "trunk", "pole"):
+        ok = matches(m["share"][name], PUBLISHED_CONTENT[name])
+        t.add_row(f"% {name}", f"{100 * m['share'][name]:.1f}", f"{100 * PUBLISHED_CONTENT[name]:.1f}", "-",
+                  ("yes" if ok else "NO") if name in MATCHED else "")
+    hard_pub = sum(PUBLISHED_CONTENT[CLASS_NAMES[c]] for c in HARD_CLASS_IDS)
+    t.add_row("% hard classes together", f"{100 * m['hard_total']:.2f}", f"{100 * hard_pub:.2f}", "-", "")
+    for c in HARD_CLASS_IDS:
+        t.add_row(f"  % {CLASS_NAMES[c]}", f"{100 * m['share'][CLASS_NAMES[c]]:.3f}",
+                  f"{100 * PUBLISHED_CONTENT[CLASS_NAMES[c]]:.3f}", "-", "")
+    t.add_row("points per scan", f"{m['points'][0]:,.0f} ({m['points'][1]:,}-{m['points'][2]:,})",
+              f"{len(sk_xyz):,} (000750)", f"{len(raw):,}", "")
+    t.add_row("range p5/25/50/75/95 (m)", " / ".join(f"{v:.1f}" for v in m["range"]),
+              " / ".join(f"{v:.1f}" for v in np.percentile(np.linalg.norm(sk_xyz, axis=1), PCT)),
+              " / ".join(f"{v:.1f}" for v in np.percentile(np.linalg.norm(raw[:, :3], axis=1), PCT)), "")
+    t.add_row("remission p5/25/50/75/95", " / ".join(f"{v:.2f}" for v in m["remission"]), "-",
+              " / ".join(f"{v:.2f}" for v in np.percentile(raw[:, 3], PCT)), "")
+    t.add_row("ray-cast time per scan (ms, 2 cores)", f"{m['ms_per_scan']:.0f}", "-", "-", "")
     Console().print(t)
+    Console().print("streets: " + ", ".join(f"{k} {v}" for k, v in m["streets"].items()))
+    if json_path:
+        json_path.write_text(json.dumps(m, indent=1))
 
 
 if __name__ == "__main__":

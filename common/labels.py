@@ -109,6 +109,15 @@ DEFAULT_HARD_CLASSES: tuple[str, ...] = (
     "motorcyclist",
 )
 
+# Share of all labelled points per train class over SemanticKITTI (semantic-kitti.yaml
+# `content`, moving ids folded in; docs/kitti.md): the yardstick of the synthetic world.
+PUBLISHED_CONTENT: dict[str, float] = {
+    "road": 0.199, "sidewalk": 0.144, "building": 0.133, "vegetation": 0.267, "terrain": 0.078, "fence": 0.072,
+    "parking": 0.015, "car": 0.043, "other-ground": 0.004, "trunk": 0.006, "pole": 0.003,
+    "truck": 0.0022, "other-vehicle": 0.0018, "motorcycle": 0.0004, "person": 0.0003, "bicycle": 0.0002,
+    "bicyclist": 0.0001, "motorcyclist": 0.00005,
+}
+
 MOVING_RAW_MIN = 252  # raw ids >= this are moving objects
 
 

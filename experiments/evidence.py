@@ -101,10 +101,9 @@ def summarise(results: list[dict]) -> dict:
     for a, b in (("m2skd", "baseline"), ("m2skd", "s2skd"), ("s2skd", "baseline")):
         pairs = [s for s in seeds if (a, s) in by and (b, s) in by]
         if pairs:
-            out["paired"][f"{a} - {b}"] = {k: _stats([val(by[(a, s)], k) - val(by[(b, s)], k) for s in pairs])
-                                           for k in keys}
-            for d in out["paired"][f"{a} - {b}"].values():
-                d["positive"] = int(sum(x > 0 for x in d["values"]))
+            diffs = {k: [val(by[(a, s)], k) - val(by[(b, s)], k) for s in pairs] for k in keys}
+            out["paired"][f"{a} - {b}"] = {k: {**_stats(d), "positive": sum(x > 0 for x in d)}
+                                           for k, d in diffs.items()}
     return out
 
 

@@ -68,6 +68,11 @@ def _lookup(sorted_ids: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.nd
     return pos, sorted_ids[np.minimum(pos, len(sorted_ids) - 1)] == keys
 
 
+# Angular spacing of an HDL-64E's samples, ~0.6 deg between beams at most: the metres
+# between two samples per metre of range (the target scan's sensor is at the origin).
+SAMPLE_SPACING = 0.01
+
+
 @dataclass(frozen=True)
 class _Instances:
     """Hard-class instances of one scan (in the target's frame): sorted keys, centroids,
@@ -91,14 +96,16 @@ def moves(nb: _Instances, g: int, tg: _Instances, t: int, drift_threshold: float
     """Whether neighbour instance g (the same object as target instance t) moved.
 
     A 25x id in either scan says so. Otherwise its centroid must have drifted by more
-    than the threshold *plus* the change of its visible extent: a big static object
-    seen from another side has its visible centroid elsewhere although it did not move
-    (a truck's rear face vs its flank), and that change of view shows in the extent.
+    than the threshold *plus* what a static object's visible centroid moves by anyway:
+    the change of its visible extent (a big object seen from another side, a truck's
+    rear face vs its flank) and the spacing of the sensor's samples at its range (far
+    away a few dozen points land on other parts of it from scan to scan).
     """
     if nb.moving[g] or tg.moving[t]:
         return True
     view_change = float(np.linalg.norm(nb.ext[g] - tg.ext[t]))
-    return float(np.linalg.norm(nb.cent[g] - tg.cent[t])) > drift_threshold + view_change
+    sampling = SAMPLE_SPACING * float(np.linalg.norm(tg.cent[t]))
+    return float(np.linalg.norm(nb.cent[g] - tg.cent[t])) > drift_threshold + view_change + sampling
 
 
 def _neighbour_points(offset: int, nb_scan: LabelledScan, rel: np.ndarray, tg: _Instances, cfg: FusionConfig,

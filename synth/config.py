@@ -28,6 +28,11 @@ class SynthConfig(Config):
     # one-sequence train split would teach (and a one-sequence val split would score) a
     # handful of objects; the demo raises it so hard-class IoU measures more than luck.
     hard_density: float = knob(1.0, "hard-class objects per metre of road, relative to a SemanticKITTI-like rarity")
+    rolling_shutter: bool = knob(False, "leave the sweep's ego-motion skew in the scans (up to ~1 m at 10 m/s), "
+                                        "as a raw sensor gives them; KITTI's published scans are compensated")
+    world: str = knob("auto", "street type of every sequence; auto: KITTI's for 00-10 (01 a highway, 03, 04, 09, 10 "
+                              "country roads, ...), drawn by seed for others",
+                      choices=("auto", "residential", "city", "country", "highway"))
 
     def __post_init__(self) -> None:
         # checked before anything is written, so a bad option never leaves a partial sequence

@@ -18,12 +18,16 @@ import numpy as np
 HDL64_ELEVATIONS_DEG = np.concatenate([np.linspace(2.0, -8.33, 32), np.linspace(-8.83, -24.33, 32)])
 
 
-def beam_elevations(beams: int) -> np.ndarray:
-    """Elevation (radians) of `beams` lasers spread over the HDL-64E's field of view."""
+def beam_lasers(beams: int) -> np.ndarray:
+    """Which of the HDL-64E's 64 lasers a `beams`-beam sensor keeps (spread over the field of view)."""
     if beams <= 0 or beams > 64:
         raise ValueError(f"beams must be 1..64, got {beams}")
-    idx = np.round(np.linspace(0, 63, beams)).astype(np.int64)
-    return np.deg2rad(HDL64_ELEVATIONS_DEG[idx])
+    return np.round(np.linspace(0, 63, beams)).astype(np.int64)
+
+
+def beam_elevations(beams: int) -> np.ndarray:
+    """Elevation (radians) of `beams` lasers spread over the HDL-64E's field of view."""
+    return np.deg2rad(HDL64_ELEVATIONS_DEG[beam_lasers(beams)])
 
 
 def column_azimuths(columns: int) -> np.ndarray:
@@ -152,11 +156,28 @@ def _hit_primitive(kind, ox, oy, oz, dx, dy, dz, cx, cy, cz, hx, hy, hz, cyaw, s
     return t, (sx + t * ex) / hx, (sy + t * ey) / hy, (sz + t * ez) / hz
 
 
+# The ego vehicle's roof around the sensor (sensor frame, metres): rays that hit it give
+# no return, which is the blind ring of missing ground points around a real KITTI scan.
+EGO_ROOF = np.array([-1.0, 0.8, -0.75, 0.75, -0.3])  # x min, x max, y min, y max, roof z
+
+
+@nb.njit(cache=True, inline="always")
+def _blocked_by_ego(sdx, sdy, sdz, roof):
+    """Whether a ray from the sensor (sensor-frame direction) first meets the roof plane inside the roof."""
+    if sdz >= -1e-9:
+        return False
+    t = roof[4] / sdz
+    x, y = t * sdx, t * sdy
+    return roof[0] <= x <= roof[1] and roof[2] <= y <= roof[3]
+
+
 @nb.njit(parallel=True, cache=True)
-def cast_scan(origin, rot, elev, azim, kind, centre, half, yaw, starts, bucket, max_range):
+def cast_scan(origins, rot, elev, azim, kind, centre, half, yaw, starts, bucket, max_range, roof):
     """Cast every (beam, column) ray; return range, hit primitive (-1 ground, -2 none), |cos incidence|.
 
-    origin (3,), rot (3, 3) sensor -> world; elev (B,), azim (C,) in the sensor frame.
+    origins (C, 3): the sensor's position when it fires column c (it moves during the
+    sweep: KITTI's scans are not motion-compensated); rot (3, 3) sensor -> world; elev (B,),
+    azim (C,) in the sensor frame; rays blocked by the ego roof (`roof`) give no return.
     """
     nb_, nc = elev.shape[0], azim.shape[0]
     rng = np.zeros((nb_, nc), np.float64)
@@ -166,9 +187,12 @@ def cast_scan(origin, rot, elev, azim, kind, centre, half, yaw, starts, bucket, 
     syaw = np.sin(yaw)
     for c in nb.prange(nc):
         ca, sa = math.cos(azim[c]), math.sin(azim[c])
+        origin = origins[c]
         for b in range(nb_):
             ce, se = math.cos(elev[b]), math.sin(elev[b])
             sdx, sdy, sdz = ce * ca, ce * sa, se
+            if _blocked_by_ego(sdx, sdy, sdz, roof):
+                continue
             dx = rot[0, 0] * sdx + rot[0, 1] * sdy + rot[0, 2] * sdz
             dy = rot[1, 0] * sdx + rot[1, 1] * sdy + rot[1, 2] * sdz
             dz = rot[2, 0] * sdx + rot[2, 1] * sdy + rot[2, 2] * sdz

@@ -46,12 +46,19 @@ class SequenceSim:
         self.speed = float(rng.uniform(cfg.speed_min, cfg.speed_max))
         duration = cfg.scans * cfg.period
         margin = cfg.max_range + 20.0
+        self.street = synth_world.street_of(self.name, cfg.seed, cfg.world)
         self.world = synth_world.build_world(
             rng, -margin, self.speed * duration + margin, duration / 2, self.world_seed,
-            core=(-30.0, self.speed * duration + 30.0), hard_density=cfg.hard_density,
+            street=self.street, hard_density=cfg.hard_density,
         )
+        self.laser = raycast.beam_lasers(cfg.beams)
         self.elev = raycast.beam_elevations(cfg.beams)
         self.azim = raycast.column_azimuths(cfg.columns)
+        # the head turns once per period; the forward column fires at the scan's time.
+        # KITTI's published scans are ego-motion compensated (its devkit: "this effect has
+        # been eliminated from this postprocessed data"), so by default every column fires
+        # from the scan's pose; `rolling_shutter` keeps the raw sensor's skew.
+        self.column_dt = (self.azim / (2 * np.pi)) * cfg.period * cfg.rolling_shutter
         self.world_poses = np.stack([self._world_pose(i) for i in range(cfg.scans)])
         # LiDAR poses relative to the first scan, as poses.txt implies
         self.lidar_poses = np.linalg.inv(self.world_poses[0]) @ self.world_poses
@@ -71,6 +78,8 @@ class SequenceSim:
         pose = self.world_poses[frame]
         prims = self.world.primitives_at(frame * cfg.period)
         origin = pose[:3, 3].copy()
+        # rolling shutter: column c fires at dt_c around the scan's time while the car moves
+        origins = origin + np.outer(self.column_dt, pose[:3, 0] * self.speed)
         rel = prims["centre"][:, :2] - origin[:2]
         half = prims["half"]
         radius = np.where(prims["kind"] == BOX, np.hypot(half[:, 0], half[:, 1]),
@@ -82,14 +91,14 @@ class SequenceSim:
             rel[idx, 0].copy(), rel[idx, 1].copy(), radius[idx].copy(), yaw_sensor, cfg.columns, cfg.max_range
         )
         rng_m, hit, cosi = raycast.cast_scan(
-            origin, pose[:3, :3].copy(), self.elev, self.azim, prims["kind"][idx], prims["centre"][idx],
-            half[idx], prims["yaw"][idx], starts, bucket, cfg.max_range,
+            origins, pose[:3, :3].copy(), self.elev, self.azim, prims["kind"][idx], prims["centre"][idx],
+            half[idx], prims["yaw"][idx], starts, bucket, cfg.max_range, raycast.EGO_ROOF,
         )
         noise = np.random.default_rng([cfg.seed, int(self.name), frame, 7])
         shape = rng_m.shape
-        drop_p = cfg.dropout + 0.25 * (rng_m / cfg.max_range) ** 2
-        keep = (hit != -2) & (noise.random(shape) >= drop_p)
-        r = rng_m + noise.normal(0.0, cfg.range_noise, shape)
+        base = np.where(hit >= 0, prims["remission"][idx][np.maximum(hit, 0)], _ROAD_REMISSION)
+        keep = (hit != -2) & (noise.random(shape) >= _drop_probability(cfg, rng_m, base, cosi))
+        r = rng_m + noise.normal(0.0, 1.0, shape) * (cfg.range_noise + RANGE_NOISE_PER_M * rng_m)
         keep &= r > 0.5
         b_i, c_i = np.nonzero(keep)
         r = r[b_i, c_i]
@@ -105,13 +114,31 @@ class SequenceSim:
         sem[on_obj] = prims["raw"][prim_of[on_obj]]
         inst[on_obj] = prims["instance"][prim_of[on_obj]]
         rem_base[on_obj] = prims["remission"][prim_of[on_obj]]
-        world_xyz = xyz @ pose[:3, :3].T + origin
+        world_xyz = xyz @ pose[:3, :3].T + origins[c_i]
         g = ~on_obj
-        sem[g] = synth_world.ground_raw_ids(world_xyz[g, 0], world_xyz[g, 1], self.world_seed)
+        sem[g] = self.world.ground_raw_ids(world_xyz[g, 0], world_xyz[g, 1])
         rem_base[g] = _ground_remission(sem[g])
-        remission = rem_base * (0.6 + 0.4 * cosi[b_i, c_i]) + noise.normal(0.0, 0.03, len(r))
+        # per-laser gain (each HDL-64E laser has its own intensity response), incidence, range
+        remission = (1.5 * rem_base * LASER_GAIN[self.laser[b_i]] * (0.3 + 0.7 * cosi[b_i, c_i])
+                     * np.exp(-r / 60.0) + noise.normal(0.0, 0.03, len(r)))
         pts = np.concatenate([xyz, np.clip(remission, 0.0, 0.99)[:, None]], 1).astype(np.float32)
         return pts, sem, inst
+
+
+# Range noise grows with range: 2 cm (SynthConfig.range_noise) plus 1 mm a metre.
+RANGE_NOISE_PER_M = 0.001
+_ROAD_REMISSION = synth_world.REMISSION["road"]  # ground returns: drop decided as for asphalt
+# Per-laser intensity gain: the HDL-64E's 64 lasers each answer a surface a little
+# differently (each has its own calibration); fixed, as a sensor is.
+LASER_GAIN = np.random.default_rng(64).uniform(0.8, 1.2, 64)
+
+
+def _drop_probability(cfg: SynthConfig, rng_m: np.ndarray, base: np.ndarray, cosi: np.ndarray) -> np.ndarray:
+    """Chance a return is lost: a floor, more at range, on dark surfaces (glass, black
+    paint) and at grazing incidence."""
+    dark = np.clip((0.12 - base) / 0.12, 0.0, 1.0)
+    grazing = np.clip((0.15 - cosi) / 0.15, 0.0, 1.0)
+    return cfg.dropout + 0.25 * (rng_m / cfg.max_range) ** 2 + 0.7 * dark + 0.6 * grazing
 
 
 def _remission_lut() -> np.ndarray:

@@ -7,9 +7,11 @@ moving vehicles, pedestrians and riders. Every object is a handful of primitives
 follow the road at constant speed. The ray caster (`raycast.py`) intersects the
 primitives and labels the ground by its position relative to the road.
 
-Class sizes and frequencies are chosen so a default scan resembles a real one
-(`bench/synth_realism.py` compares them with `shared/data/real/`): road, building,
-vegetation and terrain dominate; the hard classes are rare and small.
+Each sequence is one street type (`STREETS`: residential, city, country road, highway,
+as KITTI's drives are), with the objects such a street has. Object densities are per
+metre of road, whatever the length of the drive, and were set so that a 00-10 split
+matches SemanticKITTI's published class content (`bench/synth_realism.py` compares them;
+README, "The synthetic stand-in").
 """
 
 from __future__ import annotations
@@ -22,12 +24,8 @@ from m2skd.common.labels import RAW_BY_NAME
 
 BOX, CYLINDER, ELLIPSOID = 0, 1, 2
 
-# Road cross-section, metres from the centre line (left positive).
 LANE_WIDTH = 3.5
-ROAD_HALF = 4.2  # one lane each way plus a 0.7 m shoulder
-PARKING_OUTER = 6.7
-SIDEWALK_OUTER = 9.5
-EGO_LANE = -LANE_WIDTH / 2  # right-hand traffic, ego drives towards +u
+EGO_LANE = -LANE_WIDTH / 2  # right-hand traffic, ego drives in the inner lane towards +u
 SENSOR_HEIGHT = 1.73  # KITTI's HDL-64E above the ground (Geiger et al., 2013)
 
 # Remission base value per raw id (KITTI remission lies in 0..1); the ray caster
@@ -39,6 +37,9 @@ REMISSION = {
     "bicycle": 0.28, "motorcycle": 0.25, "person": 0.32, "bicyclist": 0.32, "motorcyclist": 0.28,
     "other-structure": 0.33, "other-object": 0.38,
 }
+
+GLASS = 0.04  # remission of windows: near zero, as dark and specular surfaces are
+DARK_PAINT = 0.06
 
 # Road shape: y = AMP * sin(K * x), gentle enough that x approximates arc length.
 AMP = 12.0
@@ -75,6 +76,8 @@ class World:
     speed: np.ndarray  # m/s along the road (signed: negative drives towards -u)
     instance: np.ndarray  # uint16 instance id (0 for stuff)
     heading_offset: np.ndarray  # object yaw relative to the road heading
+    street: StreetType
+    seed: int  # fixes the ground pattern (parking stretches, driveways)
 
     def primitives_at(self, t: float) -> dict[str, np.ndarray]:
         """World-frame primitives at time t (s): centre, half, yaw, labels, remission."""
@@ -94,6 +97,28 @@ class World:
             "instance": self.instance[self.obj],
             "remission": self.remission,
         }
+
+    def ground_raw_ids(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Raw label of the ground at world x, y: road, lane marking, parking, sidewalk,
+        other ground, terrain, by the distance from the centre line."""
+        st = self.street
+        _, cy, h = centre(x)
+        d = np.abs((y - cy) * np.cos(h))
+        out = np.full(x.shape, RAW_BY_NAME["terrain"], np.uint16)
+        out[d < st.sidewalk_outer] = RAW_BY_NAME["sidewalk"]
+        park = (d >= st.road_half) & (d < st.parking_outer) & parking_mask(x, self.seed, st.parking)
+        out[park] = RAW_BY_NAME["parking"]
+        out[d < st.road_half] = RAW_BY_NAME["road"]
+        lanes = np.zeros(x.shape, bool)
+        for k in range(1, st.lanes + 1):
+            lanes |= np.abs(d - k * LANE_WIDTH) < 0.08
+        dashed = lanes | ((d < 0.08) & ((x % 9.0) < 3.0))
+        out[dashed] = RAW_BY_NAME["lane-marking"]
+        # gravel driveways and patches of other ground behind the sidewalk or verge
+        patch = (d >= st.sidewalk_outer) & (d < st.sidewalk_outer + 4.0) & (
+            (np.floor(x / 23.0) * 7 + self.seed) % 9 == 0)
+        out[patch] = RAW_BY_NAME["other-ground"]
+        return out
 
 
 _MOVING = {
@@ -129,10 +154,10 @@ class _Builder:
         oid = len(self.objs)
         # moving objects are placed where they should be halfway through the drive
         self.objs.append((u - speed * self.t_mid, d, speed, inst, heading))
-        for kind, loc, half, yaw, name in parts:
-            self.prims.append((kind, loc, half, yaw, RAW_BY_NAME[name], REMISSION[name], oid))
+        for kind, loc, half, yaw, name, *rem in parts:  # a part may carry its own remission (glass)
+            self.prims.append((kind, loc, half, yaw, RAW_BY_NAME[name], rem[0] if rem else REMISSION[name], oid))
 
-    def build(self) -> World:
+    def build(self, street: StreetType, seed: int) -> World:
         p = self.prims
         o = self.objs
         return World(
@@ -148,6 +173,7 @@ class _Builder:
             speed=np.array([q[2] for q in o], np.float64),
             instance=np.array([q[3] for q in o], np.uint16),
             heading_offset=np.array([q[4] for q in o], np.float64),
+            street=street, seed=seed,
         )
 
 
@@ -169,9 +195,11 @@ def _ell(x, y, zc, rx, ry, rz, name):
 
 def car_parts(rng, name="car"):
     length, width = rng.uniform(3.9, 4.8), rng.uniform(1.7, 1.9)
+    paint = DARK_PAINT if rng.random() < 0.35 else REMISSION[name]  # a third of cars are dark
     return [
-        _box(0, 0, 0.25, length, width, rng.uniform(0.75, 0.9), name),
-        _box(-0.2, 0, 1.05, length * rng.uniform(0.45, 0.6), width * 0.9, rng.uniform(0.4, 0.55), name),
+        (*_box(0, 0, 0.25, length, width, rng.uniform(0.75, 0.9), name), paint),
+        # the cabin is mostly glass: dark, and many of its returns are lost
+        (*_box(-0.2, 0, 1.05, length * rng.uniform(0.45, 0.6), width * 0.9, rng.uniform(0.4, 0.55), name), GLASS),
     ]
 
 
@@ -206,148 +234,232 @@ def person_parts(rng, name="person"):
 
 
 def rider_parts(rng, vehicle, name):
-    parts = [(k, loc, half, yaw, name) for k, loc, half, yaw, _ in vehicle(rng)]
+    parts = [(k, loc, half, yaw, name) for k, loc, half, yaw, *_ in vehicle(rng)]
     return [*parts, _cyl(-0.1, 0, 0.85, 0.2, 0.75, name), _ell(-0.05, 0, 1.75, 0.12, 0.12, 0.14, name)]
+
+
+# ---------------------------------------------------------------- street types
+
+
+@dataclass(frozen=True)
+class StreetType:
+    """One kind of KITTI drive: cross-section and what stands along it (rates per metre of road)."""
+
+    name: str
+    lanes: int  # each way
+    shoulder: float  # metres of road beyond the outer lane
+    parking: float  # share of the road with a 2.5 m parking strip (and parked cars in it)
+    sidewalk: float  # sidewalk width (0: none)
+    building: float  # share of the frontage with buildings
+    setback: tuple[float, float]  # buildings start this far behind the sidewalk (or verge)
+    height: tuple[float, float]
+    fence: float  # share of the frontage (without a building) with a fence or wall
+    fence_setback: tuple[float, float]
+    trees: float  # per metre and side
+    bushes: float
+    hedges: float
+    forest: float  # share of the far field that is forest (dense crowns) rather than open terrain
+    parked: float  # probability a parking slot holds a car
+    traffic: float  # oncoming cars per metre
+    guard_rail: bool  # highway: rails at the median and along the verge (fence)
+
+    @property
+    def road_half(self) -> float:
+        return self.lanes * LANE_WIDTH + self.shoulder
+
+    @property
+    def parking_outer(self) -> float:
+        return self.road_half + (2.5 if self.parking > 0 else 0.0)
+
+    @property
+    def sidewalk_outer(self) -> float:
+        return self.parking_outer + self.sidewalk
+
+
+STREETS = {
+    "residential": StreetType("residential", 1, 0.7, 0.25, 3.5, 0.85, (2.0, 8.0), (6.0, 12.0), 0.35, (0.0, 0.6),
+                              0.15, 0.2, 0.08, 0.35, 0.3, 0.015, False),
+    "city": StreetType("city", 1, 0.5, 0.5, 5.0, 0.85, (0.0, 1.0), (9.0, 20.0), 0.4, (0.0, 0.3),
+                       0.08, 0.05, 0.03, 0.0, 0.3, 0.025, False),
+    "country": StreetType("country", 1, 0.6, 0.0, 0.0, 0.2, (8.0, 25.0), (4.0, 8.0), 0.3, (2.0, 6.0),
+                          0.15, 0.3, 0.05, 0.65, 0.0, 0.01, False),
+    "highway": StreetType("highway", 2, 1.5, 0.0, 0.0, 0.02, (20.0, 40.0), (5.0, 9.0), 0.4, (3.0, 6.0),
+                          0.12, 0.2, 0.0, 0.5, 0.0, 0.03, True),
+}
+# KITTI odometry's drives, as their sequences are known: 01 a highway, 03, 04, 09, 10
+# country roads with fields and forest, the rest residential, 07 the densest. (KITTI's
+# residential sequences are also its longest, 00, 02, 05 and 08, so residential streets
+# carry most of its points.)
+KITTI_STREETS = {"00": "residential", "01": "highway", "02": "residential", "03": "country", "04": "country",
+                 "05": "residential", "06": "residential", "07": "city", "08": "residential",
+                 "09": "country", "10": "country"}
+
+
+def street_of(sequence: str, seed: int, world: str = "auto") -> StreetType:
+    """The street a sequence drives: `world` if given, KITTI's for 00-10, else drawn by seed."""
+    if world != "auto":
+        return STREETS[world]
+    if sequence in KITTI_STREETS:
+        return STREETS[KITTI_STREETS[sequence]]
+    names = sorted(STREETS)
+    return STREETS[names[int(np.random.default_rng([seed, int(sequence), 11]).integers(len(names)))]]
+
+
+# Hard-class objects per km of road at hard_density 1, set so that they make about 0.5 %
+# of a 00-10 split's points with SemanticKITTI's mix (trucks and other vehicles most,
+# motorcyclists least; docs/kitti.md, "Class content").
+HARD_PER_KM = {"bicycle_rack": 1.5, "motorcycle": 1.3, "truck": 2.0, "other-vehicle": 0.7, "person": 2.0,
+               "bicyclist": 0.45, "motorcyclist": 0.06}
 
 
 # ---------------------------------------------------------------- the world
 
 
 def build_world(rng: np.random.Generator, u_min: float, u_max: float, t_mid: float = 0.0,
-                seed: int = 0, core: tuple[float, float] | None = None, hard_density: float = 1.0) -> World:
+                seed: int = 0, street: StreetType | None = None, hard_density: float = 1.0) -> World:
     """Populate the road between u_min and u_max (metres along the road).
 
-    Moving objects are spread over that stretch at time t_mid (mid-drive), so they meet
-    the ego vehicle during the sequence. `seed` fixes the parking-strip pattern, which
-    `ground_raw_ids` must see with the same value. The hard classes and moving traffic
-    are placed within `core` (default: the whole stretch), the part the sensor passes, so
-    every sequence sees them. `hard_density` multiplies how many hard-class objects stand
-    along the road (1.0: SemanticKITTI-like rarity; see SynthConfig.hard_density).
+    Everything stands at a rate per metre of road, so a short drive is no more crowded
+    than a long one. Moving objects are spread over the stretch at time t_mid (mid-drive),
+    so they meet the ego vehicle during the sequence. `seed` fixes the ground pattern.
+    `hard_density` multiplies the hard-class objects (1.0: SemanticKITTI-like rarity).
     """
+    street = street or STREETS["residential"]
     b = _Builder(rng, t_mid)
-    span = u_max - u_min
-
-    c_min, c_max = core if core is not None else (u_min, u_max)
-    c_span = c_max - c_min
-    h_span = c_span * hard_density
-
-    def uniform_u(n):
-        return np.sort(rng.uniform(u_min, u_max, int(n)))
-
-    def uniform_core(n):
-        return np.sort(rng.uniform(c_min, c_max, int(n)))
-
     for side in (-1.0, 1.0):
-        # Building blocks and fences behind the sidewalk.
-        u = u_min
-        while u < u_max:
-            length = rng.uniform(10, 35)
-            if rng.random() < 0.55:
-                depth, height = rng.uniform(8, 16), rng.uniform(5, 16)
-                off = rng.uniform(13.0, 26.0)
-                b.add(u + length / 2, side * (off + depth / 2), [_box(0, 0, 0, length, depth, height, "building")])
-            elif rng.random() < 0.6:
-                b.add(u + length / 2, side * rng.uniform(9.8, 11.0),
-                      [_box(0, 0, 0, length, 0.12, rng.uniform(1.0, 2.2), "fence")])
-            u += length + rng.uniform(1, 12)
-        # Trees on the sidewalk edge and in the terrain behind it.
-        for uu in uniform_u(span / 5):
-            dd = side * rng.choice([rng.uniform(8.2, 9.3), rng.uniform(11.5, 30)])
-            th, r = rng.uniform(1.8, 3.5), rng.uniform(1.8, 3.6)
-            b.add(uu, dd, [_cyl(0, 0, 0, rng.uniform(0.12, 0.3), th + r * 0.5, "trunk"),
-                           _ell(0, 0, th + r * 0.8, r, r, r * rng.uniform(0.7, 1.0), "vegetation")])
-        # Bushes, and hedges along the sidewalk.
-        for uu in uniform_u(span / 3):
-            dd = side * rng.uniform(10.5, 35)
-            b.add(uu, dd, [_ell(0, 0, 0.3, rng.uniform(1.0, 4.0), rng.uniform(1.0, 2.5), rng.uniform(0.8, 1.8),
-                                "vegetation")])
-        for uu in uniform_u(span / 10):
-            b.add(uu, side * rng.uniform(9.8, 10.6), [_ell(0, 0, 0.5, rng.uniform(2.5, 7.0), rng.uniform(0.5, 0.9),
-                                                            rng.uniform(0.7, 1.3), "vegetation")])
-        # Poles and traffic signs at the kerb.
-        for uu in uniform_u(span / 28):
-            h = rng.uniform(4, 8)
-            b.add(uu, side * rng.uniform(6.9, 7.3), [_cyl(0, 0, 0, rng.uniform(0.07, 0.14), h, "pole")])
-        for uu in uniform_u(span / 60):
-            b.add(uu, side * rng.uniform(6.9, 7.3), [_cyl(0, 0, 0, 0.05, 2.6, "pole"),
-                                                      _box(0, 0, 2.1, 0.05, 0.65, 0.65, "traffic-sign")],
-                  heading=np.pi / 2)
-        # Parked cars in the parking strips.
-        for uu in np.arange(u_min, u_max, 6.2):
-            if rng.random() < 0.15 and parking_mask(uu, seed):
-                b.add(uu + rng.normal(0, 0.4), side * rng.uniform(5.3, 5.7), car_parts(rng),
-                      heading=rng.normal(0, 0.03), thing=True)
-        # Street furniture labelled other-structure / other-object (ignored in training).
-        for uu in uniform_u(span / 40):
-            name = "other-structure" if rng.random() < 0.5 else "other-object"
-            b.add(uu, side * rng.uniform(7.0, 9.0), [_box(0, 0, 0, rng.uniform(0.4, 2), rng.uniform(0.4, 1.0),
-                                                             rng.uniform(0.5, 1.5), name)])
+        _frontage(b, rng, street, side, u_min, u_max)
+        _greenery(b, rng, street, side, u_min, u_max)
+        _street_furniture(b, rng, street, side, u_min, u_max)
+        _parked_cars(b, rng, street, side, u_min, u_max, seed)
+    _hard_classes(b, rng, street, u_min, u_max, hard_density)
+    _traffic(b, rng, street, u_min, u_max, hard_density)
+    return b.build(street, seed)
 
-    # The hard classes: rare and small, as in SemanticKITTI.
-    for uu in uniform_core(max(2, h_span / 120)):  # bicycle racks
+
+def _poisson_u(rng: np.random.Generator, u_min: float, u_max: float, per_m: float) -> np.ndarray:
+    return np.sort(rng.uniform(u_min, u_max, rng.poisson(max(per_m, 0.0) * (u_max - u_min))))
+
+
+def _frontage(b: _Builder, rng, st: StreetType, side: float, u_min: float, u_max: float) -> None:
+    """Building blocks, or fences and walls, behind the sidewalk (or verge)."""
+    u = u_min
+    while u < u_max:
+        length = rng.uniform(10, 35)
+        if rng.random() < st.building:
+            depth, height = rng.uniform(8, 16), rng.uniform(*st.height)
+            off = st.sidewalk_outer + rng.uniform(*st.setback)
+            b.add(u + length / 2, side * (off + depth / 2), [_box(0, 0, 0, length, depth, height, "building")])
+            if st.setback[0] > 1.0 and rng.random() < st.fence:  # a front-garden fence or wall
+                b.add(u + length / 2, side * (st.sidewalk_outer + rng.uniform(0.1, 0.5)),
+                      [_box(0, 0, 0, length, 0.15, rng.uniform(0.8, 1.8), "fence")])
+        elif rng.random() < st.fence:
+            b.add(u + length / 2, side * (st.sidewalk_outer + rng.uniform(*st.fence_setback)),
+                  [_box(0, 0, 0, length, 0.12, rng.uniform(1.0, 2.2), "fence")])
+        u += length + rng.uniform(0.5, 6)
+    if st.guard_rail:  # the verge rail, and (one side only) the median rail
+        for uu in np.arange(u_min, u_max, 40.0):
+            b.add(uu + 20.0, side * (st.road_half + 0.5), [_box(0, 0, 0.4, 40.0, 0.1, 0.45, "fence")])
+        if side > 0:
+            for uu in np.arange(u_min, u_max, 40.0):
+                b.add(uu + 20.0, 0.0, [_box(0, 0, 0.3, 40.0, 0.3, 0.8, "fence")])
+
+
+def _greenery(b: _Builder, rng, st: StreetType, side: float, u_min: float, u_max: float) -> None:
+    """Trees at the kerb and behind it, bushes, hedges, and forest belts in the far field."""
+    near = st.sidewalk_outer
+    for uu in _poisson_u(rng, u_min, u_max, st.trees):
+        dd = side * (rng.uniform(near - 1.2, near - 0.3) if st.sidewalk and rng.random() < 0.4
+                     else near + rng.uniform(2.0, 25.0))
+        th, r = rng.uniform(1.8, 3.5), rng.uniform(1.8, 3.6)
+        b.add(uu, dd, [_cyl(0, 0, 0, rng.uniform(0.12, 0.3), th + r * 0.5, "trunk"),
+                       _ell(0, 0, th + r * 0.8, r, r, r * rng.uniform(0.7, 1.0), "vegetation")])
+    for uu in _poisson_u(rng, u_min, u_max, st.bushes):
+        ry = rng.uniform(1.0, 2.5)  # the bush's half depth: it stands clear of the road
+        b.add(uu, side * (near + ry + rng.uniform(0.5, 25.0)),
+              [_ell(0, 0, 0.3, rng.uniform(1.0, 4.0), ry, rng.uniform(0.8, 1.8), "vegetation")])
+    for uu in _poisson_u(rng, u_min, u_max, st.hedges):
+        b.add(uu, side * (near + rng.uniform(0.3, 1.1)),
+              [_ell(0, 0, 0.5, rng.uniform(2.5, 7.0), rng.uniform(0.5, 0.9), rng.uniform(0.7, 1.3), "vegetation")])
+    # forest belts: 40 m blocks of dense crowns a few metres behind the verge
+    for u0 in np.arange(u_min, u_max, 40.0):
+        if rng.random() < st.forest:
+            start = near + rng.uniform(3.0, 10.0)
+            for uu in rng.uniform(u0, u0 + 40.0, 10):
+                r = rng.uniform(2.0, 4.0)
+                b.add(uu, side * (start + r + rng.uniform(0.0, 15.0)),
+                      [_cyl(0, 0, 0, 0.15, 1.8, "trunk"), _ell(0, 0, 1.2 + r, r, r, r * 1.1, "vegetation")])
+
+
+def _street_furniture(b: _Builder, rng, st: StreetType, side: float, u_min: float, u_max: float) -> None:
+    kerb = st.parking_outer + 0.3
+    for uu in _poisson_u(rng, u_min, u_max, 1 / 28):
+        b.add(uu, side * (kerb + rng.uniform(0, 0.4)), [_cyl(0, 0, 0, rng.uniform(0.07, 0.14), rng.uniform(4, 8),
+                                                              "pole")])
+    for uu in _poisson_u(rng, u_min, u_max, 1 / 60):
+        b.add(uu, side * (kerb + rng.uniform(0, 0.4)), [_cyl(0, 0, 0, 0.05, 2.6, "pole"),
+                                                         _box(0, 0, 2.1, 0.05, 0.65, 0.65, "traffic-sign")],
+              heading=np.pi / 2)
+    # street furniture labelled other-structure / other-object (ignored in training)
+    for uu in _poisson_u(rng, u_min, u_max, 1 / 40):
+        name = "other-structure" if rng.random() < 0.5 else "other-object"
+        b.add(uu, side * (kerb + rng.uniform(0.2, 2.0)),
+              [_box(0, 0, 0, rng.uniform(0.4, 2), rng.uniform(0.4, 1.0), rng.uniform(0.5, 1.5), name)])
+
+
+def _parked_cars(b: _Builder, rng, st: StreetType, side: float, u_min: float, u_max: float, seed: int) -> None:
+    """Rows of parked cars in the parking strips (streets that have them)."""
+    if st.parking <= 0:
+        return
+    for uu in np.arange(u_min, u_max, 6.2):
+        if rng.random() < st.parked and parking_mask(uu, seed, st.parking):
+            b.add(uu + rng.normal(0, 0.4), side * (st.road_half + rng.uniform(1.1, 1.5)), car_parts(rng),
+                  heading=rng.normal(0, 0.03), thing=True)
+
+
+def _hard_classes(b: _Builder, rng, st: StreetType, u_min: float, u_max: float, density: float) -> None:
+    """The hard classes, rare and small, at a rate per metre of road."""
+    rate = {k: density * v / 1000.0 for k, v in HARD_PER_KM.items()}
+    side_walk = st.sidewalk_outer - max(st.sidewalk, 1.5) / 2  # where people stand: sidewalk or verge
+    for uu in _poisson_u(rng, u_min, u_max, rate["bicycle_rack"]):
         side = rng.choice([-1.0, 1.0])
         for k in range(rng.integers(1, 4)):
-            b.add(uu + 0.7 * k, side * rng.uniform(7.6, 9.0), bicycle_parts(rng),
+            b.add(uu + 0.7 * k, side * (st.sidewalk_outer + rng.uniform(-0.8, 1.0)), bicycle_parts(rng),
                   heading=np.pi / 2 + rng.normal(0, 0.1), thing=True)
-    for uu in uniform_core(max(2, h_span / 200)):
-        b.add(uu, rng.choice([-1.0, 1.0]) * rng.uniform(5.2, 5.8), motorcycle_parts(rng),
+    for uu in _poisson_u(rng, u_min, u_max, rate["motorcycle"]):
+        b.add(uu, rng.choice([-1.0, 1.0]) * (st.road_half + rng.uniform(0.5, 1.5)), motorcycle_parts(rng),
               heading=rng.normal(0, 0.1), thing=True)
-    # big parked vehicles stand in yards behind the sidewalk, partly hidden, so they
-    # don't fill whole scans (real SemanticKITTI: truck ~0.2% of points)
-    for uu in uniform_core(max(1, h_span / 500)):
-        b.add(uu, rng.choice([-1.0, 1.0]) * rng.uniform(12, 20), truck_parts(rng),
-              heading=rng.uniform(-0.5, 0.5), thing=True)
-    for uu in uniform_core(max(1, h_span / 600)):
-        b.add(uu, rng.choice([-1.0, 1.0]) * rng.uniform(12, 20), other_vehicle_parts(rng),
-              heading=rng.uniform(-0.5, 0.5), thing=True)
-    for uu in uniform_core(max(3, h_span / 60)):  # pedestrians, standing or walking
+    # big parked vehicles stand in yards and lay-bys behind the kerb, partly hidden
+    for kind, parts in (("truck", truck_parts), ("other-vehicle", other_vehicle_parts)):
+        for uu in _poisson_u(rng, u_min, u_max, rate[kind]):
+            b.add(uu, rng.choice([-1.0, 1.0]) * (st.sidewalk_outer + rng.uniform(2.0, 10.0)), parts(rng),
+                  heading=rng.uniform(-0.5, 0.5), thing=True)
+    for uu in _poisson_u(rng, u_min, u_max, rate["person"]):  # standing or walking
         side = rng.choice([-1.0, 1.0])
         speed = rng.choice([0.0, rng.uniform(0.8, 1.6) * rng.choice([-1, 1])])
-        b.add(uu, side * rng.uniform(7.0, 9.3), person_parts(rng), speed=speed,
+        b.add(uu, side * (side_walk + rng.uniform(-0.5, 0.5)), person_parts(rng), speed=speed,
               heading=0.0 if speed >= 0 else np.pi, thing=True)
+    for kind, parts, lo, hi in (("bicyclist", bicycle_parts, 3, 6), ("motorcyclist", motorcycle_parts, 7, 12)):
+        for uu in _poisson_u(rng, u_min, u_max, rate[kind]):
+            side = rng.choice([-1.0, 1.0])
+            b.add(uu, side * (st.road_half - 0.5), rider_parts(rng, parts, kind), speed=side * -rng.uniform(lo, hi),
+                  heading=0.0 if side < 0 else np.pi, thing=True)
 
-    # Moving traffic; its u0 is spread so it meets the ego vehicle during the sequence.
-    for uu in uniform_core(c_span / 50):  # oncoming cars
+
+def _traffic(b: _Builder, rng, st: StreetType, u_min: float, u_max: float, density: float) -> None:
+    """Oncoming cars, and now and then an oncoming truck or bus (a hard class too)."""
+    for uu in _poisson_u(rng, u_min, u_max, st.traffic):
         b.add(uu, LANE_WIDTH / 2 + rng.normal(0, 0.15), car_parts(rng), speed=-rng.uniform(8, 14),
               heading=np.pi, thing=True)
-    # big oncoming vehicles in about half the sequences (they fill a scan as they pass)
-    for uu in uniform_core(rng.random() < 0.35):
-        b.add(uu, LANE_WIDTH / 2, truck_parts(rng), speed=-rng.uniform(10, 14), heading=np.pi, thing=True)
-    for uu in uniform_core(rng.random() < 0.35):
-        b.add(uu, LANE_WIDTH / 2, other_vehicle_parts(rng), speed=-rng.uniform(10, 14), heading=np.pi,
-              thing=True)
-    for uu in uniform_core(max(2, h_span / 150)):
-        side = rng.choice([-1.0, 1.0])
-        b.add(uu, side * 3.7, rider_parts(rng, bicycle_parts, "bicyclist"), speed=side * -rng.uniform(3, 6),
-              heading=0.0 if side < 0 else np.pi, thing=True)
-    for uu in uniform_core(max(2, h_span / 400)):
-        side = rng.choice([-1.0, 1.0])
-        b.add(uu, side * 3.5, rider_parts(rng, motorcycle_parts, "motorcyclist"), speed=side * -rng.uniform(7, 12),
-              heading=0.0 if side < 0 else np.pi, thing=True)
-    return b.build()
+    for kind, parts in (("truck", truck_parts), ("other-vehicle", other_vehicle_parts)):
+        # passing close, one fills scans: a tenth of the parked rate
+        for uu in _poisson_u(rng, u_min, u_max, density * HARD_PER_KM[kind] / 10000.0):
+            b.add(uu, LANE_WIDTH / 2, parts(rng), speed=-rng.uniform(10, 14), heading=np.pi, thing=True)
 
 
 # ---------------------------------------------------------------- ground labels
 
 
-def parking_mask(u: np.ndarray, seed: int) -> np.ndarray:
+def parking_mask(u: np.ndarray, seed: int, share: float = 4 / 7) -> np.ndarray:
     """Parking strips come in 40 m stretches, on or off, a fixed pattern per world."""
     block = np.floor(np.asarray(u) / 40.0).astype(np.int64)
-    return ((block * 2654435761 + seed * 97) % 7) < 4
-
-
-def ground_raw_ids(x: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
-    """Raw label of the ground at world x, y: road, lane marking, parking, sidewalk, terrain."""
-    _, cy, h = centre(x)
-    d = np.abs((y - cy) * np.cos(h))
-    out = np.full(x.shape, RAW_BY_NAME["terrain"], np.uint16)
-    out[d < SIDEWALK_OUTER] = RAW_BY_NAME["sidewalk"]
-    park = (d >= ROAD_HALF) & (d < PARKING_OUTER) & parking_mask(x, seed)
-    out[park] = RAW_BY_NAME["parking"]
-    out[d < ROAD_HALF] = RAW_BY_NAME["road"]
-    dashed = (np.abs(d - LANE_WIDTH) < 0.08) | ((d < 0.08) & ((x % 9.0) < 3.0))
-    out[dashed] = RAW_BY_NAME["lane-marking"]
-    # Gravel driveways and patches of other ground behind the sidewalk.
-    patch = (d >= SIDEWALK_OUTER) & (d < 14.0) & ((np.floor(x / 23.0) * 7 + seed) % 5 == 0)
-    out[patch] = RAW_BY_NAME["other-ground"]
-    return out
+    return ((block * 2654435761 + seed * 97) % 1000) < 1000 * share

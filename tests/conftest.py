@@ -13,7 +13,7 @@ from m2skd.synth.sequence import generate_sequence
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 
 # Denser than the `tiny` preset so geometric checks see objects with enough points.
-SMALL = SynthConfig.preset("tiny").override(beams=32, columns=900, scans=12, max_range=70.0)
+SMALL = SynthConfig.preset("tiny").override(beams=32, columns=900, scans=12, max_range=70.0, hard_density=25.0)
 
 
 @pytest.fixture(scope="session")

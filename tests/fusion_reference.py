@@ -47,7 +47,8 @@ def reference_fuse(seq: kitti_io.Sequence, t: int, cfg: FusionConfig):
                 c = w.mean(0)
                 # drift beyond what the change of the visible extent explains (docs/method.md)
                 view_change = np.linalg.norm((w.max(0) - w.min(0)) - t_ext)
-                moving = m2[m].any() or t_moving or np.linalg.norm(c - tc) > cfg.drift_threshold + view_change
+                allowed = cfg.drift_threshold + view_change + 0.01 * np.linalg.norm(tc)
+                moving = m2[m].any() or t_moving or np.linalg.norm(c - tc) > allowed
                 if moving and cfg.centroid_correction:
                     w = w + (tc - c)
             elif not cfg.fuse_occluded_static or m2[m].any():

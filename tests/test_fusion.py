@@ -101,8 +101,9 @@ def test_static_and_moving_instances_land_on_the_target(synth_root, tmp_path):
     static_c, moving_c = _instance_alignment(synth_root, tmp_path, correction=True)
     static_n, moving_n = _instance_alignment(synth_root, tmp_path, correction=False)
     assert len(static_c) and len(moving_c)
-    # static: the poses alone put them on the object (sensor noise 2 cm + sampling)
-    assert np.median(static_n) < 0.1 + SMALL.range_noise
+    # static: the poses alone put them on the object, up to sampling and noise (a column
+    # of the 900 is 0.4 deg: 0.1-0.2 m at the 15-30 m these objects stand; noise 2-5 cm)
+    assert np.median(static_n) < 0.2
     # moving: off by their motion without the correction, on the object with it
     assert np.median(moving_n) > 0.4
     assert np.median(moving_c) < 0.5 * np.median(moving_n)
@@ -119,39 +120,56 @@ def full_size_trucks(tmp_path_factory):
     return root
 
 
+def _instance_model(seq: K.Sequence, key: tuple, t: int, n_frames: int, poses: np.ndarray) -> np.ndarray:
+    """Every point of a static instance over the whole sequence, moved into scan t with the
+    poses: all its faces, as the sensor saw them from every place it passed."""
+    from m2skd.common.geometry import relative_pose, transform_points
+    from m2skd.common.labels import raw_to_train
+
+    parts = []
+    for f in range(n_frames):
+        pts, sem, ins = seq.read(f)
+        sel = (raw_to_train(sem) == key[0]) & (ins == key[1])
+        parts.append(transform_points(pts[sel], relative_pose(poses, f, t)))
+    return np.concatenate(parts)
+
+
 def _static_medians(root: Path, out: Path, cfg: FusionConfig) -> dict[tuple, float]:
     """Per (frame, offset, class, instance) of a static fused instance: the median distance
-    of its fused points to the instance's own points in t."""
+    of its fused points to the instance's model (all its points over the sequence)."""
     manifest = run_fusion(root, ["05"], out, cfg)
     seq = K.Sequence(root, "05")
+    n_frames = len(seq.frames())
+    poses = seq.lidar_poses(n_frames)
+    models: dict[tuple, np.ndarray] = {}
     medians = {}
     for s in _scans(out, manifest, "05"):
-        own_pts = s.points[: s.n_original]
         for key in set(zip(s.labels[s.n_original:].tolist(), s.instance[s.n_original:].tolist(), strict=True)):
-            own = (s.labels[: s.n_original] == key[0]) & (s.instance[: s.n_original] == key[1])
             for o in np.unique(s.source[s.n_original:]).tolist():
                 mine = (s.labels == key[0]) & (s.instance == key[1]) & (s.source == o)
-                if mine.sum() < 5 or own.sum() < 5 or _moving(seq, s.frame, key) or _moving(seq, s.frame + o, key):
+                if mine.sum() < 5 or _moving(seq, s.frame, key) or _moving(seq, s.frame + o, key):
                     continue  # moving objects are the correction's business, not this test's
-                medians[(s.frame, o, *key)] = float(np.median(nn_dist(s.points[mine], own_pts[own])))
+                if (s.frame, *key) not in models:
+                    models[(s.frame, *key)] = _instance_model(seq, key, s.frame, n_frames, poses)
+                medians[(s.frame, o, *key)] = float(np.median(nn_dist(s.points[mine], models[(s.frame, *key)])))
     return medians
 
 
 def test_default_config_leaves_static_instances_on_their_points(full_size_trucks, tmp_path):
-    """With the default config every static fused instance lands on its own points in t,
-    where the poses put it: big static objects seen from another side (trucks, other
-    vehicles, a bicycle passed at 5 m) must not be taken for moving ones and shifted by
-    the drift of their visible centroid."""
+    """With the default config every static fused instance lands on its object in t: on
+    the instance's points gathered over the whole sequence (every face the sensor saw)
+    and moved into t with the poses. Big static objects seen from another side (trucks,
+    other vehicles, a bicycle passed at 5 m) must not be taken for moving ones and
+    shifted by the drift of their visible centroid."""
     default = _static_medians(full_size_trucks, tmp_path / "default", FusionConfig())
     poses = _static_medians(full_size_trucks, tmp_path / "poses", FusionConfig(centroid_correction=False))
     assert default.keys() == poses.keys() and len(default) > 20
     assert {k[2] for k in default} >= {2, 3, 4}  # bicycles, motorcycles and trucks among them
     d = np.array(list(default.values()))
     assert np.percentile(d, 95) <= 0.3, np.sort(d)[-10:]
-    # none beyond 0.5 m, unless the poses alone leave it there (a motorcycle 5 m from the
-    # sensor, whose visible parts change from one scan to the next): the rule moved nothing
-    worst = {k: (v, poses[k]) for k, v in default.items() if v > max(0.5, poses[k] + 0.05)}
-    assert not worst, worst
+    assert d.max() <= 0.5, np.sort(d)[-10:]
+    # and the rule moved nothing static: the default is where the poses alone put them
+    assert max(abs(v - poses[k]) for k, v in default.items()) < 0.02
 
 
 def _moving(seq, frame, key) -> bool:

@@ -108,7 +108,7 @@ def test_student_run_logs_every_term_and_refuses_a_foreign_teacher(fused_cache, 
     with pytest.raises(CheckpointError, match="different network"):
         train(_spec(fused_cache, tmp_path / "s3", kind="student", steps=1, model="cylinder3d",
                     teacher=tmp_path / "t" / "last.pt"))
-    with pytest.raises(CheckpointError, match="not a teacher"):
+    with pytest.raises(CheckpointError, match="a student checkpoint; distil from a teacher"):
         train(_spec(fused_cache, tmp_path / "s4", kind="student", steps=1, teacher=tmp_path / "s" / "last.pt"))
 
 
