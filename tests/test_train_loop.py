@@ -272,3 +272,17 @@ def test_resume_with_validation_matches_an_unbroken_run(fused_cache, tmp_path):
         torch.testing.assert_close(v, b["model"][k], rtol=0, atol=0, msg=k)
     assert [m.get("val_miou") for m in read_metrics(tmp_path / "full")] == [
         m.get("val_miou") for m in read_metrics(tmp_path / "part")]
+
+
+def test_tensorboard_curves_hold_the_logged_values(fused_cache, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(_spec(fused_cache, tmp_path / "r", kind="baseline", steps=3, cfg={"val_every": 3, "tensorboard": True}))
+    acc = EventAccumulator(str(tmp_path / "r" / "tb"))
+    acc.Reload()
+    rows = read_metrics(tmp_path / "r")
+    seg = [(e.step, e.value) for e in acc.Scalars("loss/seg")]
+    assert seg == [(r["step"], pytest.approx(r["seg"], rel=1e-6)) for r in rows]
+    assert [e.value for e in acc.Scalars("val/miou")] == [pytest.approx(rows[-1]["val_miou"], rel=1e-6)]
+    assert [e.value for e in acc.Scalars("optim/lr")] == pytest.approx([1e-3] * 3)

@@ -136,6 +136,7 @@ class RuntimeConfig(Config):
     amp: bool = knob(False, "fp16 autocast (CUDA only; ignored on CPU)")
     checkpoint_every: int = knob(500, "steps between checkpoints")
     log_every: int = knob(1, "steps between progress updates")
+    tensorboard: bool = knob(True, "write TensorBoard event files to OUT/tb (needs the `tensorboard` extra)")
     val_every: int = knob(0, "score the val split every N steps, keep OUT/best.pt (0: never)")
     patience: int = knob(0, "stop after this many validations without a better val mIoU (0: never)")
 

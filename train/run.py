@@ -124,7 +124,7 @@ class Run:
 
 
 # Knobs a resumed run may change: they change neither what is computed nor in what order
-RESUMABLE = {"workers", "log_every", "checkpoint_every", "val_every", "patience"}
+RESUMABLE = {"workers", "log_every", "checkpoint_every", "val_every", "patience", "tensorboard"}
 
 
 def check_spec(spec: RunSpec) -> None:

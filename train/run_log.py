@@ -1,4 +1,6 @@
-"""What a run reports: one JSON line per step in `metrics.jsonl`, and a progress bar."""
+"""What a run reports: one JSON line per step in `metrics.jsonl`, TensorBoard event files
+in `tb/` (every term, val scores, learning rate, scans/s; when the `tensorboard` package is
+installed), and a progress bar (plain lines when piped)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from m2skd.common.progress import progress
 
 METRICS = "metrics.jsonl"
+TB = "tb"
+
+
+def _tensorboard(path: Path):
+    """A SummaryWriter, or None (with one line saying why) when tensorboard is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        print("note: no TensorBoard curves (pip install 'm2skd[tensorboard]'); metrics.jsonl has every value")
+        return None
+    return SummaryWriter(str(path))
 
 
 class RunLog:
@@ -18,9 +31,10 @@ class RunLog:
     writes (`enabled=False` elsewhere); the bar shows the losses and scans/s."""
 
     def __init__(self, out: Path, title: str, total: int, start: int, *, enabled: bool, show: bool,
-                 every: int) -> None:
+                 every: int, tensorboard: bool = False) -> None:
         self.path, self.title, self.total, self.start = Path(out) / METRICS, title, total, start
         self.enabled, self.every = enabled, every
+        self.tb = _tensorboard(Path(out) / TB) if (tensorboard and enabled) else None
         self.bar = progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("{task.fields[losses]}"), TextColumn("{task.fields[rate]}"),
                             TimeElapsedColumn(), disable=not (show and enabled))
@@ -38,8 +52,10 @@ class RunLog:
         self.bar.__exit__(*exc)
         if self.enabled:
             self.file.close()
+        if self.tb is not None:
+            self.tb.close()
 
-    def record(self, step: int, values: dict[str, float], scans: int) -> None:
+    def record(self, step: int, values: dict[str, float], scans: int, lr: float | None = None) -> None:
         self.scans_since += scans
         if not self.enabled:
             return
@@ -48,6 +64,12 @@ class RunLog:
         record = {"step": step, **values, "scans_per_s": round(rate, 2)}
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(f"val/{k[4:]}" if k.startswith("val_") else f"loss/{k}", v, step)
+            self.tb.add_scalar("speed/scans_per_s", rate, step)
+            if lr is not None:
+                self.tb.add_scalar("optim/lr", lr, step)
         if step % self.every == 0 or step == self.total:
             self.bar.update(self.task, completed=step, rate=f"{rate:.1f} scans/s",
                             losses=" ".join(f"{k} {v:.3f}" for k, v in values.items()))

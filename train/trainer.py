@@ -49,7 +49,7 @@ def _train(spec: RunSpec) -> Path:
     if run.stopped:  # a run that stopped early (--patience) has nothing left to do
         return run.ckpt_path
     with RunLog(out, f"{spec.kind} ({cfg.model.backbone})", run.total, run.step, enabled=run.dist.main,
-                show=spec.progress, every=cfg.runtime.log_every) as log:
+                show=spec.progress, every=cfg.runtime.log_every, tensorboard=cfg.runtime.tensorboard) as log:
         for batch in run.loader():
             aff_gen.manual_seed(spec.seed * 1_000_003 + run.step)
             with torch.autocast(run.device.type, dtype=torch.float16, enabled=use_amp):
@@ -66,7 +66,7 @@ def _train(spec: RunSpec) -> Path:
             values = {**{k: float(v.detach()) for k, v in losses.items()}, "total": float(total.detach())}
             if cfg.runtime.val_every and (run.step % cfg.runtime.val_every == 0 or run.step == run.total):
                 values.update(_validate(run))
-            log.record(run.step, values, n_scans * run.dist.world)
+            log.record(run.step, values, n_scans * run.dist.world, lr=run.optimizer.param_groups[0]["lr"])
             if run.stopped:
                 break
             if run.step % cfg.runtime.checkpoint_every == 0 and run.step < run.total:
