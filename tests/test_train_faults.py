@@ -126,3 +126,11 @@ def test_predictions_match_the_model(baseline_ckpt, synth_root, tmp_path):
         expected = predict(model(collate("single")([sample])).point_logits).numpy()
     raw = np.fromfile(kitti_io.Sequence(tmp_path, "11").prediction_path(sample.frame), np.uint32)
     np.testing.assert_array_equal(raw, np.asarray(LEARNING_MAP_INV)[expected])
+
+
+def test_dry_run_times_steps_and_writes_nothing(fused_cache, tmp_path):
+    r = _cli("baseline", "--cache", str(fused_cache), "--model", "polarnet", "--epochs", "40", "--workers", "0",
+             "--train-sequences", "00", "--out", str(tmp_path / "run"), "--dry-run", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "s/step" in r.stderr and "an epoch of 12 scans (6 steps)" in r.stderr and "(240 steps)" in r.stderr
+    assert not (tmp_path / "run").exists()

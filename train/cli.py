@@ -55,6 +55,9 @@ def run_options(skip: tuple[str, ...] = ()):
             click.option("--force", is_flag=True, help="start over even if OUT/last.pt exists"),
             click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1"),
             click.option("--quiet", is_flag=True, help="no progress bar"),
+            click.option("--dry-run", is_flag=True,
+                         help="time a few real steps on this device, print what an epoch and the run will take, "
+                              "write nothing"),
         ]
         for opt in reversed(opts):
             f = opt(f)
@@ -63,7 +66,7 @@ def run_options(skip: tuple[str, ...] = ()):
 
 
 def _run(kind: str, teacher: Path | None = None, **kw) -> None:
-    from .trainer import RunSpec, TrainError, train
+    from .trainer import RunSpec, TrainError, estimate, train
 
     try:
         cfg = TrainConfig.preset(kw["preset"], model=kw["model"]).override(**knob_values(TrainConfig, kw))
@@ -71,9 +74,18 @@ def _run(kind: str, teacher: Path | None = None, **kw) -> None:
         spec = RunSpec(kind=kind, cfg=cfg, cache=kw["cache"], out=out, steps=kw["steps"], epochs=kw["epochs"],
                        seed=kw["seed"], resume=kw["resume"], force=kw["force"], device=kw["device"],
                        teacher=teacher, progress=not kw["quiet"], extra={"preset": kw["preset"]})
-        ckpt = train(spec)
+        if kw["dry_run"]:
+            est = estimate(spec)
+        else:
+            ckpt = train(spec)
     except (TrainError, *ERRORS) as e:
         fail(str(e))
+    if kw["dry_run"]:
+        console.print(f"{kind} ({kw['model']}, {kw['preset']}) on {est['device']}: {est['s_per_step']:.3f} s/step, "
+                      f"{est['scans_per_s']:.1f} scans/s, peak {est['peak_kind']} {est['peak_mib']:,.0f} MiB; "
+                      f"an epoch of {est['scans']:,} scans ({est['steps_per_epoch']:,} steps) "
+                      f"~{est['epoch_min']:.1f} min; this run ({est['run_steps']:,} steps) ~{est['run_h']:.2f} h")
+        return
     console.print(f"{kind} checkpoint: {ckpt}")
 
 

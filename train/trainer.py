@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
+import time
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from m2skd.common.outputs import exclusive
@@ -40,30 +44,14 @@ def _train(spec: RunSpec) -> Path:
     cfg, out = spec.cfg, Path(spec.out)
     if run.dist.main:
         write_config(out, run.info())
-    use_amp = cfg.runtime.amp and run.device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    weights = cfg.distill.weights
-    step_fn = STEPS[spec.kind]
-    aff_gen = torch.Generator(device=run.device)
+    step = _Step(run)
     run.model.train()
     if run.stopped:  # a run that stopped early (--patience) has nothing left to do
         return run.ckpt_path
     with RunLog(out, f"{spec.kind} ({cfg.model.backbone})", run.total, run.step, enabled=run.dist.main,
                 show=spec.progress, every=cfg.runtime.log_every, tensorboard=cfg.runtime.tensorboard) as log:
         for batch in run.loader():
-            aff_gen.manual_seed(spec.seed * 1_000_003 + run.step)
-            with torch.autocast(run.device.type, dtype=torch.float16, enabled=use_amp):
-                losses, n_scans = step_fn(run, batch, aff_gen)
-                total = weighted_total(losses, weights)
-            if not torch.isfinite(total):
-                raise TrainError(f"step {run.step + 1}: loss is {float(total)} "
-                                 f"({ {k: float(v) for k, v in losses.items()} }); lower --lr or check the cache")
-            run.optimizer.zero_grad(set_to_none=True)
-            scaler.scale(total).backward()
-            scaler.step(run.optimizer)
-            scaler.update()
-            run.step += 1
-            values = {**{k: float(v.detach()) for k, v in losses.items()}, "total": float(total.detach())}
+            values, n_scans = step(batch)
             if cfg.runtime.val_every and (run.step % cfg.runtime.val_every == 0 or run.step == run.total):
                 values.update(_validate(run))
             log.record(run.step, values, n_scans * run.dist.world, lr=run.optimizer.param_groups[0]["lr"])
@@ -75,6 +63,63 @@ def _train(spec: RunSpec) -> Path:
     if spec.on_finish is not None:
         spec.on_finish(run)
     return run.ckpt_path
+
+
+class _Step:
+    """One optimiser step of a run: the kind's losses, AMP where asked (CUDA), NaN guard."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.amp = run.spec.cfg.runtime.amp and run.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.step_fn = STEPS[run.spec.kind]
+        self.gen = torch.Generator(device=run.device)
+
+    def __call__(self, batch) -> tuple[dict[str, float], int]:
+        run = self.run
+        self.gen.manual_seed(run.spec.seed * 1_000_003 + run.step)
+        with torch.autocast(run.device.type, dtype=torch.float16, enabled=self.amp):
+            losses, n_scans = self.step_fn(run, batch, self.gen)
+            total = weighted_total(losses, run.spec.cfg.distill.weights)
+        if not torch.isfinite(total):
+            raise TrainError(f"step {run.step + 1}: loss is {float(total)} "
+                             f"({ {k: float(v) for k, v in losses.items()} }); lower --lr or check the cache")
+        run.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        self.scaler.step(run.optimizer)
+        self.scaler.update()
+        run.step += 1
+        return {**{k: float(v.detach()) for k, v in losses.items()}, "total": float(total.detach())}, n_scans
+
+
+def estimate(spec: RunSpec, steps: int = 6, warmup: int = 2) -> dict:
+    """Time `steps` real steps of the run on its device (after `warmup`), writing nothing,
+    and extrapolate: seconds a step, scans a second, minutes an epoch, hours the run."""
+    run = start_run(replace(spec, resume=False, force=True))
+    step = _Step(run)
+    run.model.train()
+    if run.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(run.device)
+    times, t0, scans = [], time.perf_counter(), 0
+    for i, batch in enumerate(run.loader()):
+        _, n = step(batch)
+        if run.device.type == "cuda":
+            torch.cuda.synchronize(run.device)
+        now = time.perf_counter()
+        if i >= warmup:
+            times.append(now - t0)
+            scans += n
+        t0 = now
+        if i + 1 >= warmup + steps:
+            break
+    s_step = float(np.median(times))
+    per_epoch = max(1, len(run.dataset) // (spec.cfg.optim.batch_size * run.dist.world))
+    peak = (torch.cuda.max_memory_allocated(run.device) if run.device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {"device": str(run.device), "s_per_step": s_step, "scans_per_s": scans / max(sum(times), 1e-9),
+            "scans": len(run.dataset), "steps_per_epoch": per_epoch, "epoch_min": per_epoch * s_step / 60,
+            "run_steps": run.total, "run_h": run.total * s_step / 3600, "peak_mib": peak / 2**20,
+            "peak_kind": "GPU allocated" if run.device.type == "cuda" else "process RSS"}
 
 
 def _validate(run: Run) -> dict[str, float]:
