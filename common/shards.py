@@ -66,7 +66,8 @@ def shard_name(sequence: str, first: int, last: int) -> str:
     return f"seq{sequence}_{first:06d}-{last:06d}.h5"
 
 
-def write_shard(path: str | os.PathLike, scans: list[FusedScan], attrs: dict, compress_points: bool = False) -> dict:
+def write_shard(path: str | os.PathLike, scans: list[FusedScan], attrs: dict, compress_points: bool = False,
+                own_points: bool = True) -> dict:
     """Write scans to `path` atomically (chunked, lzf); return its manifest entry.
 
     lzf on raw float32 LiDAR points saves nothing (measured ratio 1.00) and costs ~20 ms
@@ -77,6 +78,8 @@ def write_shard(path: str | os.PathLike, scans: list[FusedScan], attrs: dict, co
     path = Path(path)
     if not scans:
         raise ShardError(f"{path}: no scans to write")
+    if not own_points:  # the compact layout: the fused rows alone, own points stay in the .bin
+        scans = [_fused_rows(s) for s in scans]
     sizes = np.array([len(s.points) for s in scans], np.int64)
     offsets = np.concatenate([[0], np.cumsum(sizes)])
     total = int(offsets[-1])
@@ -131,6 +134,23 @@ def _write_datasets(path: Path, scans: list[FusedScan], sizes: np.ndarray, offse
             f.attrs["format_version"] = FORMAT_VERSION
             for k, v in attrs.items():
                 f.attrs[k] = json.dumps(v) if isinstance(v, (dict, list, tuple)) else v
+
+
+@dataclass
+class _Rows:
+    """The rows a shard stores of one scan (all of them, or only the fused ones)."""
+
+    frame: int
+    points: np.ndarray
+    labels: np.ndarray
+    instance: np.ndarray
+    source: np.ndarray
+    n_original: int
+
+
+def _fused_rows(s: FusedScan) -> _Rows:
+    n = s.n_original
+    return _Rows(s.frame, s.points[n:], s.labels[n:], s.instance[n:], s.source[n:], n)
 
 
 def sidecar(path: str | os.PathLike) -> Path:
@@ -237,10 +257,32 @@ class ShardReader:
             raise ShardError(f"{self.path}: not a readable fused shard ({e}); rerun `make fuse` to rebuild "
                              "the cache") from None
 
+    @property
+    def compact(self) -> bool:
+        return self.attrs.get("layout") == "compact"
+
+    def _own(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A compact shard's scan i: its own points, train ids and instances from the dataset."""
+        from .kitti_io import Sequence  # common's reader; imported here to keep the schema module light
+        from .labels import raw_to_train
+
+        seq = Sequence(Path(self.attrs["data_root"]), str(self.attrs["sequence"]))
+        frame = int(self.frames[i])
+        if not seq.scan_path(frame).is_file():
+            raise ShardError(f"{self.path}: a compact cache reads each scan's own points from the dataset it was "
+                             f"fused from, and {seq.scan_path(frame)} is gone; move the data back or fuse again")
+        pts, sem, inst = seq.read(frame)
+        if len(pts) != int(self.n_original[i]):
+            raise ShardError(f"{seq.scan_path(frame)}: {len(pts)} points, the shard fused {self.n_original[i]}; "
+                             "the dataset changed since `make fuse`: fuse again")
+        return pts, raw_to_train(sem, str(seq.label_path(frame))), inst
+
     def scan(self, i: int, view: str = "fused") -> FusedScan:
         """Scan i in a view; `single` reads only its original points (a prefix of its rows)."""
         if view not in VIEWS:
             raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
+        if self.compact:
+            return self._compact_scan(i, view)
         f = self._file()
         a, b = int(self.offsets[i]), int(self.offsets[i + 1])
         if view == "single":
@@ -249,6 +291,17 @@ class ShardReader:
             frame=int(self.frames[i]), points=f["points"][a:b], labels=f["labels"][a:b],
             instance=f["instance"][a:b], source=f["source"][a:b], n_original=int(self.n_original[i]),
         )
+
+    def _compact_scan(self, i: int, view: str) -> FusedScan:
+        pts, labels, inst = self._own(i)
+        n = len(pts)
+        if view == "single":
+            return FusedScan(int(self.frames[i]), pts, labels, inst, np.zeros(n, np.int8), n)
+        f = self._file()
+        a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+        return FusedScan(int(self.frames[i]), np.concatenate([pts, f["points"][a:b]]),
+                         np.concatenate([labels, f["labels"][a:b]]), np.concatenate([inst, f["instance"][a:b]]),
+                         np.concatenate([np.zeros(n, np.int8), f["source"][a:b]]), n)
 
     def close(self) -> None:
         if self._f is not None:

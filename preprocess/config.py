@@ -44,6 +44,8 @@ class FusionConfig(Config):
     fuse_occluded_static: bool = knob(False, "also fuse static instances absent from scan t")
     shard_size: int = knob(50, "scans per HDF5 shard")
     compress_points: bool = knob(False, "shuffle+lzf on the points too: 22% smaller shards, ~9x slower writes")
+    compact: bool = knob(False, "store only the fused points; each scan's own points are read from its .bin and "
+                                ".label when training (a far smaller cache; the dataset must stay where it was)")
 
     def __post_init__(self) -> None:
         if self.past < 0 or self.future < 0 or self.past + self.future == 0:

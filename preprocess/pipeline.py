@@ -141,7 +141,9 @@ def fuse_sequence(
     poses = seq.lidar_poses(sp.n_frames)
     lut = hard_lut(cfg)
     attrs = {"sequence": sp.name, "window": cfg.window, "hard_classes": list(cfg.hard_classes),
-             "config": config, "config_hash": chash}
+             "config": config, "config_hash": chash, "layout": "compact" if cfg.compact else "full"}
+    if cfg.compact:  # where the scans' own points are read back from (not part of any hash)
+        attrs["data_root"] = str(Path(root).resolve())
     # One sliding window across all unfinished scans: a scan shared by two shards is read once.
     targets = [f for a, b in todo for f in range(a, b + 1)]
     bounds = {b: a for a, b in todo}
@@ -161,7 +163,7 @@ def fuse_sequence(
                     entries.append(pending.result())
                 pending = writer.submit(write_shard, out / shard_name(sp.name, first, target.frame), batch,
                                         {**attrs, "input_hash": inputs[target.frame]},
-                                        compress_points=cfg.compress_points)
+                                        compress_points=cfg.compress_points, own_points=not cfg.compact)
                 batch = []
         if pending is not None:
             entries.append(pending.result())
