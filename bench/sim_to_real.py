@@ -63,8 +63,12 @@ def score_real(ckpt: Path) -> dict:
 @click.option("--scans", type=int, default=100, show_default=True, help="scans per synthetic sequence")
 @click.option("--steps", type=int, default=3000, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="world seed")
+@click.option("--tilt", type=float, default=0.0, show_default=True,
+              help="augmentation: random roll/pitch (deg); with --z-shift, for a world whose ground is level")
+@click.option("--z-shift", type=float, default=0.0, show_default=True, help="augmentation: height shift sigma (m)")
 @click.option("--record", type=click.Path(dir_okay=False, path_type=Path), help="write the result JSON here")
-def main(out: Path, sequences: str, scans: int, steps: int, seed: int, record: Path | None) -> None:
+def main(out: Path, sequences: str, scans: int, steps: int, seed: int, tilt: float, z_shift: float,
+         record: Path | None) -> None:
     t0 = time.perf_counter()
     names = parse_sequences(sequences)
     synth = SynthConfig.preset("full").override(scans=scans, seed=seed)
@@ -72,11 +76,15 @@ def main(out: Path, sequences: str, scans: int, steps: int, seed: int, record: P
         generate_sequence(out / "synth", name, synth)
     run_fusion(out / "synth", names, out / "fused", FusionConfig())
     cfg = TrainConfig.preset("tiny", model="polarnet").override(remission=False, workers=1,
-                                                                 train_sequences=tuple(names))
-    ckpt = train(RunSpec(kind="baseline", cfg=cfg, cache=out / "fused", out=out / "run", steps=steps, seed=0,
+                                                                 train_sequences=tuple(names), tilt_deg=tilt)
+    if z_shift:
+        cfg = cfg.override(translate=(*cfg.augment.translate[:2], z_shift))
+    run_dir = out / ("run" if not (tilt or z_shift) else f"run_tilt{tilt:g}_z{z_shift:g}")
+    ckpt = train(RunSpec(kind="baseline", cfg=cfg, cache=out / "fused", out=run_dir, steps=steps, seed=0,
                          resume="auto", progress=True))
     res = score_real(ckpt)
-    res.update(sequences=names, scans=scans, steps=steps, world_seed=seed, minutes=(time.perf_counter() - t0) / 60)
+    res.update(sequences=names, scans=scans, steps=steps, world_seed=seed, tilt_deg=tilt, z_shift=z_shift,
+               minutes=(time.perf_counter() - t0) / 60)
     t = Table(title=f"trained on {len(names)} synthetic sequences, scored on SemanticKITTI 000750")
     t.add_column("class")
     t.add_column("IoU %", justify="right")

@@ -194,3 +194,12 @@ def test_cylinder3d_blocks_in_the_published_order():
     ctx, down = net.context, net.down[0].res
     assert (tuple(ctx.shortcut.c1.kernel_size), tuple(ctx.branch.c1.kernel_size)) == ((1, 3, 3), (3, 1, 3))
     assert (tuple(down.shortcut.c1.kernel_size), tuple(down.branch.c1.kernel_size)) == ((3, 1, 3), (1, 3, 3))
+
+
+def test_tilt_augmentation_by_hand():
+    # pitch of +90 deg about y takes x to -z; a roll of +90 deg about x takes y to z
+    p = np.array([[1.0, 0.0, 0.0, 0.5], [0.0, 1.0, 0.0, 0.5]], np.float32)
+    pitched = Augmentation(0.0, False, False, 1.0, (0.0, 0.0, 0.0), (0.0, np.pi / 2)).apply(p)
+    np.testing.assert_allclose(pitched[0, :3], [0.0, 0.0, -1.0], atol=1e-6)
+    rolled = Augmentation(0.0, False, False, 1.0, (0.0, 0.0, 0.0), (np.pi / 2, 0.0)).apply(p)
+    np.testing.assert_allclose(rolled[1, :3], [0.0, 0.0, 1.0], atol=1e-6)

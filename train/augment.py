@@ -21,6 +21,7 @@ class Augmentation:
     flip_y: bool
     scale: float
     translation: tuple[float, float, float]
+    tilt: tuple[float, float] = (0.0, 0.0)  # radians of roll (about x) and pitch (about y)
 
     @classmethod
     def draw(cls, rng: np.random.Generator, cfg: AugmentConfig) -> Augmentation:
@@ -30,13 +31,21 @@ class Augmentation:
             flip_y=bool(cfg.flip and rng.random() < 0.5),
             scale=float(rng.uniform(*cfg.scale)),
             translation=tuple(float(v) for v in rng.normal(0.0, cfg.translate)),
+            # drawn last and only when asked for, so runs without it draw what they always drew
+            tilt=tuple(float(v) for v in np.deg2rad(rng.uniform(-cfg.tilt_deg, cfg.tilt_deg, 2)))
+            if cfg.tilt_deg > 0 else (0.0, 0.0),
         )
 
     def matrix(self) -> np.ndarray:
-        """(3, 4) affine map applied to xyz (flip, then rotate, then scale, then shift)."""
+        """(3, 4) affine map applied to xyz (flip, then rotate, then tilt, then scale, then shift)."""
         c, s = np.cos(self.rotation), np.sin(self.rotation)
         m = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
         m = m @ np.diag([-1.0 if self.flip_x else 1.0, -1.0 if self.flip_y else 1.0, 1.0]) * self.scale
+        if any(self.tilt):
+            (cr, sr), (cp, sp) = ((np.cos(a), np.sin(a)) for a in self.tilt)
+            roll = np.array([[1.0, 0.0, 0.0], [0.0, cr, -sr], [0.0, sr, cr]])
+            pitch = np.array([[cp, 0.0, sp], [0.0, 1.0, 0.0], [-sp, 0.0, cp]])
+            m = pitch @ roll @ m
         return np.concatenate([m, np.array(self.translation)[:, None]], axis=1)
 
     def apply(self, points: np.ndarray) -> np.ndarray:

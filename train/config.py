@@ -91,6 +91,7 @@ class AugmentConfig(Config):
     flip: bool = knob(True, "random flips of x and y")
     scale: tuple[float, float] = knob((0.95, 1.05), "random scale range")
     translate: tuple[float, float, float] = knob((0.5, 0.5, 0.1), "translation sigma per axis (m)")
+    tilt_deg: float = knob(0.0, "random roll and pitch, +- degrees (ground that is not level under the sensor)")
 
 
 @dataclass(frozen=True)
