@@ -192,16 +192,18 @@ def main(cache: Path, out: Path, model: str, seeds: str, train_seqs: str, val_se
         workers=0, train_sequences=tuple(parse_sequences(train_seqs)), val_sequences=tuple(parse_sequences(val_seqs)),
         val_every=val_every, patience=patience)
     lanes = lanes or (2 if (os.cpu_count() or 1) >= 2 else 1)
-    done = run_jobs(jobs_for(cfg, cache, out / "runs", seed_list, max_steps), lanes, device)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
-    results = []
-    for name, last in sorted(done.items()):
-        res = run_result(name, last, cache, tuple(parse_sequences(report_seqs)), dev)
-        results.append(res)
+    results = {}
+
+    def on_done(name: str, last: Path) -> None:  # score and record each run as it ends
+        results[name] = run_result(name, last, cache, tuple(parse_sequences(report_seqs)), dev)
         if record is not None:
             record.mkdir(parents=True, exist_ok=True)
-            _write(record / f"{name}.json", json.dumps(res, indent=1))
+            _write(record / f"{name}.json", json.dumps(results[name], indent=1))
+
+    run_jobs(jobs_for(cfg, cache, out / "runs", seed_list, max_steps), lanes, device, on_done)
+    results = [results[k] for k in sorted(results)]
     report(results, out)
     try:
         plot_curves(results, out / "val_curves.png")

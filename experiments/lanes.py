@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,14 +55,19 @@ def deployable(ckpt: Path) -> Path:
     return best if best.is_file() else ckpt
 
 
-def run_jobs(jobs: dict[str, Job], lanes: int, device: str = "auto") -> dict[str, Path]:
-    """Train every job (teachers before their students); returns each job's last.pt."""
+def run_jobs(jobs: dict[str, Job], lanes: int, device: str = "auto",
+             on_done: Callable[[str, Path], None] | None = None) -> dict[str, Path]:
+    """Train every job (teachers before their students); returns each job's last.pt.
+    `on_done(name, last.pt)` runs in this process as each job finishes (record it at once:
+    a long experiment may be stopped before the rest are done)."""
     done: dict[str, Path] = {}
     order = _order(jobs)  # also refuses a job whose teacher is no job
     if lanes <= 1:
         for name in order:
             job = jobs[name]
             done[name] = _run(job, deployable(done[job.teacher]) if job.teacher else None, device, True)
+            if on_done:
+                on_done(name, done[name])
         return done
     threads = max(1, (os.cpu_count() or 2) // lanes)
     console.print(f"training {len(jobs)} runs, {lanes} at a time ({threads} thread(s) each); a line as each run "
@@ -77,7 +83,10 @@ def run_jobs(jobs: dict[str, Job], lanes: int, device: str = "auto") -> dict[str
                 running[pool.submit(_run, job, teacher, device, False)] = name
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for fut in finished:
-                done[running.pop(fut)] = fut.result()
+                name = running.pop(fut)
+                done[name] = fut.result()
+                if on_done:
+                    on_done(name, done[name])
     return done
 
 
