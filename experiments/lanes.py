@@ -77,7 +77,9 @@ def run_jobs(jobs: dict[str, Job], lanes: int, device: str = "auto",
     with ProcessPoolExecutor(lanes, mp_context=mp.get_context("spawn"), initializer=_lane_init,
                              initargs=(threads,)) as pool:
         while waiting or running:
-            for name in [n for n, j in waiting.items() if j.teacher is None or j.teacher in done]:
+            # at most `lanes` in flight, in the jobs' order: a seed's runs finish before the next seed's start
+            ready = [n for n, j in waiting.items() if j.teacher is None or j.teacher in done]
+            for name in ready[:max(0, lanes - len(running))]:
                 job = waiting.pop(name)
                 teacher = deployable(done[job.teacher]) if job.teacher else None
                 running[pool.submit(_run, job, teacher, device, False)] = name
