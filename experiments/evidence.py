@@ -162,6 +162,13 @@ def plot_curves(results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _plot(results: list[dict], path: Path) -> None:
+    try:
+        plot_curves(results, path)
+    except ImportError:
+        console.print("matplotlib missing (the `experiments` extra): no val_curves.png")
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=Path("data_cache/experiment/fused"))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("data_cache/experiment"))
@@ -185,7 +192,9 @@ def main(cache: Path, out: Path, model: str, seeds: str, train_seqs: str, val_se
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     if rebuild is not None:
-        report([json.loads(p.read_text()) for p in sorted(rebuild.glob("*_s*.json"))], out)
+        results = [json.loads(p.read_text()) for p in sorted(rebuild.glob("*_s*.json"))]
+        report(results, out)
+        _plot(results, out / "val_curves.png")
         return
     seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     cfg = TrainConfig.preset("tiny", model=model).override(
@@ -205,10 +214,7 @@ def main(cache: Path, out: Path, model: str, seeds: str, train_seqs: str, val_se
     run_jobs(jobs_for(cfg, cache, out / "runs", seed_list, max_steps), lanes, device, on_done)
     results = [results[k] for k in sorted(results)]
     report(results, out)
-    try:
-        plot_curves(results, out / "val_curves.png")
-    except ImportError:
-        console.print("matplotlib missing (the `experiments` extra): no val_curves.png")
+    _plot(results, out / "val_curves.png")
     console.print(f"results: {out}/results.json, results.md ({(time.perf_counter() - t0) / 60:.1f} min)")
 
 
