@@ -158,7 +158,18 @@ class Cylinder3D(nn.Module):
     def forward(self, batch: VoxelInput) -> ModelOutput:
         keys, vox, inverse = group(batch.vox, self.shape)
         feats = self.encoder(batch.feats, inverse, len(keys))
-        x = spconv.SparseConvTensor(feats, vox.int(), list(self.shape), batch.batch_size)
+        if self.training or not torch.is_autocast_enabled():  # no argument: CUDA autocast (torch>=2.1)
+            return self._sparse(feats, vox, batch.batch_size, keys, inverse)
+        # A frozen or evaluated network under autocast (the student step's teacher): spconv
+        # casts to fp16 only on its autograd path; its inference path gets fp16 features and
+        # fp32 weights and finds no kernel ("can't find suitable algorithm"), seen on an H100.
+        # So the sparse part runs in fp32 there.
+        with torch.autocast(feats.device.type, enabled=False):
+            return self._sparse(feats.float(), vox, batch.batch_size, keys, inverse)
+
+    def _sparse(self, feats: torch.Tensor, vox: torch.Tensor, batch_size: int, keys: torch.Tensor,
+                inverse: torch.Tensor) -> ModelOutput:
+        x = spconv.SparseConvTensor(feats, vox.int(), list(self.shape), batch_size)
         x = self.context(x)
         skips = []
         for down in self.down:
