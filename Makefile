@@ -19,7 +19,7 @@ SEEDS      ?= 0,1,2
 CKPT       ?=
 DEMO_OUT   ?= $(CACHE)/demo
 
-.PHONY: setup .venv test test-slow demo demo-seeds experiment synth fuse eval bench lint clean
+.PHONY: setup .venv test test-slow demo demo-seeds experiment ablations synth fuse eval bench lint clean
 
 setup .venv: $(STAMP)
 
@@ -79,6 +79,14 @@ experiment: $(EXPERIMENTS)
 	$(BIN)/m2skd-fuse --data $(EXP_DIR)/synth --sequences $(EXP_SEQ) --out $(EXP_DIR)/fused --workers $(WORKERS)
 	$(BIN)/python -m m2skd.experiments.evidence --cache $(EXP_DIR)/fused --out $(EXP_DIR) --model $(MODEL) \
 		--seeds $(SEEDS) --record docs/evidence $(EXP_ARGS)
+
+# Ablations of the M2SKD student (README, "Evidence"): each KD term alone, per-class affinity,
+# the released logit term; same teachers, data and protocol as `make experiment` (whose runs
+# they reuse, or train first), recorded beside them and paired against the full method.
+ABL_SEEDS  ?= 0,1
+ablations: $(EXPERIMENTS)
+	$(BIN)/python -m m2skd.experiments.evidence --cache $(EXP_DIR)/fused --out $(EXP_DIR)/ablations --runs $(EXP_DIR)/runs \
+		--model $(MODEL) --seeds $(ABL_SEEDS) --variants all --record docs/evidence $(EXP_ARGS)
 
 # make eval CKPT=path/last.pt [DATA=raw root]: IoU table, JSON and raw-id prediction files beside the checkpoint
 eval: $(STAMP)

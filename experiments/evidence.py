@@ -44,9 +44,23 @@ from .lanes import Job, deployable, run_jobs
 console = Console()
 KINDS = ("baseline", "teacher", "s2skd", "m2skd")
 TEACHER_OF = {"s2skd": "baseline", "m2skd": "teacher"}
+# Ablations (`--variants`): the M2SKD student with one thing changed, same teacher, seed
+# and data, each paired against the full method (docs/method.md, "Distillation").
+VARIANTS = {
+    "feat_only": {"w_logit": 0.0, "w_aff": 0.0},
+    "logit_only": {"w_feat": 0.0, "w_aff": 0.0},
+    "aff_only": {"w_feat": 0.0, "w_logit": 0.0},
+    "aff_class": {"aff_level": "class"},  # per-class affinity, as the released code
+    "logit_released": {"logit_variant": "released"},  # the released code's logit term
+}
 
 
-def jobs_for(cfg: TrainConfig, cache: Path, runs: Path, seeds: list[int], max_steps: int) -> dict[str, Job]:
+def variant_kind(name: str) -> str:
+    return f"m2skd-{name}"
+
+
+def jobs_for(cfg: TrainConfig, cache: Path, runs: Path, seeds: list[int], max_steps: int,
+             variants: tuple[str, ...] = ()) -> dict[str, Job]:
     jobs = {}
     for s in seeds:
         for kind in KINDS:
@@ -54,6 +68,10 @@ def jobs_for(cfg: TrainConfig, cache: Path, runs: Path, seeds: list[int], max_st
             teacher = f"{TEACHER_OF[kind]}_s{s}" if kind in TEACHER_OF else None
             jobs[f"{kind}_s{s}"] = Job(train_kind, cfg, cache, runs / f"{kind}_s{s}", max_steps, s, teacher,
                                        {"experiment": kind})
+        for v in variants:
+            kind = variant_kind(v)
+            jobs[f"{kind}_s{s}"] = Job("student", cfg.override(**VARIANTS[v]), cache, runs / f"{kind}_s{s}",
+                                       max_steps, s, f"teacher_s{s}", {"experiment": kind})
     return jobs
 
 
@@ -92,16 +110,19 @@ def summarise(results: list[dict]) -> dict:
 
     by = {(r["kind"], r["seed"]): r for r in results}
     seeds = sorted({r["seed"] for r in results})
+    variants = [variant_kind(v) for v in VARIANTS if any(r["kind"] == variant_kind(v) for r in results)]
     out = {"seeds": seeds, "hard_classes": list(hard), "kinds": {}, "paired": {}}
-    for kind in KINDS:
+    for kind in (*KINDS, *variants):
         rs = [by[(kind, s)] for s in seeds if (kind, s) in by]
         if rs:
             out["kinds"][kind] = {k: _stats([val(r, k) for r in rs]) for k in keys}
             out["kinds"][kind]["stopped_at"] = _stats([r["stopped_at"] for r in rs])
-    for a, b in (("m2skd", "baseline"), ("m2skd", "s2skd"), ("s2skd", "baseline")):
-        pairs = [s for s in seeds if (a, s) in by and (b, s) in by]
-        if pairs:
-            diffs = {k: [val(by[(a, s)], k) - val(by[(b, s)], k) for s in pairs] for k in keys}
+    pairs = [("m2skd", "baseline"), ("m2skd", "s2skd"), ("s2skd", "baseline")]
+    pairs += [(v, ref) for v in variants for ref in ("m2skd", "baseline")]
+    for a, b in pairs:
+        common = [s for s in seeds if (a, s) in by and (b, s) in by]
+        if common:
+            diffs = {k: [val(by[(a, s)], k) - val(by[(b, s)], k) for s in common] for k in keys}
             out["paired"][f"{a} - {b}"] = {k: {**_stats(d), "positive": sum(x > 0 for x in d)}
                                            for k, d in diffs.items()}
     return out
@@ -112,7 +133,7 @@ def markdown(summary: dict) -> str:
         return f"{d['mean']:.1f} ± {d['std']:.1f}"
 
     kinds = [k for k in KINDS if k in summary["kinds"]]
-    pairs = list(summary["paired"])
+    pairs = [p for p in summary["paired"] if not p.startswith("m2skd-")]
     hard = [CLASS_NAMES[c] for c in class_ids(summary["hard_classes"])]
     head = "| seeds " + ",".join(map(str, summary["seeds"])) + " | " + " | ".join(kinds) + " | " + " | ".join(
         f"{p} (paired)" for p in pairs) + " |"
@@ -125,6 +146,27 @@ def markdown(summary: dict) -> str:
         lines.append(f"| {label} | " + " | ".join(row) + " |")
     lines.append("| steps to the val plateau | " + " | ".join(
         f"{summary['kinds'][k]['stopped_at']['mean']:.0f}" for k in kinds) + " |" + " |" * len(pairs))
+    return "\n".join(lines) + "\n" + ablation_markdown(summary)
+
+
+def ablation_markdown(summary: dict) -> str:
+    """One row per `--variants` ablation: its scores and its paired differences against the
+    full method (M2SKD) and the baseline, over the seeds it ran."""
+    variants = [k for k in summary["kinds"] if k.startswith("m2skd-")]
+    if not variants:
+        return ""
+
+    def f(d: dict) -> str:
+        return f"{d['mean']:+.1f} ± {d['std']:.1f} ({d['positive']}/{len(d['values'])} > 0)"
+
+    lines = ["", "| ablation: M2SKD with | seeds | mIoU | hard-class mIoU | − M2SKD, mIoU (paired) | "
+             "− M2SKD, hard (paired) | − baseline, hard (paired) | steps to the val plateau |", "|---" * 8 + "|"]
+    for v in variants:
+        k, vs_m, vs_b = summary["kinds"][v], summary["paired"][f"{v} - m2skd"], summary["paired"][f"{v} - baseline"]
+        lines.append(f"| {v.removeprefix('m2skd-')} | {len(k['miou']['values'])} | {k['miou']['mean']:.1f} ± "
+                     f"{k['miou']['std']:.1f} | {k['hard_miou']['mean']:.1f} ± {k['hard_miou']['std']:.1f} | "
+                     f"{f(vs_m['miou'])} | {f(vs_m['hard_miou'])} | {f(vs_b['hard_miou'])} | "
+                     f"{k['stopped_at']['mean']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -150,7 +192,7 @@ def plot_curves(results: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     colours = dict(zip(KINDS, ("tab:grey", "tab:green", "tab:orange", "tab:blue"), strict=True))
     for r in results:
-        if r["val_curve"]:
+        if r["val_curve"] and r["kind"] in colours:  # the ablations have their own table, no curves
             steps, vals = zip(*r["val_curve"], strict=True)
             ax.plot(steps, [100 * v for v in vals], color=colours[r["kind"]], alpha=0.8,
                     label=r["kind"] if r["seed"] == min(x["seed"] for x in results) else None)
@@ -172,6 +214,8 @@ def _plot(results: list[dict], path: Path) -> None:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=Path("data_cache/experiment/fused"))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("data_cache/experiment"))
+@click.option("--runs", type=click.Path(file_okay=False, path_type=Path),
+              help="where the runs live [default: OUT/runs]; ablations share the experiment's")
 @click.option("--model", type=click.Choice(MODELS), default="polarnet", show_default=True)
 @click.option("--seeds", default="0,1,2", show_default=True)
 @click.option("--train-seqs", default="00-03", show_default=True)
@@ -182,12 +226,14 @@ def _plot(results: list[dict], path: Path) -> None:
 @click.option("--patience", type=int, default=4, show_default=True)
 @click.option("--lanes", type=int, help="runs side by side [default: 2 on >= 2 cores]")
 @click.option("--device", default="auto", show_default=True)
+@click.option("--variants", default="", help="ablations of the M2SKD student, comma-separated, or all: "
+              + ", ".join(VARIANTS))
 @click.option("--record", type=click.Path(file_okay=False, path_type=Path), help="copy per-run results here")
 @click.option("--rebuild", type=click.Path(file_okay=False, path_type=Path),
               help="no training: rebuild the tables from per-run results recorded in this folder")
-def main(cache: Path, out: Path, model: str, seeds: str, train_seqs: str, val_seqs: str, report_seqs: str,
-         max_steps: int, val_every: int, patience: int, lanes: int | None, device: str, record: Path | None,
-         rebuild: Path | None) -> None:
+def main(cache: Path, out: Path, runs: Path | None, model: str, seeds: str, train_seqs: str, val_seqs: str, report_seqs: str,
+         max_steps: int, val_every: int, patience: int, lanes: int | None, device: str, variants: str,
+         record: Path | None, rebuild: Path | None) -> None:
     """M2SKD, a single-scan-teacher student and the baseline, each to its val plateau, several seeds."""
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -197,6 +243,10 @@ def main(cache: Path, out: Path, model: str, seeds: str, train_seqs: str, val_se
         _plot(results, out / "val_curves.png")
         return
     seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    chosen = tuple(VARIANTS) if variants == "all" else tuple(v.strip() for v in variants.split(",") if v.strip())
+    if unknown := [v for v in chosen if v not in VARIANTS]:
+        raise click.BadParameter(f"unknown {unknown}; choose from {', '.join(VARIANTS)} or all",
+                                 param_hint="--variants")
     cfg = TrainConfig.preset("tiny", model=model).override(
         workers=0, train_sequences=tuple(parse_sequences(train_seqs)), val_sequences=tuple(parse_sequences(val_seqs)),
         val_every=val_every, patience=patience)
@@ -211,7 +261,7 @@ def main(cache: Path, out: Path, model: str, seeds: str, train_seqs: str, val_se
             record.mkdir(parents=True, exist_ok=True)
             _write(record / f"{name}.json", json.dumps(results[name], indent=1))
 
-    run_jobs(jobs_for(cfg, cache, out / "runs", seed_list, max_steps), lanes, device, on_done)
+    run_jobs(jobs_for(cfg, cache, runs or out / "runs", seed_list, max_steps, chosen), lanes, device, on_done)
     results = [results[k] for k in sorted(results)]
     report(results, out)
     _plot(results, out / "val_curves.png")
