@@ -231,8 +231,8 @@ def _plot(results: list[dict], path: Path) -> None:
 @click.option("--record", type=click.Path(file_okay=False, path_type=Path), help="copy per-run results here")
 @click.option("--rebuild", type=click.Path(file_okay=False, path_type=Path),
               help="no training: rebuild the tables from per-run results recorded in this folder")
-def main(cache: Path, out: Path, runs: Path | None, model: str, seeds: str, train_seqs: str, val_seqs: str, report_seqs: str,
-         max_steps: int, val_every: int, patience: int, lanes: int | None, device: str, variants: str,
+def main(cache: Path, out: Path, runs: Path | None, model: str, seeds: str, train_seqs: str, val_seqs: str,
+         report_seqs: str, max_steps: int, val_every: int, patience: int, lanes: int | None, device: str, variants: str,
          record: Path | None, rebuild: Path | None) -> None:
     """M2SKD, a single-scan-teacher student and the baseline, each to its val plateau, several seeds."""
     t0 = time.perf_counter()
