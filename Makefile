@@ -19,7 +19,7 @@ SEEDS      ?= 0,1,2
 CKPT       ?=
 DEMO_OUT   ?= $(CACHE)/demo
 
-.PHONY: setup .venv test test-slow demo demo-seeds experiment ablations synth fuse eval bench lint clean
+.PHONY: setup .venv test test-slow demo demo-seeds experiment ablations ablation-window synth fuse eval bench lint clean
 
 setup .venv: $(STAMP)
 
@@ -87,6 +87,17 @@ ABL_SEEDS  ?= 0,1
 ablations: $(EXPERIMENTS)
 	$(BIN)/python -m m2skd.experiments.evidence --cache $(EXP_DIR)/fused --out $(EXP_DIR)/ablations --runs $(EXP_DIR)/runs \
 		--model $(MODEL) --seeds $(ABL_SEEDS) --variants all --record docs/evidence $(EXP_ARGS)
+
+# The window ablation: a teacher fused with ABL_WINDOW (default 4 past and 4 future scans)
+# and its M2SKD student, run names tagged ABL_TAG, paired against the default window's.
+ABL_WINDOW ?= -4:+4
+ABL_TAG    ?= win44
+ablation-window: $(EXPERIMENTS)
+	$(BIN)/m2skd-fuse --data $(EXP_DIR)/synth --sequences $(EXP_SEQ) --out $(EXP_DIR)/fused-$(ABL_TAG) \
+		--window=$(ABL_WINDOW) --workers $(WORKERS)
+	$(BIN)/python -m m2skd.experiments.evidence --cache $(EXP_DIR)/fused-$(ABL_TAG) --out $(EXP_DIR)/ablations \
+		--runs $(EXP_DIR)/runs --model $(MODEL) --seeds $(ABL_SEEDS) --kinds teacher,m2skd --tag $(ABL_TAG) \
+		--record docs/evidence $(EXP_ARGS)
 
 # make eval CKPT=path/last.pt [DATA=raw root]: IoU table, JSON and raw-id prediction files beside the checkpoint
 eval: $(STAMP)

@@ -60,18 +60,20 @@ def variant_kind(name: str) -> str:
 
 
 def jobs_for(cfg: TrainConfig, cache: Path, runs: Path, seeds: list[int], max_steps: int,
-             variants: tuple[str, ...] = ()) -> dict[str, Job]:
+             variants: tuple[str, ...] = (), kinds: tuple[str, ...] = KINDS, tag: str = "") -> dict[str, Job]:
+    """Per seed the `kinds` (their names + `tag`: a tagged set, e.g. on a cache fused with
+    another window, sits beside the main runs) and the M2SKD student's `variants`."""
     jobs = {}
     for s in seeds:
-        for kind in KINDS:
+        for kind in kinds:
             train_kind = "student" if kind in TEACHER_OF else kind
-            teacher = f"{TEACHER_OF[kind]}_s{s}" if kind in TEACHER_OF else None
-            jobs[f"{kind}_s{s}"] = Job(train_kind, cfg, cache, runs / f"{kind}_s{s}", max_steps, s, teacher,
-                                       {"experiment": kind})
+            teacher = f"{TEACHER_OF[kind]}{tag}_s{s}" if kind in TEACHER_OF else None
+            name = f"{kind}{tag}_s{s}"
+            jobs[name] = Job(train_kind, cfg, cache, runs / name, max_steps, s, teacher, {"experiment": kind + tag})
         for v in variants:
-            kind = variant_kind(v)
-            jobs[f"{kind}_s{s}"] = Job("student", cfg.override(**VARIANTS[v]), cache, runs / f"{kind}_s{s}",
-                                       max_steps, s, f"teacher_s{s}", {"experiment": kind})
+            name = f"{variant_kind(v)}{tag}_s{s}"
+            jobs[name] = Job("student", cfg.override(**VARIANTS[v]), cache, runs / name, max_steps, s,
+                             f"teacher{tag}_s{s}", {"experiment": variant_kind(v) + tag})
     return jobs
 
 
@@ -89,7 +91,7 @@ def run_result(name: str, last: Path, cache: Path, report: tuple[str, ...], devi
            "best_step": load_checkpoint(best)["step"], "stopped_early": bool(state.get("stopped")),
            "hard_classes": state["hard_classes"], "report": score(best, cache, report, "single", device),
            "val_curve": [(m["step"], m["val_miou"]) for m in read_metrics(last.parent) if "val_miou" in m]}
-    if kind == "teacher":
+    if kind.startswith("teacher"):
         res["report_fused"] = score(best, cache, report, "fused", device)
     return res
 
@@ -110,15 +112,21 @@ def summarise(results: list[dict]) -> dict:
 
     by = {(r["kind"], r["seed"]): r for r in results}
     seeds = sorted({r["seed"] for r in results})
-    variants = [variant_kind(v) for v in VARIANTS if any(r["kind"] == variant_kind(v) for r in results)]
+    present = {r["kind"] for r in results}
+    variants = [variant_kind(v) for v in VARIANTS if variant_kind(v) in present]
+    variants += sorted(k for k in present if k.startswith("m2skd-") and k not in variants)
+    teachers = sorted(k for k in present if k.startswith("teacher-"))
     out = {"seeds": seeds, "hard_classes": list(hard), "kinds": {}, "paired": {}}
-    for kind in (*KINDS, *variants):
+    for kind in (*KINDS, *variants, *teachers):
         rs = [by[(kind, s)] for s in seeds if (kind, s) in by]
         if rs:
             out["kinds"][kind] = {k: _stats([val(r, k) for r in rs]) for k in keys}
             out["kinds"][kind]["stopped_at"] = _stats([r["stopped_at"] for r in rs])
+            if kind.startswith("teacher"):  # its own input too: the fused scans
+                out["kinds"][kind]["fused"] = {k: _stats([100 * r["report_fused"][k] for r in rs])
+                                               for k in ("miou", "hard_miou")}
     pairs = [("m2skd", "baseline"), ("m2skd", "s2skd"), ("s2skd", "baseline")]
-    pairs += [(v, ref) for v in variants for ref in ("m2skd", "baseline")]
+    pairs += [(v, ref) for v in variants for ref in ("m2skd", "baseline")] + [(t, "teacher") for t in teachers]
     for a, b in pairs:
         common = [s for s in seeds if (a, s) in by and (b, s) in by]
         if common:
@@ -133,7 +141,7 @@ def markdown(summary: dict) -> str:
         return f"{d['mean']:.1f} ± {d['std']:.1f}"
 
     kinds = [k for k in KINDS if k in summary["kinds"]]
-    pairs = [p for p in summary["paired"] if not p.startswith("m2skd-")]
+    pairs = [p for p in summary["paired"] if not p.startswith(("m2skd-", "teacher-"))]
     hard = [CLASS_NAMES[c] for c in class_ids(summary["hard_classes"])]
     head = "| seeds " + ",".join(map(str, summary["seeds"])) + " | " + " | ".join(kinds) + " | " + " | ".join(
         f"{p} (paired)" for p in pairs) + " |"
@@ -153,7 +161,7 @@ def ablation_markdown(summary: dict) -> str:
     """One row per `--variants` ablation: its scores and its paired differences against the
     full method (M2SKD) and the baseline, over the seeds it ran."""
     variants = [k for k in summary["kinds"] if k.startswith("m2skd-")]
-    if not variants:
+    if not variants and not any(k.startswith("teacher-") for k in summary["kinds"]):
         return ""
 
     def f(d: dict) -> str:
@@ -166,6 +174,14 @@ def ablation_markdown(summary: dict) -> str:
         lines.append(f"| {v.removeprefix('m2skd-')} | {len(k['miou']['values'])} | {k['miou']['mean']:.1f} ± "
                      f"{k['miou']['std']:.1f} | {k['hard_miou']['mean']:.1f} ± {k['hard_miou']['std']:.1f} | "
                      f"{f(vs_m['miou'])} | {f(vs_m['hard_miou'])} | {f(vs_b['hard_miou'])} | "
+                     f"{k['stopped_at']['mean']:.0f} |")
+    for t in [k for k in summary["kinds"] if k.startswith("teacher-")]:
+        k, ref = summary["kinds"][t], summary["kinds"]["teacher"]
+        lines.append(f"| (its teacher, {t}: fused input {k['fused']['miou']['mean']:.1f} / "
+                     f"{k['fused']['hard_miou']['mean']:.1f} hard, the default teacher's "
+                     f"{ref['fused']['miou']['mean']:.1f} / {ref['fused']['hard_miou']['mean']:.1f}) | "
+                     f"{len(k['miou']['values'])} | {k['miou']['mean']:.1f} ± {k['miou']['std']:.1f} | "
+                     f"{k['hard_miou']['mean']:.1f} ± {k['hard_miou']['std']:.1f} | | | | "
                      f"{k['stopped_at']['mean']:.0f} |")
     return "\n".join(lines) + "\n"
 
@@ -211,6 +227,13 @@ def _plot(results: list[dict], path: Path) -> None:
         console.print("matplotlib missing (the `experiments` extra): no val_curves.png")
 
 
+def _names(text: str, allowed: tuple[str, ...], option: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if bad := [n for n in names if n not in allowed]:
+        raise click.BadParameter(f"unknown {bad}; choose from {', '.join(allowed)}", param_hint=option)
+    return names
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=Path("data_cache/experiment/fused"))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("data_cache/experiment"))
@@ -226,14 +249,17 @@ def _plot(results: list[dict], path: Path) -> None:
 @click.option("--patience", type=int, default=4, show_default=True)
 @click.option("--lanes", type=int, help="runs side by side [default: 2 on >= 2 cores]")
 @click.option("--device", default="auto", show_default=True)
+@click.option("--kinds", default=",".join(KINDS), show_default=True, help="which runs to train per seed")
+@click.option("--tag", default="", help="appended to the run names (kind-TAG_sN), e.g. win44 for runs on a cache "
+              "fused with another window, beside the main runs")
 @click.option("--variants", default="", help="ablations of the M2SKD student, comma-separated, or all: "
               + ", ".join(VARIANTS))
 @click.option("--record", type=click.Path(file_okay=False, path_type=Path), help="copy per-run results here")
 @click.option("--rebuild", type=click.Path(file_okay=False, path_type=Path),
               help="no training: rebuild the tables from per-run results recorded in this folder")
 def main(cache: Path, out: Path, runs: Path | None, model: str, seeds: str, train_seqs: str, val_seqs: str,
-         report_seqs: str, max_steps: int, val_every: int, patience: int, lanes: int | None, device: str, variants: str,
-         record: Path | None, rebuild: Path | None) -> None:
+         report_seqs: str, max_steps: int, val_every: int, patience: int, lanes: int | None, device: str,
+         kinds: str, tag: str, variants: str, record: Path | None, rebuild: Path | None) -> None:
     """M2SKD, a single-scan-teacher student and the baseline, each to its val plateau, several seeds."""
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -243,10 +269,9 @@ def main(cache: Path, out: Path, runs: Path | None, model: str, seeds: str, trai
         _plot(results, out / "val_curves.png")
         return
     seed_list = [int(s) for s in seeds.split(",") if s.strip()]
-    chosen = tuple(VARIANTS) if variants == "all" else tuple(v.strip() for v in variants.split(",") if v.strip())
-    if unknown := [v for v in chosen if v not in VARIANTS]:
-        raise click.BadParameter(f"unknown {unknown}; choose from {', '.join(VARIANTS)} or all",
-                                 param_hint="--variants")
+    kind_list = _names(kinds, KINDS, "--kinds")
+    tag = f"-{tag}" if tag else ""
+    chosen = tuple(VARIANTS) if variants == "all" else _names(variants, tuple(VARIANTS), "--variants")
     cfg = TrainConfig.preset("tiny", model=model).override(
         workers=0, train_sequences=tuple(parse_sequences(train_seqs)), val_sequences=tuple(parse_sequences(val_seqs)),
         val_every=val_every, patience=patience)
@@ -261,7 +286,8 @@ def main(cache: Path, out: Path, runs: Path | None, model: str, seeds: str, trai
             record.mkdir(parents=True, exist_ok=True)
             _write(record / f"{name}.json", json.dumps(results[name], indent=1))
 
-    run_jobs(jobs_for(cfg, cache, runs or out / "runs", seed_list, max_steps, chosen), lanes, device, on_done)
+    run_jobs(jobs_for(cfg, cache, runs or out / "runs", seed_list, max_steps, chosen, kind_list, tag), lanes,
+             device, on_done)
     results = [results[k] for k in sorted(results)]
     report(results, out)
     _plot(results, out / "val_curves.png")

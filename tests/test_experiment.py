@@ -8,6 +8,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from m2skd.common.labels import CLASS_NAMES
 from m2skd.experiments import evidence
 
 
@@ -45,3 +46,37 @@ def test_harness_trains_the_controls_and_pairs_them(fused_cache, tmp_path):
     r = CliRunner().invoke(evidence.main, ["--out", str(again), "--rebuild", str(record)], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert (again / "results.md").read_text() == (out / "results.md").read_text()
+
+
+def test_tagged_runs_and_ablations_pair_with_the_right_runs(tmp_path):
+    """A tagged set (another window's teacher and student) and the variants: run names,
+    the teacher each distils from, and paired differences worked by hand."""
+    from m2skd.train.config import TrainConfig
+
+    cfg = TrainConfig.preset("tiny")
+    jobs = evidence.jobs_for(cfg, tmp_path, tmp_path / "runs", [3], 10, ("aff_only",), ("teacher", "m2skd"), "-win44")
+    assert set(jobs) == {"teacher-win44_s3", "m2skd-win44_s3", "m2skd-aff_only-win44_s3"}
+    assert jobs["m2skd-win44_s3"].teacher == jobs["m2skd-aff_only-win44_s3"].teacher == "teacher-win44_s3"
+    ablation = jobs["m2skd-aff_only-win44_s3"].cfg.distill
+    assert ablation.w_feat == 0 == ablation.w_logit and ablation.w_aff > 0
+
+    def run(kind, seed, miou, hard, fused=None):
+        r = {"name": f"{kind}_s{seed}", "kind": kind, "seed": seed, "stopped_at": 100, "hard_classes": ["person"],
+             "report": {"miou": miou, "hard_miou": hard, "iou": dict.fromkeys(CLASS_NAMES[1:], hard)}}
+        if fused is not None:
+            r["report_fused"] = {"miou": fused, "hard_miou": fused}
+        return r
+
+    results = [run("baseline", 0, .30, .10), run("baseline", 1, .32, .12), run("teacher", 0, .31, .11, .40),
+               run("teacher", 1, .33, .13, .42), run("m2skd", 0, .31, .15), run("m2skd", 1, .33, .14),
+               run("m2skd-win44", 0, .35, .20), run("m2skd-win44", 1, .30, .12),
+               run("teacher-win44", 0, .30, .10, .50), run("teacher-win44", 1, .30, .10, .44)]
+    s = evidence.summarise(results)
+    d = s["paired"]["m2skd-win44 - m2skd"]["hard_miou"]  # (20 - 15, 12 - 14) points
+    assert d["values"] == [5.0, -2.0] and d["mean"] == pytest.approx(1.5) and d["positive"] == 1
+    assert s["paired"]["m2skd-win44 - baseline"]["miou"]["values"] == [5.0, -2.0]
+    assert s["kinds"]["teacher-win44"]["fused"]["miou"]["mean"] == pytest.approx(47.0)
+    table = evidence.markdown(s)
+    # mIoU 35, 30 against M2SKD's 31, 33: +4, -3; hard 20, 12 against 15, 14: +5, -2
+    assert "| win44 | 2 | 32.5 ± 3.5 | 16.0 ± 5.7 | +0.5 ± 4.9 (1/2 > 0) | +1.5 ± 4.9 (1/2 > 0) |" in table
+    assert "fused input 47.0 / 47.0 hard, the default teacher's 41.0 / 41.0" in table
