@@ -12,8 +12,8 @@ students distil from their teacher's best.pt. best.pt of each run is then scored
 `report` sequences, which nothing was selected or tuned on.
 
 Writes OUT/results.json (per run: kind, seed, stop and best step, report scores),
-OUT/results.md (mean +- std over seeds and paired differences M2SKD - baseline and
-M2SKD - S2SKD of mIoU, hard-class mIoU and per-class IoU) and OUT/val_curves.png.
+OUT/results.md (mean +- std over seeds and paired differences M2SKD - baseline,
+M2SKD - S2SKD and M2SKD - teacher (on single scans) of mIoU, hard-class mIoU and per-class IoU) and OUT/val_curves.png.
 `--record DIR` copies the per-run results there (small JSON, committed under docs/) and
 `--rebuild DIR` rewrites the tables from such a folder without training.
 """
@@ -125,7 +125,9 @@ def summarise(results: list[dict]) -> dict:
             if kind.startswith("teacher"):  # its own input too: the fused scans
                 out["kinds"][kind]["fused"] = {k: _stats([100 * r["report_fused"][k] for r in rs])
                                                for k in ("miou", "hard_miou")}
-    pairs = [("m2skd", "baseline"), ("m2skd", "s2skd"), ("s2skd", "baseline")]
+    # m2skd - teacher: the teacher deployed on single scans is a control too (training on
+    # fused scans alone may be what helps, distillation or not)
+    pairs = [("m2skd", "baseline"), ("m2skd", "s2skd"), ("m2skd", "teacher"), ("s2skd", "baseline")]
     pairs += [(v, ref) for v in variants for ref in ("m2skd", "baseline")] + [(t, "teacher") for t in teachers]
     for a, b in pairs:
         common = [s for s in seeds if (a, s) in by and (b, s) in by]
