@@ -13,7 +13,8 @@ students distil from their teacher's best.pt. best.pt of each run is then scored
 
 Writes OUT/results.json (per run: kind, seed, stop and best step, report scores),
 OUT/results.md (mean +- std over seeds and paired differences M2SKD - baseline,
-M2SKD - S2SKD and M2SKD - teacher (on single scans) of mIoU, hard-class mIoU and per-class IoU) and OUT/val_curves.png.
+M2SKD - S2SKD and M2SKD - teacher (on single scans) of mIoU, hard-class mIoU and
+per-class IoU; a table of the `--variants` ablations) and OUT/val_curves.png.
 `--record DIR` copies the per-run results there (small JSON, committed under docs/) and
 `--rebuild DIR` rewrites the tables from such a folder without training.
 """
