@@ -53,6 +53,7 @@ VARIANTS = {
     "aff_only": {"w_feat": 0.0, "w_logit": 0.0},
     "aff_class": {"aff_level": "class"},  # per-class affinity, as the released code
     "logit_released": {"logit_variant": "released"},  # the released code's logit term
+    "kd_correct": {"kd_where": "correct"},  # a remedy: L_logit only where the teacher is right
 }
 
 

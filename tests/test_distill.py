@@ -209,3 +209,23 @@ def test_gradients_reach_the_student_never_the_teacher(fused_cache, model):
     assert all(p.grad is None for p in teacher.parameters())
     grads = [p.grad for p in student.parameters() if p.grad is not None]
     assert grads and sum(float(g.abs().sum()) for g in grads) > 0
+
+
+def test_kd_only_where_the_teacher_is_right(fused_cache):
+    """`kd_where correct`: L_logit is the plain term over the points whose teacher label is
+    the ground truth, picked here by hand from the teacher's argmax, unlabelled ones out."""
+    cfg = tiny_train_config("polarnet")
+    fused, single = _views(fused_cache, cfg, [(2, 7), (4, 8)])
+    torch.manual_seed(0)
+    teacher, student = build_model(cfg.model).eval(), build_model(cfg.model).eval()
+    with torch.no_grad():
+        t_out, s_out = teacher(fused), student(single)
+    rows = torch.cat([torch.arange(n) + sum(fused.sizes[:b]) for b, n in enumerate(single.sizes)])
+    t_logits = t_out.point_logits[rows]
+    right = [i for i in range(len(rows)) if int(t_logits[i].argmax()) == int(single.labels[i]) != 0]
+    assert 0 < len(right) < int((single.labels != 0).sum())  # an untrained teacher is right somewhere, not everywhere
+    want = logit_loss(s_out.point_logits[right], t_logits[right], cfg.distill.temperature, "kl", single.labels[right])
+    every = logit_loss(s_out.point_logits, t_logits, cfg.distill.temperature, "kl", single.labels)
+    got = Distiller(cfg.distill.override(kd_where="correct"), DEFAULT_HARD_CLASSES, student.feature_dim,
+                    teacher.feature_dim)(fused, t_out, single, s_out, {"logit": True})["logit"]
+    assert float(got) == pytest.approx(float(want), rel=1e-6) and float(got) != pytest.approx(float(every), rel=1e-3)

@@ -108,6 +108,10 @@ class DistillConfig(Config):
     # teacher's knowledge of the hard classes from drowning (README, "what was tuned").
     kd_balance: str = knob("class", "average L_logit over points, or per ground-truth class then over classes",
                            choices=("class", "point"))
+    # The paper distils everywhere; "correct" is a remedy tried when the student lagged
+    # (README, "Evidence"): no point pulls the student towards a wrong teacher label.
+    kd_where: str = knob("all", "L_logit at every labelled point, or only where the teacher's label is right",
+                         choices=("all", "correct"))
     aff_level: str = knob("instance", "affinity per instance (paper) or per class (released code)",
                           choices=("instance", "class"))
     aff_cap: int = knob(256, "voxels per instance in the affinity matrix (random subset)")

@@ -160,8 +160,12 @@ class Distiller(nn.Module):
             losses["feat"] = feature_loss(s_feat, t_feat)
         if use.get("logit"):
             rows = student_point_index(teacher, student)
-            losses["logit"] = logit_loss(s_out.point_logits, t_out.point_logits[rows], cfg.temperature,
-                                         cfg.logit_variant, student.labels if cfg.kd_balance == "class" else None)
+            s_logits, t_logits, labels = s_out.point_logits, t_out.point_logits[rows], student.labels
+            if cfg.kd_where == "correct":
+                right = (t_logits.argmax(1) == labels) & (labels != IGNORE_INDEX)
+                s_logits, t_logits, labels = s_logits[right], t_logits[right], labels[right]
+            losses["logit"] = logit_loss(s_logits, t_logits, cfg.temperature, cfg.logit_variant,
+                                         labels if cfg.kd_balance == "class" else None)
         if use.get("aff"):
             groups = affinity_groups(student, s_out, self.hard_ids, cfg.aff_cap, cfg.aff_level, generator)
             losses["aff"] = affinity_loss(s_feat, t_feat, groups)
