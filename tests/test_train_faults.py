@@ -51,6 +51,20 @@ def test_resume_refuses_what_it_would_not_honour(fused_cache, baseline_ckpt, tmp
     train(_spec(fused_cache, out, steps=3, resume=True, cfg={"log_every": 5}))
 
 
+def test_a_run_saved_before_a_knob_existed_resumes_with_its_default(fused_cache, tmp_path):
+    """A checkpoint whose config lacks a knob (saved by an older version) resumes when the
+    knob keeps its default, and is refused when it is set to something else."""
+    out = tmp_path / "old"
+    train(_spec(fused_cache, out, steps=2))
+    state = torch.load(out / "last.pt", weights_only=False)
+    del state["config"]["distill"]["kd_where"]
+    torch.save(state, out / "last.pt")
+    with pytest.raises(TrainError, match=r"kd_where: run all vs now correct"):
+        train(_spec(fused_cache, out, steps=3, resume=True, cfg={"kd_where": "correct"}))
+    train(_spec(fused_cache, out, steps=3, resume=True))
+    assert torch.load(out / "last.pt", weights_only=False)["step"] == 3
+
+
 def test_cli_validates_options_and_outputs_up_front(fused_cache, tmp_path):
     f = tmp_path / "file"
     f.write_text("x")

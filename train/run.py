@@ -207,7 +207,9 @@ def _leaves(d: dict) -> dict:
 
 
 def _changed_knobs(saved: dict, now: dict) -> dict[str, tuple]:
-    a, b = _leaves(saved), _leaves(now)
+    # A knob added after the run was saved counts as its default: new knobs default to the
+    # behaviour that was there before them, so an older run resumes unless one is set.
+    a, b = {**_leaves(TrainConfig().to_dict()), **_leaves(saved)}, _leaves(now)
     return {k: (a.get(k), b.get(k)) for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in RESUMABLE}
 
 
