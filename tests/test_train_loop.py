@@ -242,7 +242,7 @@ def test_single_scan_teacher_is_the_control(fused_cache, tmp_path):
 
 def test_validation_keeps_the_best_checkpoint_and_stops_on_a_plateau(fused_cache, tmp_path):
     cfg = {"val_every": 1, "patience": 2, "lr": 0.05}  # a high rate: the val curve turns within 12 steps
-    train(_spec(fused_cache, tmp_path / "v", kind="baseline", steps=12, cfg=cfg))
+    train(_spec(fused_cache, tmp_path / "v", kind="baseline", steps=12, cfg=cfg, device="cpu"))
     rows = read_metrics(tmp_path / "v")
     vals = [r["val_miou"] for r in rows]
     assert all("val_hard_miou" in r for r in rows)
@@ -261,6 +261,17 @@ def test_validation_keeps_the_best_checkpoint_and_stops_on_a_plateau(fused_cache
     assert load_checkpoint(tmp_path / "v" / "best.pt")["step"] == best + 1
     last = load_checkpoint(tmp_path / "v" / "last.pt")
     assert last["step"] == stop and last["best"]["val_miou"] == pytest.approx(vals[best])
+    # resumed with the same patience it stays stopped; with none it runs on to the steps
+    # asked and ends where a run that never had patience ends (on the CPU, bit for bit)
+    train(_spec(fused_cache, tmp_path / "v", kind="baseline", steps=12, cfg=cfg, resume=True, device="cpu"))
+    assert load_checkpoint(tmp_path / "v" / "last.pt")["step"] == stop
+    longer = {**cfg, "patience": 0}
+    train(_spec(fused_cache, tmp_path / "v", kind="baseline", steps=12, cfg=longer, resume=True, device="cpu"))
+    train(_spec(fused_cache, tmp_path / "u", kind="baseline", steps=12, cfg=longer, device="cpu"))
+    a, b = (load_checkpoint(tmp_path / r / "last.pt") for r in ("v", "u"))
+    assert a["step"] == b["step"] == 12 and not a["stopped"]
+    for k, v in a["model"].items():
+        torch.testing.assert_close(v, b["model"][k], rtol=0, atol=0, msg=k)
 
 
 def test_resume_with_validation_matches_an_unbroken_run(fused_cache, tmp_path):

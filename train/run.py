@@ -189,7 +189,11 @@ def _resume(run: Run) -> None:
                          "as it was: drop those options, or start a new run (--force or another --out)")
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
-    run.best, run.bad_validations, run.stopped = state["best"], state["bad_validations"], state["stopped"]
+    run.best, run.bad_validations = state["best"], state["bad_validations"]
+    # an early stop is (validations without a better one) >= patience: resumed with a larger
+    # --patience, or 0, the run goes on where it stopped, as if it had had that patience
+    patience = spec.cfg.runtime.patience
+    run.stopped = bool(state["stopped"]) and bool(patience) and run.bad_validations >= patience
     if run.distiller is not None and state.get("distiller") is not None:
         run.distiller.load_state_dict(state["distiller"])
     torch.set_rng_state(state["torch_rng"])
