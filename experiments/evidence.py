@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -79,6 +81,24 @@ def jobs_for(cfg: TrainConfig, cache: Path, runs: Path, seeds: list[int], max_st
     return jobs
 
 
+def extend_jobs(jobs: dict[str, Job], steps: int) -> dict[str, Job]:
+    """The runs of `jobs` that teach none of them, continued without early stopping to
+    `steps` as copies named KIND-long beside them (did the val plateau stop them too soon?);
+    the teachers stay as they are."""
+    teachers = {j.teacher for j in jobs.values() if j.teacher}
+    out = {n: j for n, j in jobs.items() if n in teachers}
+    for name, job in jobs.items():
+        if name in teachers:
+            continue
+        kind, seed = name.rsplit("_s", 1)
+        dst = job.out.with_name(f"{kind}-long_s{seed}")
+        if not dst.exists() and (job.out / "last.pt").is_file():
+            shutil.copytree(job.out, dst, ignore=shutil.ignore_patterns("*.lock", "tb"))
+        out[dst.name] = replace(job, cfg=job.cfg.override(patience=0), out=dst, steps=steps,
+                                extra={"experiment": f"{kind}-long"})
+    return out
+
+
 def score(ckpt: Path, cache: Path, sequences: tuple[str, ...], view: str, device: torch.device) -> dict:
     model, cfg, state = load_model(ckpt, device)
     ds = ShardDataset(cache, sequences, cfg, view=view)
@@ -115,11 +135,11 @@ def summarise(results: list[dict]) -> dict:
     by = {(r["kind"], r["seed"]): r for r in results}
     seeds = sorted({r["seed"] for r in results})
     present = {r["kind"] for r in results}
-    variants = [variant_kind(v) for v in VARIANTS if variant_kind(v) in present]
-    variants += sorted(k for k in present if k.startswith("m2skd-") and k not in variants)
-    teachers = sorted(k for k in present if k.startswith("teacher-"))
-    out = {"seeds": seeds, "hard_classes": list(hard), "kinds": {}, "paired": {}}
-    for kind in (*KINDS, *variants, *teachers):
+    order = [variant_kind(v) for v in VARIANTS]
+    derived = sorted((k for k in present if k not in KINDS),
+                     key=lambda k: (order.index(k) if k in order else len(order), k))
+    out = {"seeds": seeds, "hard_classes": list(hard), "kinds": {}, "paired": {}, "derived": {}}
+    for kind in (*KINDS, *derived):
         rs = [by[(kind, s)] for s in seeds if (kind, s) in by]
         if rs:
             out["kinds"][kind] = {k: _stats([val(r, k) for r in rs]) for k in keys}
@@ -130,7 +150,13 @@ def summarise(results: list[dict]) -> dict:
     # m2skd - teacher: the teacher deployed on single scans is a control too (training on
     # fused scans alone may be what helps, distillation or not)
     pairs = [("m2skd", "baseline"), ("m2skd", "s2skd"), ("m2skd", "teacher"), ("s2skd", "baseline")]
-    pairs += [(v, ref) for v in variants for ref in ("m2skd", "baseline")] + [(t, "teacher") for t in teachers]
+    for d in derived:  # an ablation or a tagged run (KIND-TAG) against the run it changes
+        base, _, tag = d.partition("-")
+        ref = {"reference": base, "baseline": None}
+        if base == "m2skd":  # and against the baseline of the same tag when there is one
+            ref["baseline"] = f"baseline-{tag}" if f"baseline-{tag}" in present else "baseline"
+        out["derived"][d] = ref
+        pairs += [(d, r) for r in ref.values() if r]
     for a, b in pairs:
         common = [s for s in seeds if (a, s) in by and (b, s) in by]
         if common:
@@ -145,7 +171,7 @@ def markdown(summary: dict) -> str:
         return f"{d['mean']:.1f} ± {d['std']:.1f}"
 
     kinds = [k for k in KINDS if k in summary["kinds"]]
-    pairs = [p for p in summary["paired"] if not p.startswith(("m2skd-", "teacher-"))]
+    pairs = [p for p in summary["paired"] if p.split(" - ")[0] in KINDS]
     hard = [CLASS_NAMES[c] for c in class_ids(summary["hard_classes"])]
     head = "| seeds " + ",".join(map(str, summary["seeds"])) + " | " + " | ".join(kinds) + " | " + " | ".join(
         f"{p} (paired)" for p in pairs) + " |"
@@ -162,31 +188,30 @@ def markdown(summary: dict) -> str:
 
 
 def ablation_markdown(summary: dict) -> str:
-    """One row per `--variants` ablation: its scores and its paired differences against the
-    full method (M2SKD) and the baseline, over the seeds it ran."""
-    variants = [k for k in summary["kinds"] if k.startswith("m2skd-")]
-    if not variants and not any(k.startswith("teacher-") for k in summary["kinds"]):
+    """One row per ablation or tagged run: its scores and its paired differences against
+    the run it changes (M2SKD for M2SKD's ablations) and the baseline, over its seeds."""
+    derived = summary.get("derived", {})
+    if not derived:
         return ""
 
-    def f(d: dict) -> str:
-        return f"{d['mean']:+.1f} ± {d['std']:.1f} ({d['positive']}/{len(d['values'])} > 0)"
+    def f(d: dict | None) -> str:
+        return "" if d is None else f"{d['mean']:+.1f} ± {d['std']:.1f} ({d['positive']}/{len(d['values'])} > 0)"
 
-    lines = ["", "| ablation: M2SKD with | seeds | mIoU | hard-class mIoU | − M2SKD, mIoU (paired) | "
-             "− M2SKD, hard (paired) | − baseline, hard (paired) | steps to the val plateau |", "|---" * 8 + "|"]
-    for v in variants:
-        k, vs_m, vs_b = summary["kinds"][v], summary["paired"][f"{v} - m2skd"], summary["paired"][f"{v} - baseline"]
-        lines.append(f"| {v.removeprefix('m2skd-')} | {len(k['miou']['values'])} | {k['miou']['mean']:.1f} ± "
-                     f"{k['miou']['std']:.1f} | {k['hard_miou']['mean']:.1f} ± {k['hard_miou']['std']:.1f} | "
-                     f"{f(vs_m['miou'])} | {f(vs_m['hard_miou'])} | {f(vs_b['hard_miou'])} | "
-                     f"{k['stopped_at']['mean']:.0f} |")
-    for t in [k for k in summary["kinds"] if k.startswith("teacher-")]:
-        k, ref = summary["kinds"][t], summary["kinds"]["teacher"]
-        lines.append(f"| (its teacher, {t}: fused input {k['fused']['miou']['mean']:.1f} / "
-                     f"{k['fused']['hard_miou']['mean']:.1f} hard, the default teacher's "
-                     f"{ref['fused']['miou']['mean']:.1f} / {ref['fused']['hard_miou']['mean']:.1f}) | "
-                     f"{len(k['miou']['values'])} | {k['miou']['mean']:.1f} ± {k['miou']['std']:.1f} | "
-                     f"{k['hard_miou']['mean']:.1f} ± {k['hard_miou']['std']:.1f} | | | | "
-                     f"{k['stopped_at']['mean']:.0f} |")
+    lines = ["", "| run (− its reference) | seeds | mIoU | hard-class mIoU | − reference, mIoU (paired) | "
+             "− reference, hard (paired) | − baseline, hard (paired) | steps to the val plateau |", "|---" * 8 + "|"]
+    for d, ref in derived.items():
+        k, paired = summary["kinds"][d], summary["paired"]
+        vs_r = paired[f"{d} - {ref['reference']}"]
+        vs_b = paired[f"{d} - {ref['baseline']}"]["hard_miou"] if ref["baseline"] else None
+        notes = [f"− {r}" for r in ref.values() if r]
+        if "fused" in k:
+            base = summary["kinds"][ref["reference"]]["fused"]
+            notes.append(f"fused input {k['fused']['miou']['mean']:.1f} / {k['fused']['hard_miou']['mean']:.1f} "
+                         f"hard, {ref['reference']}'s {base['miou']['mean']:.1f} / {base['hard_miou']['mean']:.1f}")
+        name = f"{d} ({'; '.join(notes)})"
+        lines.append(f"| {name} | {len(k['miou']['values'])} | {k['miou']['mean']:.1f} ± {k['miou']['std']:.1f} | "
+                     f"{k['hard_miou']['mean']:.1f} ± {k['hard_miou']['std']:.1f} | {f(vs_r['miou'])} | "
+                     f"{f(vs_r['hard_miou'])} | {f(vs_b)} | {k['stopped_at']['mean']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -256,6 +281,8 @@ def _names(text: str, allowed: tuple[str, ...], option: str) -> tuple[str, ...]:
 @click.option("--kinds", default=",".join(KINDS), show_default=True, help="which runs to train per seed")
 @click.option("--tag", default="", help="appended to the run names (kind-TAG_sN), e.g. win44 for runs on a cache "
               "fused with another window, beside the main runs")
+@click.option("--extend", type=int, help="continue copies (KIND-long) of the --kinds runs that teach none of "
+              "them, without early stopping, to this step")
 @click.option("--variants", default="", help="ablations of the M2SKD student, comma-separated, or all: "
               + ", ".join(VARIANTS))
 @click.option("--record", type=click.Path(file_okay=False, path_type=Path), help="copy per-run results here")
@@ -263,7 +290,8 @@ def _names(text: str, allowed: tuple[str, ...], option: str) -> tuple[str, ...]:
               help="no training: rebuild the tables from per-run results recorded in this folder")
 def main(cache: Path, out: Path, runs: Path | None, model: str, seeds: str, train_seqs: str, val_seqs: str,
          report_seqs: str, max_steps: int, val_every: int, patience: int, lanes: int | None, device: str,
-         kinds: str, tag: str, variants: str, record: Path | None, rebuild: Path | None) -> None:
+         kinds: str, tag: str, extend: int | None, variants: str, record: Path | None,
+         rebuild: Path | None) -> None:
     """M2SKD, a single-scan-teacher student and the baseline, each to its val plateau, several seeds."""
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -295,8 +323,8 @@ def main(cache: Path, out: Path, runs: Path | None, model: str, seeds: str, trai
             record.mkdir(parents=True, exist_ok=True)
             _write(record / f"{name}.json", json.dumps(results[name], indent=1))
 
-    run_jobs(jobs_for(cfg, cache, runs or out / "runs", seed_list, max_steps, chosen, kind_list, tag), lanes,
-             device, on_done)
+    jobs = jobs_for(cfg, cache, runs or out / "runs", seed_list, max_steps, chosen, kind_list, tag)
+    run_jobs(extend_jobs(jobs, extend) if extend else jobs, lanes, device, on_done)
     results = [results[k] for k in sorted(results)]
     report(results, out)
     _plot(results, out / "val_curves.png")

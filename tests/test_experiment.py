@@ -39,7 +39,7 @@ def test_harness_trains_the_controls_and_pairs_them(fused_cache, tmp_path):
     assert paired["mean"] == pytest.approx(sum(d) / 2) and paired["positive"] == sum(x > 0 for x in d)
     d = [100 * (runs[f"m2skd-aff_only_s{s}"]["report"]["miou"] - runs[f"m2skd_s{s}"]["report"]["miou"]) for s in (0, 1)]
     assert res["summary"]["paired"]["m2skd-aff_only - m2skd"]["miou"]["mean"] == pytest.approx(sum(d) / 2)
-    assert "| aff_only | 2 |" in (out / "results.md").read_text()
+    assert "| m2skd-aff_only (− m2skd; − baseline) | 2 |" in (out / "results.md").read_text()
     assert all(r["stopped_at"] <= 4 and r["best_step"] <= r["stopped_at"] for r in runs.values())
     # the table is rebuilt from the recorded results alone
     again = tmp_path / "again"
@@ -78,5 +78,34 @@ def test_tagged_runs_and_ablations_pair_with_the_right_runs(tmp_path):
     assert s["kinds"]["teacher-win44"]["fused"]["miou"]["mean"] == pytest.approx(47.0)
     table = evidence.markdown(s)
     # mIoU 35, 30 against M2SKD's 31, 33: +4, -3; hard 20, 12 against 15, 14: +5, -2
-    assert "| win44 | 2 | 32.5 ± 3.5 | 16.0 ± 5.7 | +0.5 ± 4.9 (1/2 > 0) | +1.5 ± 4.9 (1/2 > 0) |" in table
-    assert "fused input 47.0 / 47.0 hard, the default teacher's 41.0 / 41.0" in table
+    assert ("| m2skd-win44 (− m2skd; − baseline) | 2 | 32.5 ± 3.5 | 16.0 ± 5.7 | +0.5 ± 4.9 (1/2 > 0) | "
+            "+1.5 ± 4.9 (1/2 > 0) |") in table
+    assert "| teacher-win44 (− teacher; fused input 47.0 / 47.0 hard, teacher's 41.0 / 41.0) | 2 |" in table
+    # a run continued past its plateau pairs with the baseline continued alike
+    results += [run("baseline-long", 0, .40, .20), run("m2skd-long", 0, .41, .24)]
+    s = evidence.summarise(results)
+    assert s["derived"]["m2skd-long"] == {"reference": "m2skd", "baseline": "baseline-long"}
+    assert s["paired"]["m2skd-long - baseline-long"]["hard_miou"]["values"] == [4.0]
+    assert s["paired"]["baseline-long - baseline"]["miou"]["values"] == [10.0]
+
+
+def test_extend_continues_copies_of_the_students_and_keeps_the_teachers(fused_cache, tmp_path):
+    """`--extend N`: copies named KIND-long of the runs that teach none of the others, with
+    early stopping off, resuming from the copied checkpoint; the teachers stay themselves."""
+    from m2skd.train.checkpoint import load_checkpoint
+    from m2skd.train.trainer import RunSpec, train
+
+    from .conftest import tiny_train_config
+
+    cfg = tiny_train_config(val_every=1, patience=1)
+    runs = tmp_path / "runs"
+    jobs = evidence.jobs_for(cfg, fused_cache, runs, [0], 2, kinds=("baseline", "teacher", "m2skd"))
+    train(RunSpec(kind="baseline", cfg=cfg, cache=fused_cache, out=runs / "baseline_s0", steps=2, seed=0,
+                  progress=False, device="cpu"))
+    longer = evidence.extend_jobs(jobs, 5)
+    assert set(longer) == {"teacher_s0", "baseline-long_s0", "m2skd-long_s0"}
+    assert longer["teacher_s0"] == jobs["teacher_s0"] and longer["m2skd-long_s0"].teacher == "teacher_s0"
+    job = longer["baseline-long_s0"]
+    assert job.cfg.runtime.patience == 0 and job.steps == 5 and job.out == runs / "baseline-long_s0"
+    assert load_checkpoint(job.out / "last.pt")["step"] == 2  # the copy, ready to resume
+    assert not (runs / "m2skd-long_s0").exists()  # nothing to copy: it starts from scratch
