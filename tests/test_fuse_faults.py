@@ -28,10 +28,12 @@ CFG = FusionConfig(shard_size=5)
 
 @pytest.fixture(scope="module")
 def long_root(tmp_path_factory) -> Path:
-    """Two sequences of 300 small scans: long enough to interrupt a fusion mid-run."""
+    """Two sequences of 300 scans of 32 x 1024 beams: a fusion of several seconds, long enough
+    to interrupt mid-run even when the test's own process waits for a busy CPU (the tiny
+    preset's scans fuse in ~2 s, and on a loaded 2-core machine the run could end first)."""
     root = tmp_path_factory.mktemp("long")
     for name in ("00", "01"):
-        generate_sequence(root, name, SynthConfig.preset("tiny").override(scans=300))
+        generate_sequence(root, name, SynthConfig.preset("tiny").override(scans=300, beams=32, columns=1024))
     return root
 
 
