@@ -171,6 +171,8 @@ def markdown(summary: dict) -> str:
         return f"{d['mean']:.1f} ± {d['std']:.1f}"
 
     kinds = [k for k in KINDS if k in summary["kinds"]]
+    if not kinds:  # an invocation that trained only tagged runs or ablations
+        return ablation_markdown(summary)
     pairs = [p for p in summary["paired"] if p.split(" - ")[0] in KINDS]
     hard = [CLASS_NAMES[c] for c in class_ids(summary["hard_classes"])]
     head = "| seeds " + ",".join(map(str, summary["seeds"])) + " | " + " | ".join(kinds) + " | " + " | ".join(
@@ -201,17 +203,19 @@ def ablation_markdown(summary: dict) -> str:
              "− reference, hard (paired) | − baseline, hard (paired) | steps to the val plateau |", "|---" * 8 + "|"]
     for d, ref in derived.items():
         k, paired = summary["kinds"][d], summary["paired"]
-        vs_r = paired[f"{d} - {ref['reference']}"]
-        vs_b = paired[f"{d} - {ref['baseline']}"]["hard_miou"] if ref["baseline"] else None
+        # a reference run may be missing from this invocation's results (the tables from
+        # `--rebuild` of the recorded folder have every run): its columns stay empty
+        vs_r = paired.get(f"{d} - {ref['reference']}", {})
+        vs_b = paired.get(f"{d} - {ref['baseline']}", {}).get("hard_miou")
         notes = [f"− {r}" for r in ref.values() if r]
-        if "fused" in k:
+        if "fused" in k and ref["reference"] in summary["kinds"]:
             base = summary["kinds"][ref["reference"]]["fused"]
             notes.append(f"fused input {k['fused']['miou']['mean']:.1f} / {k['fused']['hard_miou']['mean']:.1f} "
                          f"hard, {ref['reference']}'s {base['miou']['mean']:.1f} / {base['hard_miou']['mean']:.1f}")
         name = f"{d} ({'; '.join(notes)})"
         lines.append(f"| {name} | {len(k['miou']['values'])} | {k['miou']['mean']:.1f} ± {k['miou']['std']:.1f} | "
-                     f"{k['hard_miou']['mean']:.1f} ± {k['hard_miou']['std']:.1f} | {f(vs_r['miou'])} | "
-                     f"{f(vs_r['hard_miou'])} | {f(vs_b)} | {k['stopped_at']['mean']:.0f} |")
+                     f"{k['hard_miou']['mean']:.1f} ± {k['hard_miou']['std']:.1f} | {f(vs_r.get('miou'))} | "
+                     f"{f(vs_r.get('hard_miou'))} | {f(vs_b)} | {k['stopped_at']['mean']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
