@@ -34,6 +34,9 @@ def long_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("long")
     for name in ("00", "01"):
         generate_sequence(root, name, SynthConfig.preset("tiny").override(scans=300, beams=32, columns=1024))
+    # Compile (and cache) the numba kernels first: in a fresh clone the fusion's first run
+    # compiles them, which on a loaded machine took longer than the tests wait for shards.
+    run_fusion(root, ["00"], tmp_path_factory.mktemp("warm-up"), FusionConfig(shard_size=100))
     return root
 
 
