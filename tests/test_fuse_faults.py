@@ -51,11 +51,18 @@ def _wait_for_shards(out: Path, n: int, timeout: float = 60) -> None:
         time.sleep(0.01)
 
 
+def _as_from_a_shell() -> None:
+    # Ignored and blocked signals are inherited: whatever this test process had done to
+    # SIGINT (a library, an earlier test), a shell starts the command with the default.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(long_root, tmp_path, workers):
     out = tmp_path / "out"
     proc = subprocess.Popen(_fuse_cmd(long_root, out, "--workers", workers), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=_as_from_a_shell)
     _wait_for_shards(out, 3)
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends: the whole process group
     _, err = proc.communicate(timeout=60)
