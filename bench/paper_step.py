@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -33,7 +34,7 @@ PAPER_EPOCHS = 40  # the paper's schedule (docs/method.md)
 
 
 def rows_for(model: str, preset: str, cache: Path, sequence: str, device: str, amps: list[bool], steps: int,
-             tmp: Path):
+             tmp: Path) -> Iterator[dict]:
     base = TrainConfig.preset(preset, model=model).override(train_sequences=(sequence,), val_sequences=(sequence,))
     teacher = train(RunSpec(kind="teacher", cfg=base, cache=cache, out=tmp / f"teacher_{model}", steps=1, seed=0,
                             device=device, progress=False))

@@ -318,10 +318,11 @@ def main(cache: Path, out: Path, runs: Path | None, model: str, seeds: str, trai
 
     def on_done(name: str, last: Path) -> None:  # score and record each run as it ends
         kept = record / f"{name}.json" if record is not None else None
-        if kept is not None and kept.is_file() and json.loads(kept.read_text())["stopped_at"] == load_checkpoint(
-                last)["step"]:  # recorded at this very step by an earlier invocation: not scored again
-            results[name] = json.loads(kept.read_text())
-            return
+        if kept is not None and kept.is_file():  # recorded at this very step by an earlier invocation: kept
+            prior = json.loads(kept.read_text())
+            if prior["stopped_at"] == load_checkpoint(last)["step"]:
+                results[name] = prior
+                return
         results[name] = run_result(name, last, cache, tuple(parse_sequences(report_seqs)), dev)
         if record is not None:
             record.mkdir(parents=True, exist_ok=True)
