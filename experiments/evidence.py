@@ -6,6 +6,9 @@ Per seed s, on the same data and settings:
     teacher_s    fused scans (the M2SKD teacher)
     s2skd_s      student distilled from baseline_s (a single-scan teacher: the control)
     m2skd_s      student distilled from teacher_s (the method)
+    online_s     the released code's training: one network on both views each step, its
+                 fused view teaching its single view, the released loss (preset `released`)
+    online-nokd_s  the same without the distillation terms (does the fused data alone do it?)
 Every run validates on the `val` sequences every `--val-every` steps, keeps best.pt and
 stops after `--patience` validations without a better val mIoU (or at `--max-steps`);
 students distil from their teacher's best.pt. best.pt of each run is then scored on the
@@ -37,7 +40,7 @@ from m2skd.common.atomic import atomic_path
 from m2skd.common.kitti_io import parse_sequences
 from m2skd.common.labels import CLASS_NAMES, class_ids
 from m2skd.train.checkpoint import load_checkpoint
-from m2skd.train.config import MODELS, TrainConfig
+from m2skd.train.config import MODELS, RELEASED, TrainConfig
 from m2skd.train.dataset import ShardDataset
 from m2skd.train.evaluate import evaluate, load_model
 from m2skd.train.run_log import read_metrics
@@ -45,8 +48,14 @@ from m2skd.train.run_log import read_metrics
 from .lanes import Job, deployable, run_jobs
 
 console = Console()
-KINDS = ("baseline", "teacher", "s2skd", "m2skd")
+KINDS = ("baseline", "teacher", "s2skd", "m2skd", "online", "online-nokd")
+DEFAULT_KINDS = ("baseline", "teacher", "m2skd", "online", "online-nokd")
 TEACHER_OF = {"s2skd": "baseline", "m2skd": "teacher"}
+# the online arms: `m2skd-train online` with the released code's values, with and without distillation
+ONLINE = {"online": RELEASED, "online-nokd": {**RELEASED, "w_feat": 0.0, "w_logit": 0.0, "w_aff": 0.0}}
+# a student and what it is distilled from, for the share of the teacher's gap it closes:
+# M2SKD's frozen teacher on fused scans, an online run's own network on fused scans
+GAP = {"m2skd": "teacher", "online": "online", "online-nokd": "online-nokd"}
 # Ablations (`--variants`): the M2SKD student with one thing changed, same teacher, seed
 # and data, each paired against the full method (docs/method.md, "Distillation").
 VARIANTS = {
@@ -70,10 +79,11 @@ def jobs_for(cfg: TrainConfig, cache: Path, runs: Path, seeds: list[int], max_st
     jobs = {}
     for s in seeds:
         for kind in kinds:
-            train_kind = "student" if kind in TEACHER_OF else kind
+            train_kind = "student" if kind in TEACHER_OF else "online" if kind in ONLINE else kind
             teacher = f"{TEACHER_OF[kind]}{tag}_s{s}" if kind in TEACHER_OF else None
             name = f"{kind}{tag}_s{s}"
-            jobs[name] = Job(train_kind, cfg, cache, runs / name, max_steps, s, teacher, {"experiment": kind + tag})
+            jobs[name] = Job(train_kind, cfg.override(**ONLINE.get(kind, {})), cache, runs / name, max_steps, s,
+                             teacher, {"experiment": kind + tag})
         for v in variants:
             name = f"{variant_kind(v)}{tag}_s{s}"
             jobs[name] = Job("student", cfg.override(**VARIANTS[v]), cache, runs / name, max_steps, s,
@@ -113,7 +123,7 @@ def run_result(name: str, last: Path, cache: Path, report: tuple[str, ...], devi
            "best_step": load_checkpoint(best)["step"], "stopped_early": bool(state.get("stopped")),
            "hard_classes": state["hard_classes"], "report": score(best, cache, report, "single", device),
            "val_curve": [(m["step"], m["val_miou"]) for m in read_metrics(last.parent) if "val_miou" in m]}
-    if kind.startswith("teacher"):
+    if kind.startswith(("teacher", "online")):  # its own network on fused scans too
         res["report_fused"] = score(best, cache, report, "fused", device)
     return res
 
@@ -144,12 +154,13 @@ def summarise(results: list[dict]) -> dict:
         if rs:
             out["kinds"][kind] = {k: _stats([val(r, k) for r in rs]) for k in keys}
             out["kinds"][kind]["stopped_at"] = _stats([r["stopped_at"] for r in rs])
-            if kind.startswith("teacher"):  # its own input too: the fused scans
+            if kind.startswith(("teacher", "online")):  # fused scans too (a teacher's input)
                 out["kinds"][kind]["fused"] = {k: _stats([100 * r["report_fused"][k] for r in rs])
                                                for k in ("miou", "hard_miou")}
     # m2skd - teacher: the teacher deployed on single scans is a control too (training on
     # fused scans alone may be what helps, distillation or not)
-    pairs = [("m2skd", "baseline"), ("m2skd", "s2skd"), ("m2skd", "teacher"), ("s2skd", "baseline")]
+    pairs = [("m2skd", "baseline"), ("m2skd", "s2skd"), ("m2skd", "teacher"), ("s2skd", "baseline"),
+             ("online", "baseline"), ("online-nokd", "baseline"), ("online", "online-nokd"), ("online", "m2skd")]
     for d in derived:  # an ablation or a tagged run (KIND-TAG) against the run it changes
         base, _, tag = d.partition("-")
         ref = {"reference": base, "baseline": None}
@@ -163,6 +174,28 @@ def summarise(results: list[dict]) -> dict:
             diffs = {k: [val(by[(a, s)], k) - val(by[(b, s)], k) for s in common] for k in keys}
             out["paired"][f"{a} - {b}"] = {k: {**_stats(d), "positive": sum(x > 0 for x in d)}
                                            for k, d in diffs.items()}
+    out["gap_closed"] = gap_closed(by, seeds)
+    return out
+
+
+def gap_closed(by: dict, seeds: list[int]) -> dict:
+    """Per student arm, the share of its teacher's hard-class gap it closes, per seed:
+    (student - baseline) / (teacher on fused scans - baseline), hard-class mIoU on single
+    scans against the teacher's on fused ones; over the seeds' summed gains and gaps too
+    (a seed whose teacher barely beats the baseline makes its own ratio explode)."""
+    out = {}
+    for arm, teacher in GAP.items():
+        common = [s for s in seeds if (arm, s) in by and (teacher, s) in by and ("baseline", s) in by
+                  and "report_fused" in by[(teacher, s)]]
+        if not common:
+            continue
+        gains = [100 * (by[(arm, s)]["report"]["hard_miou"] - by[("baseline", s)]["report"]["hard_miou"])
+                 for s in common]
+        gaps = [100 * (by[(teacher, s)]["report_fused"]["hard_miou"] - by[("baseline", s)]["report"]["hard_miou"])
+                for s in common]
+        out[arm] = {"seeds": common, "gain": gains, "gap": gaps,
+                    "share": [g / d if d else float("nan") for g, d in zip(gains, gaps, strict=True)],
+                    "pooled_share": sum(gains) / sum(gaps) if sum(gaps) else float("nan")}
     return out
 
 
@@ -186,7 +219,29 @@ def markdown(summary: dict) -> str:
         lines.append(f"| {label} | " + " | ".join(row) + " |")
     lines.append("| steps to the val plateau | " + " | ".join(
         f"{summary['kinds'][k]['stopped_at']['mean']:.0f}" for k in kinds) + " |" + " |" * len(pairs))
-    return "\n".join(lines) + "\n" + ablation_markdown(summary)
+    fused = [k for k in kinds if "fused" in summary["kinds"][k]]
+    if fused:
+        def pair(k: str) -> str:
+            f_ = summary["kinds"][k]["fused"]
+            return f"{f_['miou']['mean']:.1f} / {f_['hard_miou']['mean']:.1f}" if k in fused else ""
+        lines.append("| fused input: mIoU / hard | " + " | ".join(pair(k) for k in kinds) + " |" + " |" * len(pairs))
+    return "\n".join(lines) + "\n" + gap_markdown(summary) + ablation_markdown(summary)
+
+
+def _row(xs: list[float], fmt: str) -> str:
+    return ", ".join(format(x, fmt) for x in xs)
+
+
+def gap_markdown(summary: dict) -> str:
+    gaps = summary.get("gap_closed", {})
+    if not gaps:
+        return ""
+    lines = ["", "| student arm | teacher | hard-class gain over the baseline, per seed | teacher's gap (fused input), "
+             "per seed | share closed, per seed | pooled share |", "|---" * 6 + "|"]
+    for arm, g in gaps.items():
+        lines.append(f"| {arm} | {GAP[arm]} | {_row(g['gain'], '+.1f')} | {_row(g['gap'], '+.1f')} | "
+                     f"{_row(g['share'], '.2f')} | {g['pooled_share']:.2f} |")
+    return "\n".join(lines) + "\n"
 
 
 def ablation_markdown(summary: dict) -> str:
@@ -239,7 +294,8 @@ def plot_curves(results: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    colours = dict(zip(KINDS, ("tab:grey", "tab:green", "tab:orange", "tab:blue"), strict=True))
+    colours = dict(zip(KINDS, ("tab:grey", "tab:green", "tab:orange", "tab:blue", "tab:red", "tab:purple"),
+                       strict=True))
     for r in results:
         if r["val_curve"] and r["kind"] in colours:  # the ablations have their own table, no curves
             steps, vals = zip(*r["val_curve"], strict=True)
@@ -275,14 +331,16 @@ def _names(text: str, allowed: tuple[str, ...], option: str) -> tuple[str, ...]:
 @click.option("--model", type=click.Choice(MODELS), default="polarnet", show_default=True)
 @click.option("--seeds", default="0,1,2", show_default=True)
 @click.option("--train-seqs", default="00-03", show_default=True)
-@click.option("--val-seqs", default="04", show_default=True, help="early stopping and best.pt")
+@click.option("--val-seqs", default="04,05", show_default=True,
+              help="early stopping and best.pt (two sequences: one jumps +-2 points between validations)")
 @click.option("--report-seqs", default="08-10", show_default=True, help="the table: nothing is selected on these")
 @click.option("--max-steps", type=int, default=8000, show_default=True)
 @click.option("--val-every", type=int, default=250, show_default=True)
-@click.option("--patience", type=int, default=4, show_default=True)
+@click.option("--patience", type=int, default=6, show_default=True)
 @click.option("--lanes", type=int, help="runs side by side [default: 2 on >= 2 cores]")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--kinds", default=",".join(KINDS), show_default=True, help="which runs to train per seed")
+@click.option("--kinds", default=",".join(DEFAULT_KINDS), show_default=True,
+              help=f"which arms to train per seed, of {', '.join(KINDS)}")
 @click.option("--tag", default="", help="appended to the run names (kind-TAG_sN), e.g. win44 for runs on a cache "
               "fused with another window, beside the main runs")
 @click.option("--extend", type=int, help="continue copies (KIND-long) of the --kinds runs that teach none of "

@@ -55,3 +55,11 @@ def test_two_process_ddp_keeps_ranks_identical(fused_cache, tmp_path):
     assert (out / "last.pt").is_file()
     assert json.loads((out / "config.json").read_text())["world_size"] == 2
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_two_process_online_run_keeps_ranks_identical(fused_cache, tmp_path):
+    """`online` under torchrun: both views go through one DDP call (two DDP forwards before one
+    backward break its reducer), the gradients all-reduced, ranks identical."""
+    _torchrun(fused_cache, tmp_path / "online", "online")
+    rows = [json.loads(ln) for ln in (tmp_path / "online" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all({"seg", "fused", "logit", "aff"} <= set(r) for r in rows)

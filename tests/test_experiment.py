@@ -16,7 +16,7 @@ def test_harness_trains_the_controls_and_pairs_them(fused_cache, tmp_path):
     out, record = tmp_path / "exp", tmp_path / "record"
     args = ["--cache", str(fused_cache), "--out", str(out), "--seeds", "0,1", "--train-seqs", "00", "--val-seqs", "08",
             "--report-seqs", "08", "--max-steps", "4", "--val-every", "2", "--patience", "1", "--lanes", "1",
-            "--device", "cpu", "--record", str(record), "--variants", "aff_only"]
+            "--device", "cpu", "--record", str(record), "--variants", "aff_only", "--kinds", ",".join(evidence.KINDS)]
     r = CliRunner().invoke(evidence.main, args, catch_exceptions=False)
     assert r.exit_code == 0, r.output
     res = json.loads((out / "results.json").read_text())
@@ -32,6 +32,20 @@ def test_harness_trains_the_controls_and_pairs_them(fused_cache, tmp_path):
         ab = json.loads((out / "runs" / f"m2skd-aff_only_s{s}" / "config.json").read_text())
         assert ab["teacher"] == m2["teacher"] and ab["config"]["distill"]["w_feat"] == 0 == ab["config"]["distill"][
             "w_logit"] and ab["config"]["distill"]["w_aff"] == m2["config"]["distill"]["w_aff"] > 0
+    # the online arms: the released values, distillation off in the control; scored on fused scans too
+    for s in (0, 1):
+        on = json.loads((out / "runs" / f"online_s{s}" / "config.json").read_text())
+        off = json.loads((out / "runs" / f"online-nokd_s{s}" / "config.json").read_text())
+        assert on["kind"] == off["kind"] == "online" and on["teacher"] is None
+        assert on["config"]["distill"]["w_logit"] == 5.0 and on["config"]["distill"]["aff_level"] == "released"
+        assert off["config"]["distill"]["w_logit"] == off["config"]["distill"]["w_aff"] == 0.0
+        assert off["config"]["distill"]["w_fused"] == on["config"]["distill"]["w_fused"] == 0.2
+        assert "report_fused" in runs[f"online_s{s}"]
+    gap = res["summary"]["gap_closed"]["online"]
+    want = [(runs[f"online_s{s}"]["report"]["hard_miou"] - runs[f"baseline_s{s}"]["report"]["hard_miou"])
+            / (runs[f"online_s{s}"]["report_fused"]["hard_miou"] - runs[f"baseline_s{s}"]["report"]["hard_miou"])
+            for s in (0, 1)]
+    assert gap["share"] == pytest.approx(want)
     # paired differences, recomputed from the per-run scores
     d = [100 * (runs[f"m2skd_s{s}"]["report"]["hard_miou"] - runs[f"s2skd_s{s}"]["report"]["hard_miou"])
          for s in (0, 1)]

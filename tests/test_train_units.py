@@ -43,8 +43,10 @@ def test_augmentation_rotation_flip_scale_by_hand():
     p = np.array([[1.0, 0.0, 2.0, 0.5]], np.float32)
     rot = Augmentation(np.pi / 2, False, False, 1.0, (0.0, 0.0, 0.0)).apply(p)
     np.testing.assert_allclose(rot, [[0.0, 1.0, 2.0, 0.5]], atol=1e-6)
-    flip = Augmentation(0.0, True, False, 2.0, (1.0, 0.0, -1.0)).apply(p)
-    np.testing.assert_allclose(flip, [[-2.0 + 1.0, 0.0, 4.0 - 1.0, 0.5]], atol=1e-6)
+    flip = Augmentation(0.0, True, False, 2.0, (1.0, 0.0, -1.0)).apply(p)  # x and y scaled, z not
+    np.testing.assert_allclose(flip, [[-2.0 + 1.0, 0.0, 2.0 - 1.0, 0.5]], atol=1e-6)
+    both = Augmentation(0.0, True, False, 2.0, (1.0, 0.0, -1.0), scale_z=True).apply(p)
+    np.testing.assert_allclose(both, [[-2.0 + 1.0, 0.0, 4.0 - 1.0, 0.5]], atol=1e-6)
 
 
 def test_same_augmentation_for_both_views(fused_cache):

@@ -1,8 +1,9 @@
-"""`m2skd-train`: teacher, baseline and student training, and evaluation.
+"""`m2skd-train`: teacher, baseline, student and online training, evaluation and prediction.
 
     m2skd-train teacher  --cache data_cache/fused --model cylinder3d --preset tiny --steps 300
     m2skd-train baseline --cache data_cache/fused --model cylinder3d --preset tiny --steps 300
     m2skd-train student  --teacher data_cache/runs/teacher_cylinder3d_tiny_s0/last.pt ...
+    m2skd-train online   --cache data_cache/fused --model cylinder3d --preset tiny+released --steps 300
     m2skd-train eval     --ckpt .../last.pt --data data_cache/synth --split val --json r.json
     m2skd-train predict  --ckpt .../last.pt --data /path/to/semantickitti --sequences 11-21 --out submission
 """
@@ -24,16 +25,26 @@ from m2skd.common.shards import VIEWS, ShardError
 
 from .checkpoint import CheckpointError
 from .config import MODELS, DistillConfig, TrainConfig
+from .kinds import KINDS
 
 warnings.filterwarnings("ignore", category=FutureWarning, module="spconv")
 console = Console(stderr=True)
 ERRORS = (ShardError, CheckpointError, KittiFormatError, UnknownLabelError, ValueError, FileNotFoundError)
 DISTILL_KNOBS = tuple(DistillConfig.leaf_names())
+ONLINE_KNOBS = ("w_fused", "fused_loss")  # the fused view's own loss: only an online run has one
+
+
+def _preset(ctx, param, value: str) -> str:
+    try:
+        TrainConfig.preset(value, model="polarnet")
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    return value
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """Train M2SKD teachers, single-scan baselines and distilled students; evaluate them."""
+    """Train M2SKD teachers, single-scan baselines, distilled students and online runs; evaluate them."""
 
 
 def run_options(skip: tuple[str, ...] = ()):
@@ -44,8 +55,9 @@ def run_options(skip: tuple[str, ...] = ()):
             click.option("--cache", type=click.Path(file_okay=False, path_type=Path),
                          default=Path("data_cache/fused"), show_default=True, help="fused shards from `make fuse`"),
             click.option("--model", type=click.Choice(MODELS), default="cylinder3d", show_default=True),
-            click.option("--preset", type=click.Choice(TrainConfig.preset_names()), default="tiny",
-                         show_default=True),
+            click.option("--preset", default="tiny", show_default=True, callback=_preset,
+                         help=f"{', '.join(TrainConfig.preset_names())}, combined with '+' (tiny+released: the "
+                              "released code's loss values on the tiny network)"),
             click.option("--steps", type=int, help="optimiser steps (or --epochs)"),
             click.option("--epochs", type=int, help="passes over the training scans (or --steps)"),
             click.option("--out", type=click.Path(file_okay=False, path_type=Path),
@@ -89,33 +101,39 @@ def _run(kind: str, teacher: Path | None = None, **kw) -> None:
     console.print(f"{kind} checkpoint: {ckpt}")
 
 
-@main.command()
+@main.command(help=KINDS["teacher"].help)
 @run_options(skip=DISTILL_KNOBS)
 def teacher(**kw) -> None:
-    """Train the teacher on fused scans (segmentation loss)."""
     _run("teacher", **kw)
 
 
-@main.command()
+@main.command(help=KINDS["baseline"].help)
 @run_options(skip=DISTILL_KNOBS)
 def baseline(**kw) -> None:
-    """Train a plain single-scan model (the reference the student must beat)."""
     _run("baseline", **kw)
 
 
-@main.command()
-@run_options()
+@main.command(help=KINDS["student"].help)
+@run_options(skip=ONLINE_KNOBS)
 @click.option("--teacher", "teacher_ckpt", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="teacher checkpoint (same --model and --preset)")
 @click.option("--no-feat", is_flag=True, help="switch feature distillation off (= --w-feat 0)")
 @click.option("--no-logit", is_flag=True, help="switch logit distillation off (= --w-logit 0)")
 @click.option("--no-aff", is_flag=True, help="switch affinity distillation off (= --w-aff 0)")
 def student(teacher_ckpt: Path, no_feat: bool, no_logit: bool, no_aff: bool, **kw) -> None:
-    """Distil a frozen teacher into a single-scan student (seg + feature + logit + affinity)."""
     for flag, key in ((no_feat, "w_feat"), (no_logit, "w_logit"), (no_aff, "w_aff")):
         if flag:
             kw[key] = 0.0
     _run("student", teacher=teacher_ckpt, **kw)
+
+
+@main.command(help=KINDS["online"].help)
+@run_options()
+@click.option("--teacher", "teacher_ckpt", hidden=True, help="refused: an online run is its own teacher")
+def online(teacher_ckpt: str | None, **kw) -> None:
+    if teacher_ckpt is not None:
+        fail(KINDS["online"].teacher_refusal)
+    _run("online", **kw)
 
 
 @main.command("eval")

@@ -10,6 +10,7 @@ they are the fused cache's (its manifest), so a run cannot disagree with its dat
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +53,9 @@ class ModelConfig(Config):
     compress: int = knob(16, "point feature width fed to the grid (PolarNet: = height bins)", shape=True)
     dropout: float = knob(0.5, "PolarNet: DropBlock probability after each up block (PolarSeg: 0.5)")
     remission: bool = knob(True, "feed remission as the 9th point feature; off: zeros, for data without it")
+    # Cylinder3D master and the released M2SKD network apply the context block's bn1; an
+    # unmerged pull request drops it, which this code followed before (docs/method.md)
+    context_bn1: bool = knob(True, "Cylinder3D: apply the context block's branch BN (as the official code)")
 
     def __post_init__(self) -> None:
         if self.backbone not in MODELS:
@@ -77,6 +81,10 @@ class OptimConfig(Config):
     lr: float = knob(1e-3, "Adam learning rate")
     batch_size: int = knob(2, "scans per step (per rank under torchrun)")
     lovasz_weight: float = knob(1.0, "weight of the Lovasz-softmax term beside cross-entropy")
+    # PolarSeg and Cylinder3D both train on voxels, each labelled by its points' majority
+    # (ties to the smallest id, as their label voting); per point weights a voxel by its points
+    seg_on: str = knob("voxel", "segmentation loss on voxels (majority labels, as the published codes) or points",
+                       choices=("voxel", "point"))
 
     def __post_init__(self) -> None:
         if self.batch_size <= 0 or self.lr <= 0 or self.lovasz_weight < 0:
@@ -90,6 +98,8 @@ class AugmentConfig(Config):
     rotate_deg: float = knob(45.0, "random rotation about z, +- degrees")
     flip: bool = knob(True, "random flips of x and y")
     scale: tuple[float, float] = knob((0.95, 1.05), "random scale range")
+    # Cylinder3D's and the released loader's scaling multiplies x and y only
+    scale_z: bool = knob(False, "scale z as well as x and y")
     translate: tuple[float, float, float] = knob((0.5, 0.5, 0.1), "translation sigma per axis (m)")
     tilt_deg: float = knob(0.0, "random roll and pitch, +- degrees (ground that is not level under the sensor)")
 
@@ -112,17 +122,38 @@ class DistillConfig(Config):
     # (README, "Evidence"): no point pulls the student towards a wrong teacher label.
     kd_where: str = knob("all", "L_logit at every labelled point, or only where the teacher's label is right",
                          choices=("all", "correct"))
-    aff_level: str = knob("instance", "affinity per instance (paper) or per class (released code)",
-                          choices=("instance", "class"))
-    aff_cap: int = knob(256, "voxels per instance in the affinity matrix (random subset)")
+    # "released" on the released code's level: each single-scan voxel once
+    logit_on: str = knob("point", "L_logit per point or per single-scan voxel (released code)",
+                         choices=("point", "voxel"))
+    aff_level: str = knob("instance", "affinity per instance on features (paper), per class and scan on features, "
+                          "or as released: per hard class on the 20 logits, the batch's scans pooled, summed",
+                          choices=("instance", "class", "released"))
+    aff_cap: int = knob(256, "voxels per instance in the affinity matrix (random subset; not for 'released')")
+    kd_warmup: int = knob(0, "distillation weights rise linearly from 0 over this many steps (0: from the start, "
+                          "as released)")
+    # `online` only (one network on both views, the released training): its fused view's own loss
+    w_fused: float = knob(0.2, "online: weight of the cross-entropy on the fused view")
+    fused_loss: str = knob("changed", "online: fused-view cross-entropy on the voxels whose label the fused points "
+                           "changed (released), on every voxel, or off", choices=("changed", "all", "off"))
 
     def __post_init__(self) -> None:
-        if self.temperature <= 0 or self.aff_cap < 2 or min(self.w_feat, self.w_logit, self.w_aff) < 0:
+        if self.temperature <= 0 or self.aff_cap < 2 or min(self.w_feat, self.w_logit, self.w_aff, self.w_fused) < 0:
             raise ValueError("temperature must be positive, aff_cap >= 2 and the weights >= 0")
+        if self.kd_warmup < 0:
+            raise ValueError(f"kd_warmup must be >= 0, got {self.kd_warmup}")
 
     @property
     def weights(self) -> dict[str, float]:
+        """The distillation terms' weights (what the warm-up scales)."""
         return {"feat": self.w_feat, "logit": self.w_logit, "aff": self.w_aff}
+
+    def step_weights(self, step: int) -> dict[str, float]:
+        """Every weighted term's weight at optimiser step `step` (0-based): the distillation
+        weights scaled by the warm-up, the online fused-view term as set."""
+        ramp = 1.0 if self.kd_warmup == 0 else min(1.0, step / self.kd_warmup)
+        w = {k: ramp * v for k, v in self.weights.items()}
+        w["fused"] = self.w_fused if self.fused_loss != "off" else 0.0
+        return w
 
 
 @dataclass(frozen=True)
@@ -166,20 +197,41 @@ class TrainConfig(Config):
 
     @classmethod
     def _presets(cls) -> dict[str, dict[str, Any]]:
-        return {"paper": {}, "tiny": TINY}
+        return {"paper": {}, "tiny": TINY, "released": RELEASED}
 
     @classmethod
     def preset(cls, name: str, model: str = "cylinder3d") -> TrainConfig:  # type: ignore[override]
         """The named preset for one backbone: its published network and setting
-        (`PUBLISHED`), narrowed by the preset, its grid bounds filled in."""
+        (`PUBLISHED`), narrowed by the preset, its grid bounds filled in. Presets combine
+        with '+', applied left to right: `tiny+released` is the released loss on the tiny network."""
         if model not in MODELS:
             raise ValueError(f"unknown model {model!r}; choose from {MODELS}")
         presets = cls._presets()
-        if name not in presets:
-            raise ValueError(f"unknown {cls.__name__} preset {name!r}; choose from {sorted(presets)}")
+        names = name.split("+")
+        if bad := [n for n in names if n not in presets]:
+            raise ValueError(f"unknown {cls.__name__} preset {bad[0]!r}; choose from {sorted(presets)}, "
+                             "combined with '+' (e.g. tiny+released)")
         lo, hi = GRID_BOUNDS[model]
-        return (cls().override(backbone=model, min_bound=lo, max_bound=hi, **PUBLISHED[model])
-                .override(**presets[name]).override(**PRESET_BY_BACKBONE.get((name, model), {})))
+        cfg = cls().override(backbone=model, min_bound=lo, max_bound=hi, **PUBLISHED[model])
+        for n in names:
+            cfg = cfg.override(**presets[n]).override(**PRESET_BY_BACKBONE.get((n, model), {}))
+        return cfg
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:  # type: ignore[override]
+        """A saved config; a knob it lacks (saved before the knob existed) takes the value
+        that reproduces the behaviour of then (`LEGACY`), else its default."""
+        return super().from_dict(with_legacy(d))
+
+
+def with_legacy(saved: dict[str, Any]) -> dict[str, Any]:
+    """`saved` (a TrainConfig dict) with each `LEGACY` knob it lacks filled in."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in saved.items()}
+    for name, sub in typing.get_type_hints(TrainConfig).items():
+        if isinstance(out.get(name), dict):
+            for knob_name in sub.leaf_names() & LEGACY.keys():
+                out[name].setdefault(knob_name, LEGACY[knob_name])
+    return out
 
 
 # Each backbone's published network and training setting, beside the defaults above
@@ -195,5 +247,13 @@ PUBLISHED: dict[str, dict[str, Any]] = {
 # `tiny`: a 96 x 72 x 16 grid and narrow layers that train in minutes on two CPU cores
 TINY: dict[str, Any] = {"grid_shape": (96, 72, 16), "point_widths": (16, 32, 64), "init_size": 8, "compress": 8,
                         "checkpoint_every": 100}
+# `released`: every loss value of the released M2SKD code (github skyshoumeng/M2SKD;
+# docs/method.md, "The released code's values", gives each one's source line)
+RELEASED: dict[str, Any] = {"seg_on": "voxel", "w_logit": 5.0, "logit_variant": "released", "logit_on": "voxel",
+                            "kd_balance": "point", "kd_where": "all", "w_aff": 1.0, "aff_level": "released",
+                            "w_feat": 0.0, "w_fused": 0.2, "fused_loss": "changed", "kd_warmup": 0,
+                            "scale_z": False}
+# Knobs whose default changed: a config saved before the knob existed ran the old way
+LEGACY: dict[str, Any] = {"seg_on": "point", "scale_z": True, "context_bn1": False}
 # PolarNet's compressed width is its number of height bins, at every size
 PRESET_BY_BACKBONE: dict[tuple[str, str], dict[str, Any]] = {("tiny", "polarnet"): {"compress": 16}}

@@ -17,6 +17,7 @@ from m2skd.common.labels import IGNORE_INDEX, class_ids
 from .batch import Batch
 from .config import DistillConfig
 from .models import ModelOutput
+from .voxel_labels import voxel_view
 
 RELEASED_SCALE = 0.3  # released code: softmax(logits * 0.3), i.e. T = 1/0.3
 RELEASED_THRESHOLD = 0.01  # released code: only voxels whose KD term exceeds this
@@ -136,6 +137,27 @@ def affinity_groups(student: Batch, out: ModelOutput, hard_ids: tuple[int, ...],
     return groups
 
 
+def released_affinity_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, labels: torch.Tensor,
+                           sample: torch.Tensor, hard_ids: tuple[int, ...]) -> torch.Tensor:
+    """The released code's affinity term, on single-scan voxels: for each hard class, the
+    voxels of that (majority) label in every scan of the batch that has at least two of
+    them, pooled into one set; the cosine-similarity matrices of their 20 student and
+    teacher logits; mean |A_s - A_t| per class, summed over classes, no cap.
+    (Released: two scans hard-coded, and a scan with exactly one such voxel before one with
+    more keeps the class out; here any batch size, and a one-voxel scan is left out.)"""
+    total = s_logits.sum() * 0.0
+    for c in hard_ids:
+        mine = labels == c
+        if int(mine.sum()) < 2:
+            continue
+        per_scan = torch.bincount(sample[mine], minlength=int(sample.max()) + 1)
+        keep = mine & (per_scan[sample] >= 2)
+        if int(keep.sum()) < 2:
+            continue
+        total = total + (cosine_affinity(s_logits[keep]) - cosine_affinity(t_logits[keep].detach())).abs().mean()
+    return total
+
+
 class Distiller(nn.Module):
     """Computes L_feat, L_logit and L_aff for one (teacher, student) batch pair.
 
@@ -143,9 +165,11 @@ class Distiller(nn.Module):
     same backbone on both sides it is the identity and has no weights.
     """
 
-    def __init__(self, cfg: DistillConfig, hard_classes: tuple[str, ...], student_dim: int, teacher_dim: int) -> None:
+    def __init__(self, cfg: DistillConfig, hard_classes: tuple[str, ...], student_dim: int, teacher_dim: int,
+                 grid_shape: tuple[int, ...] = ()) -> None:
         super().__init__()
         self.cfg = cfg
+        self.grid_shape = tuple(grid_shape)  # the logits' voxels (logit_on voxel, aff_level released)
         self.hard_ids = tuple(class_ids(hard_classes))
         self.adapter = nn.Identity() if student_dim == teacher_dim else nn.Linear(student_dim, teacher_dim)
 
@@ -158,15 +182,25 @@ class Distiller(nn.Module):
         t_feat = t_out.voxel_feats[t_idx]
         if use.get("feat"):
             losses["feat"] = feature_loss(s_feat, t_feat)
-        if use.get("logit"):
+        need_vox = (use.get("logit") and cfg.logit_on == "voxel") or (use.get("aff") and cfg.aff_level == "released")
+        if use.get("logit") or need_vox:
             rows = student_point_index(teacher, student)
             s_logits, t_logits, labels = s_out.point_logits, t_out.point_logits[rows], student.labels
+        if need_vox:  # each single-scan voxel once, labelled by its points' majority
+            v = voxel_view(student.vox, student.labels, self.grid_shape)
+            sv_logits, tv_logits = s_logits[v.first], t_logits[v.first]
+        if use.get("logit"):
+            if cfg.logit_on == "voxel":
+                s_logits, t_logits, labels = sv_logits, tv_logits, v.labels
             if cfg.kd_where == "correct":
                 right = (t_logits.argmax(1) == labels) & (labels != IGNORE_INDEX)
                 s_logits, t_logits, labels = s_logits[right], t_logits[right], labels[right]
             losses["logit"] = logit_loss(s_logits, t_logits, cfg.temperature, cfg.logit_variant,
                                          labels if cfg.kd_balance == "class" else None)
         if use.get("aff"):
-            groups = affinity_groups(student, s_out, self.hard_ids, cfg.aff_cap, cfg.aff_level, generator)
-            losses["aff"] = affinity_loss(s_feat, t_feat, groups)
+            if cfg.aff_level == "released":
+                losses["aff"] = released_affinity_loss(sv_logits, tv_logits, v.labels, v.sample, self.hard_ids)
+            else:
+                groups = affinity_groups(student, s_out, self.hard_ids, cfg.aff_cap, cfg.aff_level, generator)
+                losses["aff"] = affinity_loss(s_feat, t_feat, groups)
         return losses

@@ -8,6 +8,8 @@ import torch.nn.functional as F
 
 from m2skd.common.labels import IGNORE_INDEX as IGNORE
 
+from .voxel_labels import VoxelView, changed_targets, voxel_view
+
 
 def lovasz_grad(gt_sorted: torch.Tensor) -> torch.Tensor:
     """Gradient of the Lovasz extension of the Jaccard loss w.r.t. errors sorted descending."""
@@ -43,3 +45,25 @@ def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, lovasz_weight:
     if lovasz_weight == 0:
         return ce
     return ce + lovasz_weight * lovasz_softmax(F.softmax(logits.float(), dim=1), labels)
+
+
+def view_segmentation_loss(logits: torch.Tensor, vox: torch.Tensor, labels: torch.Tensor, seg_on: str,
+                           shape: tuple[int, ...], lovasz_weight: float = 1.0) -> torch.Tensor:
+    """The segmentation loss of one view: per point, or per voxel on majority labels
+    (`voxel_labels.py`), as PolarSeg and Cylinder3D train."""
+    if seg_on == "point":
+        return segmentation_loss(logits, labels, lovasz_weight)
+    v = voxel_view(vox, labels, shape)
+    return segmentation_loss(logits[v.first], v.labels, lovasz_weight)
+
+
+def fused_view_loss(fused_logits: torch.Tensor, fused: VoxelView, single: VoxelView, mode: str) -> torch.Tensor:
+    """`online`'s cross-entropy on the fused view's voxels: 'changed' (released: only where
+    the fused points changed a voxel's label, `changed_targets`) or 'all' voxels. Plain
+    cross-entropy, no Lovasz term (the released line has it commented out); 0 when no voxel
+    is a target."""
+    target = changed_targets(fused, single) if mode == "changed" else fused.labels
+    logits = fused_logits[fused.first]
+    if not bool((target != IGNORE).any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.float(), target, ignore_index=IGNORE)

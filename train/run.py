@@ -12,18 +12,17 @@ import torch
 
 from .batch import collate
 from .checkpoint import CheckpointError, check_compatible, checkpoint_config, load_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, with_legacy
 from .dataset import ShardDataset
 from .distill import Distiller
+from .kinds import KINDS, RunKind
 from .models import build_model
 from .runtime import Dist, init_distributed, pick_device
 from .sampler import StepSampler
+from .steps import TwoViews
 
-KINDS = ("teacher", "baseline", "student")
-VIEW = {"teacher": "fused", "baseline": "single", "student": "pair"}  # what each kind of run reads
 CHECKPOINT = "last.pt"
 BEST = "best.pt"  # the checkpoint of the best val mIoU so far (with --val-every)
-VAL_VIEW = {"teacher": "fused", "baseline": "single", "student": "single"}  # what validation scores
 
 
 class TrainError(ValueError):
@@ -60,7 +59,7 @@ class Run:
     dataset: ShardDataset
     total: int
     model: torch.nn.Module
-    net: torch.nn.Module  # the model, wrapped in DDP under torchrun
+    net: torch.nn.Module  # what a step calls: the model (both views for `online`), in DDP under torchrun
     optimizer: torch.optim.Optimizer
     teacher: torch.nn.Module | None = None
     teacher_view: str | None = None  # the teacher's input: "fused" (M2SKD) or "single" (a single-scan teacher)
@@ -76,9 +75,13 @@ class Run:
         return Path(self.spec.out) / CHECKPOINT
 
     @property
+    def kind(self) -> RunKind:
+        return KINDS[self.spec.kind]
+
+    @property
     def view(self) -> str:
         """What the loader reads: a student of a single-scan teacher needs no fused view."""
-        return "single" if self.teacher_view == "single" else VIEW[self.spec.kind]
+        return "single" if self.teacher_view == "single" else self.kind.reads
 
     def note_validation(self, result: dict) -> bool:
         """Record a validation; True if it is the best so far (then best.pt is written)."""
@@ -129,7 +132,8 @@ RESUMABLE = {"workers", "log_every", "checkpoint_every", "val_every", "patience"
 
 def check_spec(spec: RunSpec) -> None:
     if spec.kind not in KINDS:
-        raise TrainError(f"unknown run kind {spec.kind!r}; choose from {KINDS}")
+        raise TrainError(f"unknown run kind {spec.kind!r}; choose from {tuple(KINDS)}")
+    kind = KINDS[spec.kind]
     ckpt = Path(spec.out) / CHECKPOINT
     if spec.resume and spec.force:
         raise TrainError("--resume and --force contradict each other: continue the run, or start it over")
@@ -137,8 +141,10 @@ def check_spec(spec: RunSpec) -> None:
         raise TrainError(f"{ckpt}: nothing to resume (no checkpoint); drop --resume to start a new run there")
     if ckpt.exists() and not (spec.resume or spec.force):
         raise TrainError(f"{ckpt} exists: pass --resume to continue that run or --force to start over")
-    if spec.kind == "student" and spec.teacher is None:
-        raise TrainError("a student run needs --teacher PATH (a checkpoint from `m2skd-train teacher`)")
+    if kind.teacher and spec.teacher is None:
+        raise TrainError(f"a {kind.name} run needs --teacher PATH (a checkpoint from `m2skd-train teacher`)")
+    if not kind.teacher and spec.teacher is not None:
+        raise TrainError(f"{kind.teacher_refusal}")
 
 
 def total_steps(spec: RunSpec, n_scans: int, world: int) -> int:
@@ -211,9 +217,9 @@ def _leaves(d: dict) -> dict:
 
 
 def _changed_knobs(saved: dict, now: dict) -> dict[str, tuple]:
-    # A knob added after the run was saved counts as its default: new knobs default to the
-    # behaviour that was there before them, so an older run resumes unless one is set.
-    a, b = {**_leaves(TrainConfig().to_dict()), **_leaves(saved)}, _leaves(now)
+    # A knob added after the run was saved counts as the value that behaves as before it
+    # (its default, or `LEGACY` where the default changed), so an older run resumes as it ran.
+    a, b = {**_leaves(TrainConfig().to_dict()), **_leaves(with_legacy(saved))}, _leaves(now)
     return {k: (a.get(k), b.get(k)) for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in RESUMABLE}
 
 
@@ -226,28 +232,31 @@ def start_run(spec: RunSpec) -> Run:
         # deterministic kernels make a seeded (and a resumed) run reproducible bit for bit
         torch.use_deterministic_algorithms(True, warn_only=True)
     dist = init_distributed(device)
-    dataset = ShardDataset(spec.cache, cfg.data.train_sequences, cfg, view=VIEW[spec.kind])
+    kind = KINDS[spec.kind]
+    dataset = ShardDataset(spec.cache, cfg.data.train_sequences, cfg, view=kind.reads)
     total = total_steps(spec, len(dataset), dist.world)
     teacher, teacher_view = (load_teacher(Path(spec.teacher), cfg, dataset.hard_classes, device)
-                             if spec.kind == "student" else (None, None))
+                             if kind.teacher else (None, None))
     if teacher_view == "single":
         dataset = dataset.with_view("single")
     val = None
     if cfg.runtime.val_every:
-        val = ShardDataset(spec.cache, cfg.data.val_sequences, cfg, view=VAL_VIEW[spec.kind])
+        val = ShardDataset(spec.cache, cfg.data.val_sequences, cfg, view=kind.validates_on)
     torch.manual_seed(spec.seed)  # after the teacher: the student's init depends on the seed alone
     model = build_model(cfg.model, device)
     params = list(model.parameters())
     distiller = None
-    if teacher is not None:
-        distiller = Distiller(cfg.distill, dataset.hard_classes, model.feature_dim, teacher.feature_dim).to(device)
+    if kind.distills:  # an online run's teacher is its own network: same width, no adapter
+        t_dim = teacher.feature_dim if teacher is not None else model.feature_dim
+        distiller = Distiller(cfg.distill, dataset.hard_classes, model.feature_dim, t_dim,
+                              cfg.model.grid_shape).to(device)
         params += list(distiller.parameters())
-    net = model
+    net = TwoViews(model) if kind.two_views else model
     run = Run(spec, device, dist, dataset, total, model, net, torch.optim.Adam(params, lr=cfg.optim.lr),
               teacher, teacher_view, distiller, val)
     if spec.resume and run.ckpt_path.exists():
         _resume(run)
     if dist.world > 1:
         run.net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            net, device_ids=[device.index] if device.type == "cuda" else None)
     return run

@@ -1,28 +1,46 @@
-"""One training step's losses for each kind of run.
+"""One training step's losses for each kind of run (what each kind is: `kinds.py`).
 
 teacher / baseline  segmentation loss on the run's one view (fused / single)
 student             segmentation loss on the single view + the three distillation terms
                     against the frozen teacher on the fused view of the same augmented scans
                     (or on the single view itself: a single-scan teacher, the control)
+online              the released code's training: one network on the single view, then on
+                    the fused view (train mode, BatchNorm sees both, single first); seg on
+                    the single view, the distillation terms against the fused view's
+                    outputs detached, and `w_fused` x cross-entropy on the fused view
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from .batch import Batch
-from .losses import segmentation_loss
-from .run import Run
+from .losses import fused_view_loss, view_segmentation_loss
+from .models import ModelOutput
+from .voxel_labels import voxel_view
+
+if TYPE_CHECKING:
+    from .run import Run
 
 Losses = dict[str, torch.Tensor]
 
 
+def _seg(run: Run, out: ModelOutput, b: Batch) -> torch.Tensor:
+    cfg = run.spec.cfg
+    return view_segmentation_loss(out.point_logits, b.vox, b.labels, cfg.optim.seg_on, tuple(cfg.model.grid_shape),
+                                  cfg.optim.lovasz_weight)
+
+
 def seg_step(run: Run, batch: Batch, gen: torch.Generator) -> tuple[Losses, int]:
     b = batch.to(run.device)
-    out = run.net(b)
-    return {"seg": segmentation_loss(out.point_logits, b.labels, run.spec.cfg.optim.lovasz_weight)}, b.batch_size
+    return {"seg": _seg(run, run.net(b), b)}, b.batch_size
+
+
+def _uses(run: Run) -> dict[str, bool]:
+    return {k: w > 0 for k, w in run.spec.cfg.distill.weights.items()}
 
 
 def student_step(run: Run, batch: tuple[Batch, Batch] | Batch, gen: torch.Generator) -> tuple[Losses, int]:
@@ -33,17 +51,40 @@ def student_step(run: Run, batch: tuple[Batch, Batch] | Batch, gen: torch.Genera
     with torch.no_grad():
         t_out = run.teacher(fused)
     s_out = run.net(single)
-    cfg = run.spec.cfg
-    losses = {"seg": segmentation_loss(s_out.point_logits, single.labels, cfg.optim.lovasz_weight)}
-    use = {k: w > 0 for k, w in cfg.distill.weights.items()}
-    losses.update(run.distiller(fused, t_out, single, s_out, use, gen))
+    losses = {"seg": _seg(run, s_out, single)}
+    losses.update(run.distiller(fused, t_out, single, s_out, _uses(run), gen))
     return losses, single.batch_size
 
 
-STEPS: dict[str, Callable[[Run, object, torch.Generator], tuple[Losses, int]]] = {
-    "teacher": seg_step, "baseline": seg_step, "student": student_step}
+class TwoViews(nn.Module):
+    """The network on the single view, then on the fused view, in one module call: under
+    torchrun DDP wraps this, since two DDP forwards before one backward break its reducer."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, single: Batch, fused: Batch) -> tuple[ModelOutput, ModelOutput]:
+        return self.model(single), self.model(fused)
+
+
+def detached(out: ModelOutput) -> ModelOutput:
+    return ModelOutput(out.point_logits.detach(), out.voxel_keys, out.voxel_feats.detach(), out.point_voxel)
+
+
+def online_step(run: Run, batch: tuple[Batch, Batch], gen: torch.Generator) -> tuple[Losses, int]:
+    fused, single = (b.to(run.device) for b in batch)
+    s_out, f_out = run.net(single, fused)
+    cfg = run.spec.cfg
+    losses = {"seg": _seg(run, s_out, single)}
+    if cfg.distill.fused_loss != "off" and cfg.distill.w_fused > 0:  # the only gradient through the fused view
+        shape = tuple(cfg.model.grid_shape)
+        losses["fused"] = fused_view_loss(f_out.point_logits, voxel_view(fused.vox, fused.labels, shape),
+                                          voxel_view(single.vox, single.labels, shape), cfg.distill.fused_loss)
+    losses.update(run.distiller(fused, detached(f_out), single, s_out, _uses(run), gen))
+    return losses, single.batch_size
 
 
 def weighted_total(losses: Losses, weights: dict[str, float]) -> torch.Tensor:
-    """seg + sum of the weighted distillation terms."""
+    """seg + sum of the other terms, each times its weight."""
     return losses["seg"] + sum(weights[k] * v for k, v in losses.items() if k != "seg")

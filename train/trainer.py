@@ -1,4 +1,4 @@
-"""The training loop for the three kinds of run (teacher, baseline, student).
+"""The training loop for every kind of run (`kinds.py`: teacher, baseline, student, online).
 
 Data order and augmentation are a pure function of (seed, step) (`sampler.py`), the
 torch RNG is saved with every checkpoint, so `--resume` ends with the same weights as
@@ -24,7 +24,7 @@ from .checkpoint import write_config
 from .evaluate import evaluate
 from .run import Run, RunSpec, TrainError, check_spec, start_run
 from .run_log import RunLog, read_metrics
-from .steps import STEPS, weighted_total
+from .steps import weighted_total
 
 __all__ = ["RunSpec", "TrainError", "read_metrics", "train"]
 
@@ -72,7 +72,7 @@ class _Step:
         self.run = run
         self.amp = run.spec.cfg.runtime.amp and run.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.step_fn = STEPS[run.spec.kind]
+        self.step_fn = run.kind.step
         self.gen = torch.Generator(device=run.device)
 
     def __call__(self, batch) -> tuple[dict[str, float], int]:
@@ -80,7 +80,7 @@ class _Step:
         self.gen.manual_seed(run.spec.seed * 1_000_003 + run.step)
         with torch.autocast(run.device.type, dtype=torch.float16, enabled=self.amp):
             losses, n_scans = self.step_fn(run, batch, self.gen)
-            total = weighted_total(losses, run.spec.cfg.distill.weights)
+            total = weighted_total(losses, run.spec.cfg.distill.step_weights(run.step))
         if not torch.isfinite(total):
             raise TrainError(f"step {run.step + 1}: loss is {float(total)} "
                              f"({ {k: float(v) for k, v in losses.items()} }); lower --lr or check the cache")

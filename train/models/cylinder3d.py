@@ -43,9 +43,9 @@ def _act_bn(x: spconv.SparseConvTensor, bn: nn.Module) -> spconv.SparseConvTenso
 
 class AsymPair(nn.Module):
     """Two asymmetric convs (e.g. 1x3x3 then 3x1x3), each LeakyReLU + BN. `first_bn=False`
-    applies the first BN's activation only: the published context block computes that BN
-    and discards its result (its `reaA` assignment); the weights exist, the output skips it,
-    and so does ours, so published weights give published outputs."""
+    skips the first BN (its weights still exist): an unmerged Cylinder3D pull request's
+    context block discards that BN's result; the official master and the released M2SKD
+    network apply it (`context_bn1`, default on; off for runs saved before the knob)."""
 
     def __init__(self, ctx: _Ctx, cin: int, cout: int, k1, k2, key: str, first_bn: bool = True) -> None:
         super().__init__()
@@ -66,11 +66,11 @@ class ResContext(nn.Module):
     """Shortcut and branch of two asymmetric convs each, summed. The context block (first)
     runs 1x3x3 -> 3x1x3 beside 3x1x3 -> 1x3x3; the down blocks the other way round."""
 
-    def __init__(self, ctx: _Ctx, cin: int, cout: int, key: str, context: bool = True) -> None:
+    def __init__(self, ctx: _Ctx, cin: int, cout: int, key: str, context: bool = True, bn1: bool = True) -> None:
         super().__init__()
         k1, k2 = (A, B_) if context else (B_, A)
         self.shortcut = AsymPair(ctx, cin, cout, k1, k2, key)
-        self.branch = AsymPair(ctx, cin, cout, k2, k1, key, first_bn=not context)
+        self.branch = AsymPair(ctx, cin, cout, k2, k1, key, first_bn=bn1 or not context)
 
     def forward(self, x):
         s, r = self.shortcut(x), self.branch(x)
@@ -136,7 +136,7 @@ class Cylinder3D(nn.Module):
         w = cfg.init_size
         self.shape = tuple(cfg.grid_shape)
         self.encoder = PointEncoder(tuple(cfg.point_widths), cfg.compress)
-        self.context = ResContext(ctx, cfg.compress, w, "l0")
+        self.context = ResContext(ctx, cfg.compress, w, "l0", bn1=cfg.context_bn1)
         self.down = nn.ModuleList([
             DownBlock(ctx, w, 2 * w, "l0", True),
             DownBlock(ctx, 2 * w, 4 * w, "l1", True),

@@ -1,0 +1,216 @@
+"""The released code's training mode (`m2skd-train online`) and its loss, by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from m2skd.common.labels import IGNORE_INDEX
+from m2skd.train.augment import Augmentation
+from m2skd.train.checkpoint import load_checkpoint
+from m2skd.train.config import AugmentConfig, TrainConfig
+from m2skd.train.distill import released_affinity_loss
+from m2skd.train.losses import view_segmentation_loss
+from m2skd.train.run import start_run
+from m2skd.train.trainer import RunSpec, TrainError, read_metrics, train
+from m2skd.train.voxel_labels import VoxelView, changed_targets, majority_labels, voxel_view
+
+from .conftest import tiny_train_config
+
+
+def _view(keys, labels) -> VoxelView:
+    keys, labels = torch.tensor(keys), torch.tensor(labels)
+    return VoxelView(keys, torch.arange(len(keys)), torch.arange(len(keys)), labels, torch.zeros_like(keys))
+
+
+def test_changed_voxel_mask_by_hand():
+    # voxels 0-4 in both views; voxel 7 only in the fused one (a fused instance's own voxel)
+    single = _view([0, 1, 2, 3, 4], [0, 0, 5, 5, 6])
+    fused = _view([0, 1, 2, 3, 4, 7], [0, 6, 5, 6, 6, 3])
+    assert changed_targets(fused, single).tolist() == [0, 6, 0, 6, 0, 3]
+    # nothing of the single view: every labelled fused voxel is a target
+    assert changed_targets(fused, _view([], [])).tolist() == [0, 6, 5, 6, 6, 3]
+
+
+def test_voxel_majority_labels_with_a_tie():
+    inverse = torch.tensor([0, 0, 0, 0, 1, 1, 1, 2])
+    labels = torch.tensor([5, 3, 5, 3, 0, 0, 7, 9])
+    # voxel 0: 3 and 5 twice each -> the smaller id; voxel 1: unlabelled wins; voxel 2: alone
+    assert majority_labels(inverse, labels, 3).tolist() == [3, 0, 9]
+    # through grid indices: (sample, rho, phi, z) rows, points of one voxel not adjacent
+    vox = torch.tensor([[0, 1, 1, 1], [1, 0, 0, 0], [0, 1, 1, 1], [0, 0, 0, 0], [0, 1, 1, 1]])
+    v = voxel_view(vox, torch.tensor([4, 2, 4, 1, 6]), (2, 2, 2))
+    assert v.keys.tolist() == [0, 7, 8] and v.labels.tolist() == [1, 4, 2]
+    assert v.first.tolist() == [3, 0, 1] and v.sample.tolist() == [0, 0, 1]
+    assert v.inverse.tolist() == [1, 2, 1, 0, 1]
+
+
+def test_segmentation_on_voxels_leaves_unlabelled_voxels_out():
+    # voxel A (3 points: 2, 2, 0) -> label 2; voxel B (0, 0, 4) -> unlabelled, left out
+    vox = torch.tensor([[0, 0, 0, 0]] * 3 + [[0, 1, 0, 0]] * 3)
+    labels = torch.tensor([2, 2, 0, 0, 0, 4])
+    a, b = torch.zeros(20), torch.zeros(20)
+    a[2], a[3], b[4] = 1.0, 2.0, 3.0
+    logits = torch.stack([a] * 3 + [b] * 3)
+    got = view_segmentation_loss(logits, vox, labels, "voxel", (2, 1, 1), lovasz_weight=0.0)
+    log_z_a = math.log(18 + math.e + math.e ** 2)
+    assert float(got) == pytest.approx(log_z_a - 1.0, rel=1e-6)
+    # per point: the mean over the three labelled points (2, 2, 4)
+    log_z_b = math.log(19 + math.e ** 3)
+    per_point = view_segmentation_loss(logits, vox, labels, "point", (2, 1, 1), lovasz_weight=0.0)
+    assert float(per_point) == pytest.approx((2 * (log_z_a - 1.0) + (log_z_b - 3.0)) / 3, rel=1e-6)
+
+
+def _e(*hot) -> torch.Tensor:
+    v = torch.zeros(20)
+    for i in hot:
+        v[i] = 1.0
+    return v
+
+
+def test_released_affinity_by_hand_on_two_scans():
+    # class 2: two voxels in scan 0, one in scan 1 (a one-voxel scan is left out);
+    # class 5: one in scan 0 (left out), three in scan 1; class 10 is not hard
+    s = torch.stack([_e(0), _e(0, 1), _e(7), _e(3), _e(0), _e(1), _e(2), _e(4)])
+    t = torch.stack([_e(0), _e(1), _e(9), _e(3), _e(0), _e(0), _e(0), _e(5)])
+    labels = torch.tensor([2, 2, 2, 5, 5, 5, 5, 10])
+    sample = torch.tensor([0, 0, 1, 0, 1, 1, 1, 0])
+    # class 2: A_s = [[1, 1/sqrt2], [1/sqrt2, 1]], A_t = I -> mean |diff| = 2/sqrt2 / 4
+    # class 5: A_s = I (3 x 3), A_t = all ones -> 6 / 9; summed over the classes
+    want = (2 / math.sqrt(2)) / 4 + 6 / 9
+    got = released_affinity_loss(s, t, labels, sample, tuple(range(2, 9)))
+    assert float(got) == pytest.approx(want, rel=1e-6)
+    # nothing hard, or one voxel a class: zero
+    assert float(released_affinity_loss(s[:1], t[:1], labels[:1], sample[:1], (2,))) == 0.0
+
+
+def test_augmentation_draw_ranges_and_z_is_not_scaled():
+    cfg = AugmentConfig(rotate_deg=30.0, scale=(0.8, 1.25), translate=(0.0, 0.0, 0.0))
+    rng = np.random.default_rng(0)
+    p = np.array([[3.0, 4.0, 2.0, 0.5]], np.float32)
+    scales = []
+    for _ in range(200):
+        aug = Augmentation.draw(rng, cfg)
+        assert abs(aug.rotation) <= math.radians(30.0) and 0.8 <= aug.scale <= 1.25
+        q = aug.apply(p)[0]
+        assert q[2] == pytest.approx(2.0, abs=1e-6)  # x and y only, as Cylinder3D and the released loader
+        assert math.hypot(q[0], q[1]) == pytest.approx(5.0 * aug.scale, rel=1e-5)
+        scales.append(aug.scale)
+    assert min(scales) < 0.85 and max(scales) > 1.2  # the range is used, not one value
+    both = Augmentation.draw(np.random.default_rng(0), cfg.override(scale_z=True))
+    assert both.apply(p)[0, 2] == pytest.approx(2.0 * both.scale, rel=1e-5)
+
+
+def test_released_preset_holds_the_released_values():
+    cfg = TrainConfig.preset("tiny+released", model="cylinder3d")
+    d, o = cfg.distill, cfg.optim
+    assert (d.w_logit, d.logit_variant, d.logit_on, d.kd_balance, d.w_aff, d.aff_level, d.w_feat, d.w_fused,
+            d.fused_loss, o.seg_on, cfg.augment.scale_z) == (5.0, "released", "voxel", "point", 1.0, "released", 0.0,
+                                                             0.2, "changed", "voxel", False)
+    assert cfg.model.grid_shape == TrainConfig.preset("tiny", model="cylinder3d").model.grid_shape
+    with pytest.raises(ValueError, match="unknown TrainConfig preset 'nope'"):
+        TrainConfig.preset("tiny+nope")
+
+
+def _spec(cache, out, kind="online", steps=3, **kw):
+    cfg = tiny_train_config(kw.pop("model", "polarnet"), **kw.pop("cfg", {}))
+    return RunSpec(kind=kind, cfg=cfg, cache=cache, out=out, steps=steps, seed=5, progress=False, device="cpu", **kw)
+
+
+def _fused_grads(run, batch) -> dict[str, float]:
+    """One online step; the gradient that reaches the fused forward's outputs (hooks on the
+    second of the two calls of the network)."""
+    seen: dict[str, float] = {}
+    calls = []
+    forward = run.model.forward
+
+    def spy(b):
+        out = forward(b)
+        calls.append(b)
+        if len(calls) == 2:  # the fused view (single first, as released)
+            for name in ("point_logits", "voxel_feats"):
+                t = getattr(out, name)
+                t.register_hook(lambda g, n=name: seen.__setitem__(n, float(g.abs().sum())))
+        return out
+
+    run.model.forward = spy
+    losses, _ = run.kind.step(run, batch, torch.Generator().manual_seed(0))
+    from m2skd.train.steps import weighted_total
+
+    weighted_total(losses, run.spec.cfg.distill.step_weights(10**6)).backward()
+    assert len(calls) == 2 and sum(calls[0].sizes) < sum(calls[1].sizes)  # single, then fused
+    return {"losses": {k: float(v.detach()) for k, v in losses.items()}, **seen}
+
+
+@pytest.mark.parametrize("model", ["polarnet", "cylinder3d"])
+def test_online_distillation_sends_no_gradient_through_the_fused_view(fused_cache, tmp_path, model):
+    kd = {"w_feat": 0.1, "w_logit": 5.0, "w_aff": 1.0, "logit_variant": "released", "aff_level": "released",
+          "logit_on": "voxel", "kd_balance": "point"}
+    run = start_run(_spec(fused_cache, tmp_path / "a", model=model, cfg={**kd, "w_fused": 0.0}))
+    got = _fused_grads(run, next(iter(run.loader())))
+    assert {"seg", "feat", "logit", "aff"} <= set(got["losses"]) and "fused" not in got["losses"]
+    assert got["losses"]["logit"] > 0 and got["losses"]["feat"] > 0
+    assert "point_logits" not in got and "voxel_feats" not in got  # nothing reached the fused forward
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in run.model.parameters())
+    # the fused view's own cross-entropy is what trains through it
+    run = start_run(_spec(fused_cache, tmp_path / "b", model=model, cfg={**kd, "w_fused": 0.2, "fused_loss": "all"}))
+    got = _fused_grads(run, next(iter(run.loader())))
+    assert got["losses"]["fused"] > 0 and got.get("point_logits", 0.0) > 0
+
+
+def test_online_run_resumes_bit_identically_and_deploys_like_a_baseline(fused_cache, synth_root, tmp_path):
+    cfg = {"max_points_per_cell": 8, "kd_warmup": 3, "fused_loss": "all"}
+    train(_spec(fused_cache, tmp_path / "full", steps=4, cfg=cfg))
+    train(_spec(fused_cache, tmp_path / "part", steps=2, cfg=cfg))
+    train(_spec(fused_cache, tmp_path / "part", steps=4, cfg=cfg, resume=True))
+    a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "part" / "last.pt")
+    assert a["kind"] == "online" and a["step"] == b["step"] == 4
+    for k, v in a["model"].items():
+        torch.testing.assert_close(v, b["model"][k], rtol=0, atol=0, msg=k)
+    rows = read_metrics(tmp_path / "full")
+    for r in rows:  # the warm-up: distillation weights step/3 (0 at the first step), the fused term as set
+        ramp = min(1.0, (r["step"] - 1) / 3)
+        want = r["seg"] + 0.2 * r["fused"] + ramp * (0.1 * r["feat"] + r["logit"] + r["aff"])
+        assert r["total"] == pytest.approx(want, rel=1e-5)
+    # a single-scan model: eval and predict take it as they take a baseline's
+    from m2skd.train.cli import main
+
+    ckpt = tmp_path / "full" / "last.pt"
+    r = CliRunner().invoke(main, ["eval", "--ckpt", str(ckpt), "--cache", str(fused_cache), "--quiet", "--device",
+                                  "cpu"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["predict", "--ckpt", str(ckpt), "--data", str(synth_root), "--sequences", "11",
+                                  "--out", str(tmp_path / "sub"), "--quiet", "--device", "cpu", "--no-zip"])
+    assert r.exit_code == 0, r.output
+    assert len(list((tmp_path / "sub" / "sequences" / "11" / "predictions").glob("*.label"))) > 0
+
+
+def test_online_refuses_a_teacher(fused_cache, tmp_path):
+    from m2skd.train.cli import main
+
+    with pytest.raises(TrainError, match="its own teacher"):
+        train(_spec(fused_cache, tmp_path / "x", teacher=tmp_path / "t.pt"))
+    r = CliRunner().invoke(main, ["online", "--cache", str(fused_cache), "--teacher", "t.pt", "--steps", "1",
+                                  "--out", str(tmp_path / "y")])
+    assert r.exit_code == 1 and "its own teacher" in r.output
+    assert not (tmp_path / "y").exists()
+
+
+def test_the_student_trains_against_a_frozen_teacher(fused_cache, tmp_path):
+    """The teacher the trainer builds: eval mode, no gradients, unchanged by the student's steps."""
+    from m2skd.train.trainer import _Step
+
+    t = train(_spec(fused_cache, tmp_path / "t", kind="teacher", steps=1))
+    run = start_run(_spec(fused_cache, tmp_path / "s", kind="student", teacher=t))
+    before = {k: v.clone() for k, v in run.teacher.state_dict().items()}
+    assert not run.teacher.training and not any(p.requires_grad for p in run.teacher.parameters())
+    step = _Step(run)
+    for batch, _ in zip(run.loader(), range(2), strict=False):
+        step(batch)
+    assert all(torch.equal(v, run.teacher.state_dict()[k]) for k, v in before.items())  # BN statistics too
+    assert all(p.grad is None for p in run.teacher.parameters())
+    assert IGNORE_INDEX == 0
