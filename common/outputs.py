@@ -99,3 +99,22 @@ def check_free_space(path: str | os.PathLike, need: int, what: str) -> None:
 
 def disk_full(e: BaseException) -> bool:
     return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _within(a: Path, b: Path) -> bool:
+    """True if `a` is `b` or lies under it (both resolved)."""
+    return a == b or b in a.parents
+
+
+def refuse_inputs(output: str | os.PathLike, option: str, inputs: dict[str, str | os.PathLike | None]) -> None:
+    """Refuse an output path that is one of the command's inputs, lies inside an input
+    folder, or holds an input (a run folder holding the teacher it distils): writing there
+    would overwrite what the command reads. Whatever the flags (--force included)."""
+    out = Path(output).resolve()
+    for name, path in inputs.items():
+        if path is None:
+            continue
+        inp = Path(path).resolve()
+        if _within(out, inp) or _within(inp, out):
+            raise OutputError(f"{option} {output}: that is where the {name} {path} lives; writing there would "
+                              f"overwrite the command's own input: choose another {option}")

@@ -13,12 +13,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemaini
 from rich.table import Table
 
 from m2skd.common import kitti_io
-from m2skd.common.cli import config_options, knob_values
+from m2skd.common.cli import config_options, fail, knob_values
 from m2skd.common.labels import CLASS_NAMES, HARD_CLASS_IDS, NUM_CLASSES, raw_to_train
 from m2skd.common.progress import progress
 
 from .config import SynthConfig
-from .sequence import generate_sequence
+from .sequence import ForeignSequenceError, check_own_folder, generate_sequence
 
 console = Console(stderr=True)
 
@@ -71,6 +71,12 @@ def main(out_dir: Path, sequences: str, preset: str, labels: bool | None, summar
         cfg = SynthConfig.preset(preset).override(**knob_values(SynthConfig, options))
     except ValueError as e:
         raise click.UsageError(str(e)) from None
+    for name in names:  # every sequence checked before any is written
+        try:
+            folder = kitti_io.Sequence(out_dir, name).path
+            check_own_folder(folder)
+        except ForeignSequenceError as e:
+            fail(str(e))
     t0 = time.perf_counter()
     with progress(
         TextColumn("[bold]seq {task.fields[seq]}"), BarColumn(), MofNCompleteColumn(),

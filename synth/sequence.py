@@ -157,6 +157,30 @@ def _ground_remission(raw: np.ndarray) -> np.ndarray:
     return _REMISSION_LUT[raw]
 
 
+class ForeignSequenceError(ValueError):
+    """A sequence folder with files that m2skd-synth did not write (real data, most likely)."""
+
+
+def check_own_folder(folder: Path) -> dict | None:
+    """The generator's marker of `folder`, None for a new or empty folder; refuses a folder
+    with other files and no marker of ours: the generator replaces scans, labels, poses and
+    calibration, and must never do that to a real sequence (no flag changes that)."""
+    stamp_path = folder / "synth.json"
+    if stamp_path.is_file():
+        try:
+            stamp = json.loads(stamp_path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            stamp = None
+        if isinstance(stamp, dict) and stamp.get("generator") == "m2skd-synth":
+            return stamp
+        raise ForeignSequenceError(f"{folder}: its synth.json is not m2skd-synth's; refusing to write into a "
+                                   "sequence the generator did not make: choose another output folder")
+    if folder.is_dir() and any(folder.iterdir()):
+        raise ForeignSequenceError(f"{folder}: holds files that m2skd-synth did not write (no synth.json: real "
+                                   "data?); refusing to write into it: choose another output folder")
+    return None
+
+
 def generate_sequence(
     root: str | Path,
     name: str,
@@ -173,7 +197,8 @@ def generate_sequence(
         labels = name not in TEST_SEQUENCES
     stamp = {"generator": "m2skd-synth", "version": 1, "labels": labels, "config": cfg.to_dict()}
     stamp_path = seq.path / "synth.json"
-    resumable = stamp_path.is_file() and json.loads(stamp_path.read_text()) == stamp
+    prior = check_own_folder(seq.path)
+    resumable = prior == stamp
     if not resumable:
         for sub in ("velodyne", "labels"):
             d = seq.path / sub

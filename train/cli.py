@@ -20,7 +20,7 @@ from rich.console import Console
 from m2skd.common.cli import config_options, fail, knob_values
 from m2skd.common.kitti_io import KittiFormatError, parse_sequences
 from m2skd.common.labels import UnknownLabelError
-from m2skd.common.outputs import ensure_writable_dir, exclusive
+from m2skd.common.outputs import OutputError, ensure_writable_dir, exclusive, refuse_inputs
 from m2skd.common.shards import VIEWS, ShardError
 
 from .checkpoint import CheckpointError
@@ -30,6 +30,33 @@ from .kinds import KINDS
 warnings.filterwarnings("ignore", category=FutureWarning, module="spconv")
 console = Console(stderr=True)
 ERRORS = (ShardError, CheckpointError, KittiFormatError, UnknownLabelError, ValueError, FileNotFoundError)
+
+
+def refuse_foreign_json(path: Path) -> None:
+    """`eval --json` replaces only an earlier eval result (a JSON object with its keys)."""
+    if not path.exists():
+        return
+    try:
+        old = json.loads(path.read_text())
+        ours = isinstance(old, dict) and {"miou", "hard_miou", "checkpoint"} <= old.keys()
+    except (OSError, UnicodeDecodeError, ValueError):
+        ours = False
+    if not ours:
+        raise OutputError(f"--json {path}: the file exists and is not an earlier `m2skd-train eval` result; "
+                          "refusing to overwrite it: choose another path")
+
+
+def refuse_foreign_predictions(root: Path) -> None:
+    """`--predictions DIR` writes DIR/sequences/XX/predictions/*.label: an existing DIR may
+    hold only such files (an earlier run's), nothing else it would mix them with."""
+    if not root.is_dir():
+        return
+    foreign = [p for p in root.rglob("*") if p.is_file() and not (
+        p.suffix == ".label" and p.parent.name == "predictions" and p.parent.parent.parent.name == "sequences"
+        and p.parent.parent.parent.parent == root) and p.name != ".m2skd.lock"]
+    if foreign:
+        raise OutputError(f"--predictions {root}: the folder holds other files than predictions ({foreign[0]}); "
+                          "choose an empty or new folder")
 DISTILL_KNOBS = tuple(DistillConfig.leaf_names())
 ONLINE_KNOBS = ("w_fused", "fused_loss")  # the fused view's own loss: only an online run has one
 
@@ -159,6 +186,13 @@ def eval_cmd(ckpt: Path, data: Path | None, cache: Path | None, split: str, sequ
     from .runtime import pick_device
 
     try:
+        inputs = {"checkpoint": ckpt, "fused cache": cache, "raw data": data}
+        if json_path is not None:
+            refuse_inputs(json_path, "--json", inputs)
+            refuse_foreign_json(json_path)
+        if predictions is not None:
+            refuse_inputs(predictions, "--predictions", inputs)
+            refuse_foreign_predictions(predictions)
         for path in (json_path.parent if json_path else None, predictions):
             if path is not None:
                 ensure_writable_dir(path)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from m2skd.common.outputs import refuse_inputs
+
 from .batch import collate
 from .checkpoint import CheckpointError, check_compatible, checkpoint_config, load_checkpoint, save_checkpoint
 from .config import TrainConfig, with_legacy
@@ -135,6 +137,7 @@ def check_spec(spec: RunSpec) -> None:
         raise TrainError(f"unknown run kind {spec.kind!r}; choose from {tuple(KINDS)}")
     kind = KINDS[spec.kind]
     ckpt = Path(spec.out) / CHECKPOINT
+    refuse_inputs(spec.out, "--out", {"teacher checkpoint": spec.teacher, "fused cache": spec.cache})
     if spec.resume and spec.force:
         raise TrainError("--resume and --force contradict each other: continue the run, or start it over")
     if spec.resume is True and not ckpt.exists():

@@ -1,0 +1,85 @@
+"""Never lose a user's file: outputs that would overwrite an input, or data the generator did not make."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from m2skd.common.outputs import OutputError
+from m2skd.train.trainer import RunSpec, train
+
+from .conftest import tiny_train_config
+
+
+def _tree(root):
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_synth_never_writes_into_a_sequence_it_did_not_make(synth_root, tmp_path):
+    """A real sequence (no synth.json) is refused, --force or not, before anything is written."""
+    from m2skd.synth.cli import main
+
+    root = tmp_path / "kitti"
+    shutil.copytree(synth_root / "sequences" / "08", root / "sequences" / "08")
+    (root / "sequences" / "08" / "synth.json").unlink()  # now it looks like real data
+    before = _tree(root)
+    for extra in ([], ["--seed", "3"]):
+        r = CliRunner().invoke(main, [str(root), "--sequences", "07-08", "--scans", "4", "--preset", "tiny", *extra])
+        assert r.exit_code == 1 and "did not write" in r.output and "sequences/08" in r.output
+        assert _tree(root) == before  # 07 was not written either: every folder is checked first
+    # a marker that is not ours is refused too
+    (root / "sequences" / "08" / "synth.json").write_text('{"generator": "someone else"}')
+    r = CliRunner().invoke(main, [str(root), "--sequences", "08", "--scans", "4", "--preset", "tiny"])
+    assert r.exit_code == 1 and "not m2skd-synth's" in r.output
+    # its own folder, and an empty one, are written as before
+    (root / "sequences" / "09").mkdir()
+    r = CliRunner().invoke(main, [str(root), "--sequences", "09", "--scans", "2", "--preset", "tiny", "--no-summary"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, [str(root), "--sequences", "09", "--scans", "3", "--preset", "tiny", "--no-summary"])
+    assert r.exit_code == 0, r.output
+    assert len(list((root / "sequences" / "09" / "velodyne").iterdir())) == 3
+
+
+def test_a_student_never_writes_over_its_teacher_or_its_cache(fused_cache, tmp_path):
+    cfg = tiny_train_config()
+    t = train(RunSpec(kind="teacher", cfg=cfg, cache=fused_cache, out=tmp_path / "T", steps=1, progress=False))
+    before = t.read_bytes()
+    for force in (False, True):
+        with pytest.raises(OutputError, match="teacher checkpoint"):
+            train(RunSpec(kind="student", cfg=cfg, cache=fused_cache, out=tmp_path / "T", steps=1, teacher=t,
+                          force=force, progress=False))
+    assert t.read_bytes() == before
+    with pytest.raises(OutputError, match="fused cache"):
+        train(RunSpec(kind="baseline", cfg=cfg, cache=fused_cache, out=fused_cache / "run", steps=1, progress=False))
+    assert not (fused_cache / "run").exists()
+
+
+def test_eval_outputs_never_overwrite_an_input_or_a_foreign_file(fused_cache, tmp_path):
+    from m2skd.train.cli import main
+
+    cfg = tiny_train_config()
+    ckpt = train(RunSpec(kind="baseline", cfg=cfg, cache=fused_cache, out=tmp_path / "R", steps=1, progress=False))
+    before = ckpt.read_bytes()
+    base = ["eval", "--ckpt", str(ckpt), "--cache", str(fused_cache), "--quiet", "--device", "cpu"]
+    r = CliRunner().invoke(main, [*base, "--json", str(ckpt)])
+    assert r.exit_code == 1 and "checkpoint" in r.output and ckpt.read_bytes() == before
+    r = CliRunner().invoke(main, [*base, "--predictions", str(fused_cache / "p")])
+    assert r.exit_code == 1 and "fused cache" in r.output and not (fused_cache / "p").exists()
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"my": "notes"}')
+    r = CliRunner().invoke(main, [*base, "--json", str(notes)])
+    assert r.exit_code == 1 and "not an earlier" in r.output and notes.read_text() == '{"my": "notes"}'
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "thesis.tex").write_text("x")
+    r = CliRunner().invoke(main, [*base, "--predictions", str(mixed)])
+    assert r.exit_code == 1 and "thesis.tex" in r.output
+    # an earlier result and earlier predictions are replaced
+    good = tmp_path / "eval.json"
+    for _ in range(2):
+        r = CliRunner().invoke(main, [*base, "--json", str(good), "--predictions", str(tmp_path / "pred")])
+        assert r.exit_code == 0, r.output
+    assert json.loads(good.read_text())["checkpoint"] == str(ckpt)
