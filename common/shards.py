@@ -224,11 +224,17 @@ def read_manifest(cache: str | os.PathLike) -> dict:
 
 
 class ShardReader:
-    """Random access to the scans of one shard; opens the file lazily (per process)."""
+    """Random access to the scans of one shard; opens the file lazily (per process).
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    With `sha256` (the manifest's), the file is checked against it when the reader is made:
+    a damaged shard is refused before a single point of it is trained on or scored."""
+
+    def __init__(self, path: str | os.PathLike, sha256: str | None = None) -> None:
         self.path = Path(path)
         self._f: h5py.File | None = None
+        if sha256 is not None and self.path.is_file() and file_sha256(self.path) != sha256:
+            raise ShardError(f"{self.path}: damaged (its bytes no longer match the sha256 that fusion recorded); "
+                             "rebuild it with `m2skd-fuse` (make fuse), which redoes damaged shards")
         with self._open() as f:
             missing = [k for k in (*DATASETS, *PER_SCAN) if k not in f]
             if missing:
@@ -287,10 +293,14 @@ class ShardReader:
         a, b = int(self.offsets[i]), int(self.offsets[i + 1])
         if view == "single":
             b = a + int(self.n_original[i])
-        return FusedScan(
-            frame=int(self.frames[i]), points=f["points"][a:b], labels=f["labels"][a:b],
-            instance=f["instance"][a:b], source=f["source"][a:b], n_original=int(self.n_original[i]),
-        )
+        try:
+            return FusedScan(
+                frame=int(self.frames[i]), points=f["points"][a:b], labels=f["labels"][a:b],
+                instance=f["instance"][a:b], source=f["source"][a:b], n_original=int(self.n_original[i]),
+            )
+        except OSError as e:  # h5py's "filter returned failure" on damaged compressed data names no file
+            raise ShardError(f"{self.path}: scan {i} cannot be read ({e}); the shard is damaged: rebuild it with "
+                             "`m2skd-fuse` (make fuse)") from None
 
     def _compact_scan(self, i: int, view: str) -> FusedScan:
         pts, labels, inst = self._own(i)

@@ -83,3 +83,92 @@ def test_eval_outputs_never_overwrite_an_input_or_a_foreign_file(fused_cache, tm
         r = CliRunner().invoke(main, [*base, "--json", str(good), "--predictions", str(tmp_path / "pred")])
         assert r.exit_code == 0, r.output
     assert json.loads(good.read_text())["checkpoint"] == str(ckpt)
+
+
+def _cli(*args):
+    from m2skd.train.cli import main
+
+    return CliRunner().invoke(main, list(args))
+
+
+def test_a_damaged_shard_is_refused_naming_it(fused_cache, tmp_path):
+    from m2skd.common.shards import ShardError
+    from m2skd.train.dataset import ShardDataset
+
+    cache = tmp_path / "cache"
+    shutil.copytree(fused_cache, cache)
+    shard = sorted(cache.glob("*.h5"))[0]
+    data = bytearray(shard.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 64] = bytes(b ^ 0xFF for b in data[mid:mid + 64])
+    shard.write_bytes(bytes(data))
+    cfg = tiny_train_config()
+    with pytest.raises(ShardError, match=rf"{shard.name}: damaged.*m2skd-fuse"):
+        ShardDataset(cache, ("00", "08"), cfg, view="fused")
+    with pytest.raises(ShardError, match="damaged"):
+        train(RunSpec(kind="teacher", cfg=cfg, cache=cache, out=tmp_path / "t", steps=1, progress=False))
+    assert not (tmp_path / "t" / "last.pt").exists()
+
+
+def test_resume_refuses_another_cache(fused_cache, synth_root, tmp_path):
+    from m2skd.preprocess.config import FusionConfig
+    from m2skd.preprocess.pipeline import run_fusion
+    from m2skd.train.trainer import TrainError
+
+    other = tmp_path / "other"
+    run_fusion(synth_root, ["00", "08"], other, FusionConfig(hard_classes=("person", "bicycle"), shard_size=6))
+    cfg = tiny_train_config()
+    out = tmp_path / "run"
+    train(RunSpec(kind="teacher", cfg=cfg, cache=fused_cache, out=out, steps=1, progress=False))
+    with pytest.raises(TrainError, match=r"cache fused otherwise.*\['person', 'bicycle'\]"):
+        train(RunSpec(kind="teacher", cfg=cfg, cache=other, out=out, steps=2, resume=True, progress=False))
+    # and eval --view fused refuses a checkpoint fused with other hard classes than the cache
+    ckpt = out / "last.pt"
+    r = _cli("eval", "--ckpt", str(ckpt), "--cache", str(other), "--view", "fused", "--quiet", "--device", "cpu")
+    assert r.exit_code == 1 and "hard classes" in r.output
+
+
+def test_non_finite_weights_are_never_saved_or_loaded(fused_cache, tmp_path):
+    import torch
+
+    from m2skd.train.checkpoint import CheckpointError, load_checkpoint
+    from m2skd.train.trainer import TrainError
+
+    with pytest.raises(TrainError, match="not finite.*nothing was saved"):
+        train(RunSpec(kind="baseline", cfg=tiny_train_config(lr=float("inf")), cache=fused_cache, out=tmp_path / "x",
+                      steps=1, progress=False))
+    assert not (tmp_path / "x" / "last.pt").exists()
+    ckpt = train(RunSpec(kind="baseline", cfg=tiny_train_config(), cache=fused_cache, out=tmp_path / "y", steps=1,
+                         progress=False))
+    state = torch.load(ckpt, weights_only=False)
+    name = next(k for k, v in state["model"].items() if v.is_floating_point())
+    state["model"][name].view(-1)[0] = float("nan")
+    torch.save(state, ckpt)
+    with pytest.raises(CheckpointError, match="1 weights are not finite"):
+        load_checkpoint(ckpt)
+    r = _cli("eval", "--ckpt", str(ckpt), "--cache", str(fused_cache), "--quiet", "--device", "cpu")
+    assert r.exit_code == 1 and "not finite" in r.output
+
+
+def test_predict_never_mixes_two_models_and_redoes_invalid_files(fused_cache, synth_root, tmp_path):
+    import numpy as np
+
+    from m2skd.common import kitti_io
+
+    a = train(RunSpec(kind="baseline", cfg=tiny_train_config(), cache=fused_cache, out=tmp_path / "A", steps=1,
+                      progress=False))
+    b = train(RunSpec(kind="baseline", cfg=tiny_train_config(), cache=fused_cache, out=tmp_path / "B", steps=2,
+                      progress=False))
+    out = tmp_path / "sub"
+    args = ["predict", "--data", str(synth_root), "--sequences", "11", "--out", str(out), "--quiet", "--device", "cpu"]
+    assert _cli(*args, "--ckpt", str(a)).exit_code == 0
+    r = _cli(*args, "--ckpt", str(b))
+    assert r.exit_code == 1 and "another checkpoint" in r.output and "--force" in r.output
+    first = kitti_io.Sequence(out, "11").prediction_path(0)
+    # a right-sized file of invalid ids is not "done": the rerun predicts it again
+    first.write_bytes(np.full(first.stat().st_size // 4, 7777, np.uint32).tobytes())
+    r = _cli(*args, "--ckpt", str(a))
+    assert r.exit_code == 0 and "1 scans predicted" in r.output, r.output
+    r = _cli(*args, "--ckpt", str(b), "--force")
+    n = len(kitti_io.Sequence(synth_root, "11").frames())
+    assert r.exit_code == 0 and f"{n} scans predicted, 0 already done" in r.output, r.output

@@ -58,6 +58,12 @@ def load_checkpoint(path: str | Path) -> dict:
     fmt = state.get("format") if isinstance(state, dict) else None
     if fmt != FORMAT:
         raise CheckpointError(f"{path}: not an m2skd checkpoint (format {fmt!r}, expected {FORMAT!r})")
+    model = state.get("model")
+    if isinstance(model, dict):
+        bad = sum(int((~torch.isfinite(t)).sum()) for t in model.values()
+                  if isinstance(t, torch.Tensor) and t.is_floating_point())
+        if bad:
+            raise CheckpointError(f"{path}: {bad:,} weights are not finite (NaN or inf): not a usable model")
     if state["classes"] != list(CLASS_NAMES):
         raise CheckpointError(f"{path}: trained on another label set ({len(state['classes'])} classes: "
                               f"{state['classes'][:4]}...), this code uses the SemanticKITTI 19 + unlabelled")

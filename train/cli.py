@@ -201,6 +201,10 @@ def eval_cmd(ckpt: Path, data: Path | None, cache: Path | None, split: str, sequ
         seqs = tuple(parse_sequences(sequences)) if sequences else (
             cfg.data.val_sequences if split == "val" else cfg.data.train_sequences)
         ds = dataset_for(cfg, data=data, cache=cache, sequences=seqs, view=view)
+        if view == "fused" and tuple(ds.hard_classes) != tuple(state["hard_classes"]):
+            raise CheckpointError(f"{cache}: fused with hard classes {list(ds.hard_classes)}, the checkpoint {ckpt} "
+                                  f"with {state['hard_classes']}: its fused input would not be what it learnt on; "
+                                  "use the cache it was trained on")
         conf = evaluate(model, ds, dev, view=view, batch_size=batch_size, workers=workers, predictions=predictions,
                         progress=not quiet)
     except ERRORS as e:
@@ -227,28 +231,31 @@ def eval_cmd(ckpt: Path, data: Path | None, cache: Path | None, split: str, sequ
 @click.option("--zip/--no-zip", "make_zip", default=True, show_default=True, help="write OUT/submission.zip too")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--workers", type=int, default=0, show_default=True, help="loader processes")
+@click.option("--force", is_flag=True, help="OUT holds another model's predictions: delete them and start over")
 @click.option("--quiet", is_flag=True)
 def predict_cmd(ckpt: Path, data: Path, sequences: str, out: Path, make_zip: bool, device: str, workers: int,
-                quiet: bool) -> None:
+                force: bool, quiet: bool) -> None:
     """Predictions for the benchmark server: OUT/sequences/XX/predictions/NNNNNN.label in raw
     ids, checked as its validator checks them, and the zip it takes. Resumes where it stopped."""
     from .evaluate import load_model
-    from .predict import check_predictions, check_zip, predict_sequences, write_zip
+    from .predict import PredictionFolderError, check_predictions, check_zip, claim_folder, predict_sequences, write_zip
     from .runtime import pick_device
 
     try:
         names = parse_sequences(sequences)
+        refuse_inputs(out, "--out", {"checkpoint": ckpt, "raw data": data})
         with exclusive(out, "m2skd-train predict"):
             dev = pick_device(device)
             model, cfg, state = load_model(ckpt, dev)
             if state["kind"] == "teacher":
                 raise CheckpointError(f"{ckpt}: a teacher needs fused scans, which the test split cannot give "
                                       "(no labels to find instances); deploy a student or a baseline")
+            claim_folder(out, ckpt, force)
             written, skipped = predict_sequences(model, cfg, data, names, out, dev, show=not quiet, workers=workers)
             problems = check_predictions(data, names, out)
             if not problems and make_zip:
                 problems = check_zip(write_zip(out, names), data, names)
-    except ERRORS as e:
+    except (*ERRORS, PredictionFolderError) as e:
         fail(str(e))
     if problems:
         fail("the predictions would be rejected:\n  " + "\n  ".join(problems[:20]))

@@ -79,7 +79,10 @@ class ShardDataset(torch.utils.data.Dataset):
         if wanted - have:
             raise ShardError(f"{self.cache}: no fused scans of sequence(s) {sorted(wanted - have)} (the cache holds "
                              f"{sorted(have)}); fuse them with `make fuse SEQ=...`")
-        self.readers = [ShardReader(self.cache / e["file"]) for e in manifest["shards"] if e["sequence"] in wanted]
+        self.readers = [ShardReader(self.cache / e["file"], e.get("sha256")) for e in manifest["shards"]
+                        if e["sequence"] in wanted]
+        # what a resumed run must find again: the same fusion (config digest) of the same hard classes
+        self.identity = {"config_hash": manifest.get("config_hash"), "hard_classes": list(self.hard_classes)}
         self.index = [(r, i) for r, reader in enumerate(self.readers) for i in range(len(reader))]
 
     def __len__(self) -> int:

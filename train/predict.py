@@ -10,6 +10,7 @@ Resumable: a scan whose prediction file exists with one label per point is skipp
 
 from __future__ import annotations
 
+import json
 import zipfile
 from pathlib import Path
 
@@ -30,9 +31,48 @@ from .metrics import predict
 VALID_RAW_IDS = frozenset(LEARNING_MAP_INV[1:])  # a prediction is never 'unlabelled'
 
 
+MADE_BY = "predicted_by.json"  # which checkpoint (its sha256) wrote a folder's predictions
+
+
+class PredictionFolderError(ValueError):
+    """An output folder holding another model's predictions."""
+
+
+def claim_folder(out: Path, ckpt: Path, force: bool) -> None:
+    """Record `ckpt` as the model of OUT's predictions. A folder another checkpoint (or an
+    unknown one) predicted into is refused: resuming there would mix two models' files and
+    zip them as one submission; `force` deletes its predictions and starts over."""
+    from m2skd.common.shards import file_sha256
+
+    made_by = out / MADE_BY
+    mine = {"checkpoint": str(ckpt), "sha256": file_sha256(ckpt)}
+    old = sorted(out.glob("sequences/*/predictions/*.label"))
+    prior = None
+    if made_by.is_file():
+        try:
+            prior = json.loads(made_by.read_text()).get("sha256")
+        except (OSError, ValueError, AttributeError):
+            prior = None
+    if (old or made_by.exists()) and prior != mine["sha256"]:
+        if not force:
+            who = "another checkpoint" if prior else "an unknown model (no predicted_by.json)"
+            raise PredictionFolderError(f"{out}: holds predictions of {who}, not of {ckpt}; pass --force to delete "
+                                        "them and predict afresh, or choose another --out")
+        for f in old:
+            f.unlink()
+        (out / "submission.zip").unlink(missing_ok=True)
+    with atomic_path(made_by) as tmp:
+        tmp.write_text(json.dumps(mine, indent=1))
+
+
 def _done(out: Path, seq: kitti_io.Sequence, frame: int) -> bool:
+    """A complete, valid prediction of the scan is on disk (one valid raw id a point): a
+    damaged one is predicted again instead of failing validation on every rerun."""
     pred = kitti_io.Sequence(out, seq.name).prediction_path(frame)
-    return pred.is_file() and pred.stat().st_size == seq.scan_path(frame).stat().st_size // 4
+    if not (pred.is_file() and pred.stat().st_size == seq.scan_path(frame).stat().st_size // 4):
+        return False
+    ids = np.fromfile(pred, dtype=np.uint32) & 0xFFFF
+    return bool(np.isin(ids, list(VALID_RAW_IDS)).all())
 
 
 @torch.no_grad()

@@ -109,6 +109,10 @@ class Run:
     def save(self, path: Path | None = None) -> None:
         if not self.dist.main:
             return
+        bad = sum(int((~torch.isfinite(p)).sum()) for p in self.model.parameters())
+        if bad:  # never a checkpoint that evaluates and deploys as if it were a model
+            raise TrainError(f"step {self.step}: {bad:,} of the network's weights are not finite (NaN or inf); "
+                             f"nothing was saved (the last good checkpoint, if any, is {self.ckpt_path}); lower --lr")
         spec = self.spec
         save_checkpoint(path or self.ckpt_path, kind=spec.kind, step=self.step, total_steps=self.total,
                         cfg=spec.cfg, hard_classes=self.dataset.hard_classes, model=self.model,
@@ -116,6 +120,7 @@ class Run:
                         extra={"distiller": self.distiller.state_dict() if self.distiller is not None else None,
                                "teacher": str(spec.teacher) if spec.teacher else None,
                                "teacher_view": self.teacher_view, "best": self.best,
+                               "cache_identity": self.dataset.identity,
                                "bad_validations": self.bad_validations, "stopped": self.stopped})
 
     def info(self) -> dict:
@@ -188,6 +193,13 @@ def _resume(run: Run) -> None:
     if state["kind"] != spec.kind or state["seed"] != spec.seed:
         raise CheckpointError(f"{path}: a {state['kind']} run with seed {state['seed']}, not a "
                               f"{spec.kind} run with seed {spec.seed}; use another --out or --force")
+    saved_cache = state.get("cache_identity")  # absent from checkpoints of older versions
+    if saved_cache is not None and saved_cache != run.dataset.identity:
+        now = run.dataset.identity
+        raise TrainError(f"{path}: the run trained on a cache fused otherwise (config {saved_cache['config_hash']}, "
+                         f"hard classes {saved_cache['hard_classes']}) than {spec.cache} (config "
+                         f"{now['config_hash']}, hard classes {now['hard_classes']}); resume on the cache it "
+                         "started on, or start over (--force or another --out)")
     if state["step"] > run.total:
         raise TrainError(f"{path}: the run is at step {state['step']}, past the {run.total} steps asked; ask for "
                          f"at least {state['step']} or start over with --force")
