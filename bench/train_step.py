@@ -12,6 +12,7 @@ of one affinity matrix pair against instance size, with and without the voxel ca
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from m2skd.train.losses import segmentation_loss
 from m2skd.train.models import build_model
 from m2skd.train.runtime import pick_device
 from m2skd.train.sampler import StepSampler
+from m2skd.train.trainer import RunSpec, estimate
 
 
 def _sync(device):
@@ -121,6 +123,21 @@ def main(cache: Path, steps: int, device: str) -> None:
         t.add_row(model, f"{st['baseline']:.3f}", f"{st['teacher']:.3f}", f"{st['student']:.3f}",
                   f"{st['student'] / st['baseline']:.2f}x", f"{rate:.1f}", f"{consume:.1f}", f"{rate / consume:.1f}x")
     console.print(t)
+    o = Table(title=f"the trainer's own steps (`--dry-run`'s estimate: loader, loss, backward, Adam), tiny, batch 2, "
+                    f"{dev}: online (tiny+released: both views through the network) against the baseline")
+    for c in ("backbone", "baseline s/step", "online s/step", "online / baseline"):
+        o.add_column(c, justify="right")
+    for model in ("polarnet", "cylinder3d"):
+        rows = {}
+        for kind, preset in (("baseline", "tiny"), ("online", "tiny+released")):
+            cfg = TrainConfig.preset(preset, model=model).override(train_sequences=("00",), workers=0)
+            with tempfile.TemporaryDirectory() as tmp:
+                spec = RunSpec(kind=kind, cfg=cfg, cache=cache, out=Path(tmp) / "run", steps=steps + 2, seed=0,
+                               progress=False, device=str(dev))
+                rows[kind] = estimate(spec, steps=steps, warmup=2)["s_per_step"]
+        ratio = rows["online"] / rows["baseline"]
+        o.add_row(model, f"{rows['baseline']:.3f}", f"{rows['online']:.3f}", f"{ratio:.2f}x")
+    console.print(o)
     a = Table(title="affinity term, one instance (features 32-d): memory of A_s and A_t")
     for c in ("instance voxels", "uncapped MiB", "capped at 256 MiB", "capped time ms"):
         a.add_column(c, justify="right")

@@ -222,8 +222,10 @@ def markdown(summary: dict) -> str:
     fused = [k for k in kinds if "fused" in summary["kinds"][k]]
     if fused:
         def pair(k: str) -> str:
+            if k not in fused:
+                return ""
             f_ = summary["kinds"][k]["fused"]
-            return f"{f_['miou']['mean']:.1f} / {f_['hard_miou']['mean']:.1f}" if k in fused else ""
+            return f"{f_['miou']['mean']:.1f} / {f_['hard_miou']['mean']:.1f}"
         lines.append("| fused input: mIoU / hard | " + " | ".join(pair(k) for k in kinds) + " |" + " |" * len(pairs))
     return "\n".join(lines) + "\n" + gap_markdown(summary) + ablation_markdown(summary)
 

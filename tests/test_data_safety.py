@@ -134,7 +134,7 @@ def test_non_finite_weights_are_never_saved_or_loaded(fused_cache, tmp_path):
     from m2skd.train.checkpoint import CheckpointError, load_checkpoint
     from m2skd.train.trainer import TrainError
 
-    with pytest.raises(TrainError, match="not finite.*nothing was saved"):
+    with pytest.raises(TrainError, match=r"not finite.*nothing was saved"):
         train(RunSpec(kind="baseline", cfg=tiny_train_config(lr=float("inf")), cache=fused_cache, out=tmp_path / "x",
                       steps=1, progress=False))
     assert not (tmp_path / "x" / "last.pt").exists()
