@@ -299,3 +299,13 @@ def test_tensorboard_curves_hold_the_logged_values(fused_cache, tmp_path):
     assert seg == [(r["step"], pytest.approx(r["seg"], rel=1e-6)) for r in rows]
     assert [e.value for e in acc.Scalars("val/miou")] == [pytest.approx(rows[-1]["val_miou"], rel=1e-6)]
     assert [e.value for e in acc.Scalars("optim/lr")] == pytest.approx([1e-3] * 3)
+    # the val curve, recomputed apart: the step-3 checkpoint scored on the val scans by hand
+    model, cfg, state = load_model(tmp_path / "r" / "best.pt", torch.device("cpu"))
+    assert state["step"] == 3
+    conf = Confusion()
+    for scan in ShardDataset(fused_cache, cfg.data.val_sequences, cfg, view="single"):
+        b = collate("single")([scan])
+        with torch.no_grad():
+            conf.add(predict(model(b).point_logits), b.labels)
+    miou = float(np.nanmean(np.where(conf.matrix.sum(0) + conf.matrix.sum(1) > 0, conf.iou(), np.nan)[1:]))
+    assert acc.Scalars("val/miou")[0].value == pytest.approx(miou, rel=1e-5)
