@@ -65,6 +65,25 @@ def test_a_run_saved_before_a_knob_existed_resumes_with_its_default(fused_cache,
     assert torch.load(out / "last.pt", weights_only=False)["step"] == 3
 
 
+def test_a_run_saved_before_a_default_changed_keeps_its_old_behaviour(fused_cache, tmp_path):
+    """Knobs whose default changed (voxel loss, z not scaled, Cylinder3D's bn1): a config that
+    lacks them ran the old way, and resumes and loads that way (`LEGACY`)."""
+    from m2skd.train.checkpoint import checkpoint_config
+
+    out = tmp_path / "old"
+    train(_spec(fused_cache, out, steps=2, cfg={"seg_on": "point", "scale_z": True}))
+    state = torch.load(out / "last.pt", weights_only=False)
+    del state["config"]["optim"]["seg_on"], state["config"]["augment"]["scale_z"]
+    del state["config"]["model"]["context_bn1"]
+    torch.save(state, out / "last.pt")
+    cfg = checkpoint_config(state, out / "last.pt")
+    assert (cfg.optim.seg_on, cfg.augment.scale_z, cfg.model.context_bn1) == ("point", True, False)
+    with pytest.raises(TrainError, match=r"seg_on: run point vs now voxel"):
+        train(_spec(fused_cache, out, steps=3, resume=True))
+    train(_spec(fused_cache, out, steps=3, resume=True, cfg={"seg_on": "point", "scale_z": True,
+                                                              "context_bn1": False}))
+
+
 def test_cli_validates_options_and_outputs_up_front(fused_cache, tmp_path):
     f = tmp_path / "file"
     f.write_text("x")
