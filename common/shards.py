@@ -29,7 +29,7 @@ import h5py
 import numpy as np
 
 from .atomic import atomic_path
-from .outputs import OutputError, check_free_space, disk_full
+from .outputs import OutputError, check_free_space, disk_full, ensure_writable_dir
 
 FORMAT_VERSION = 1
 DATASETS = {"points": np.float32, "labels": np.uint8, "instance": np.uint32, "source": np.int8}
@@ -83,6 +83,7 @@ def write_shard(path: str | os.PathLike, scans: list[FusedScan], attrs: dict, co
     sizes = np.array([len(s.points) for s in scans], np.int64)
     offsets = np.concatenate([[0], np.cumsum(sizes)])
     total = int(offsets[-1])
+    ensure_writable_dir(path.parent)  # made, or refused in one line, before the space check needs it
     # a full disk mid-write crashed HDF5 (a segfault, not an exception): refuse up front
     check_free_space(path.parent, total * sum(np.dtype(t).itemsize * (4 if k == "points" else 1)
                                               for k, t in DATASETS.items()), f"shard {path.name}")

@@ -172,3 +172,20 @@ def test_predict_never_mixes_two_models_and_redoes_invalid_files(fused_cache, sy
     r = _cli(*args, "--ckpt", str(b), "--force")
     n = len(kitti_io.Sequence(synth_root, "11").frames())
     assert r.exit_code == 0 and f"{n} scans predicted, 0 already done" in r.output, r.output
+
+
+def test_a_shard_writer_makes_its_missing_folder(tmp_path):
+    """`write_shard` into a folder that does not exist yet (the throughput bench did): made, not a FileNotFoundError."""
+    import numpy as np
+
+    from m2skd.common.shards import FusedScan, ShardReader, write_shard
+
+    scan = FusedScan(frame=3, points=np.arange(20, dtype=np.float32).reshape(5, 4), labels=np.ones(5, np.int64),
+                     instance=np.zeros(5, np.int64), source=np.zeros(5, np.int8), n_original=5)
+    path = tmp_path / "new" / "deep" / "x.h5"
+    entry = write_shard(path, [scan], {"sequence": "00"})
+    got = ShardReader(path, entry["sha256"]).scan(0)
+    assert got.frame == 3 and np.array_equal(got.points, scan.points)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match="is a file, not a folder"):
+        write_shard(tmp_path / "file" / "x.h5", [scan], {"sequence": "00"})
