@@ -20,7 +20,7 @@ from m2skd.train.distill import (
     logit_loss,
     student_point_index,
 )
-from m2skd.train.models import ModelOutput, build_model
+from m2skd.train.models import ModelOutput, build_model, set_feature_level
 from m2skd.train.models.voxels import group
 
 from .conftest import tiny_train_config
@@ -53,6 +53,12 @@ def test_feature_loss_by_hand():
     t = torch.tensor([[1.0, 0.0], [3.0, 1.0]])
     # squared errors 0, 4, 9, 1 -> mean 3.5
     assert float(feature_loss(s, t)) == pytest.approx(3.5)
+    # released: per voxel (0 + 4) / 2 = 2 and (9 + 1) / 2 = 5, both > 1 -> 3.5; a voxel at
+    # 0.5 (squared errors 1, 0) is left out of the mean, and none above 1 gives 0
+    assert float(feature_loss(s, t, "released")) == pytest.approx(3.5)
+    s3, t3 = torch.cat([s, torch.tensor([[1.0, 0.0]])]), torch.cat([t, torch.zeros(1, 2)])
+    assert float(feature_loss(s3, t3, "released")) == pytest.approx(3.5)
+    assert float(feature_loss(s3[2:], t3[2:], "released")) == 0.0
 
 
 def test_kl_logit_loss_by_hand():
@@ -190,6 +196,47 @@ def test_distilling_from_the_fused_view_matches_a_brute_force_join(fused_cache, 
         start_t, start_s = start_t + size_t, start_s + size_s
     assert float(losses["feat"]) == pytest.approx(float(feat), rel=1e-4)
     assert float(losses["logit"]) == pytest.approx(float(torch.stack(kl).mean()) * T * T, rel=1e-3, abs=1e-6)
+
+
+@pytest.mark.parametrize("model", ["polarnet", "cylinder3d"])
+def test_half_level_features_are_the_decoder_level_before_the_last(fused_cache, model):
+    """`feat_level half` (the released code's upBlock2): each point's feature is read from the
+    output of the up block before the last (a forward hook) at its voxel's indices halved,
+    and L_feat 'released' equals per half-resolution voxel the mean squared difference over
+    channels, kept where > 1, averaged, from a brute-force join on those coordinates."""
+    cfg = tiny_train_config(model, w_feat=1.0, feat_level="half", feat_variant="released")
+    fused, single = _views(fused_cache, cfg, [(2, 7), (4, 8)])
+    torch.manual_seed(0)
+    teacher, student = build_model(cfg.model).eval(), build_model(cfg.model).eval()
+    seen = {}
+    for name, net in (("t", teacher), ("s", student)):
+        set_feature_level(net, "half")
+        level = net.up[2] if model == "cylinder3d" else net.unet.ups[2]
+        level.register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, o))
+    with torch.no_grad():  # untrained features are ~0.05: shift the student's so some voxels pass 1
+        last_bn = student.up[2].b3 if model == "cylinder3d" else student.unet.ups[2].b2
+        last_bn.bias.copy_(torch.linspace(0.0, 2.0, len(last_bn.bias)))
+        t_out, s_out = teacher(fused), student(single)
+        got = Distiller(cfg.distill, DEFAULT_HARD_CLASSES, student.feature_dim, teacher.feature_dim)(
+            fused, t_out, single, s_out, {"feat": True})["feat"]
+
+    def table(batch, out):
+        """(the level's voxels: coordinates -> hooked feature; each point's parent coordinates).
+        Cylinder3D's level is every site of the strided conv (some hold no point's parent, as
+        released); PolarNet's, the dense map at the occupied cells' parents."""
+        if model == "cylinder3d":
+            coords = torch.cat([batch.vox[:, :1], batch.vox[:, 1:] // 2], dim=1)
+            return {tuple(r): f for r, f in zip(out.indices.tolist(), out.features, strict=True)}, coords
+        size = torch.tensor(out.shape[2:])
+        coords = torch.cat([batch.vox[:, :1], torch.minimum(batch.vox[:, 1:3] // 2, size - 1)], dim=1)
+        return {tuple(c): out[c[0], :, c[1], c[2]] for c in coords.unique(dim=0).tolist()}, coords
+
+    t_rows, _ = table(fused, seen["t"])
+    s_rows, s_coords = table(single, seen["s"])
+    assert torch.equal(s_out.voxel_feats[s_out.point_voxel], torch.stack([s_rows[tuple(c)] for c in s_coords.tolist()]))
+    per_voxel = torch.stack([((s_rows[k] - t_rows[k]) ** 2).mean() for k in s_rows])
+    assert len(s_rows) == len(s_out.voxel_keys) and int((per_voxel > 1).sum()) > 0  # (the threshold: by hand above)
+    assert float(got) == pytest.approx(float(per_voxel[per_voxel > 1].mean()), rel=1e-5)
 
 
 @pytest.mark.parametrize("model", ["polarnet", "cylinder3d"])

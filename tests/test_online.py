@@ -111,6 +111,7 @@ def test_released_preset_holds_the_released_values():
     assert (d.w_logit, d.logit_variant, d.logit_on, d.kd_balance, d.w_aff, d.aff_level, d.w_feat, d.w_fused,
             d.fused_loss, o.seg_on, cfg.augment.scale_z) == (5.0, "released", "voxel", "point", 1.0, "released", 0.0,
                                                              0.2, "changed", "voxel", False)
+    assert (d.feat_level, d.feat_variant) == ("half", "released")
     assert cfg.model.grid_shape == TrainConfig.preset("tiny", model="cylinder3d").model.grid_shape
     with pytest.raises(ValueError, match="unknown TrainConfig preset 'nope'"):
         TrainConfig.preset("tiny+nope")
@@ -149,10 +150,11 @@ def _fused_grads(run, batch) -> dict[str, float]:
 @pytest.mark.parametrize("model", ["polarnet", "cylinder3d"])
 def test_online_distillation_sends_no_gradient_through_the_fused_view(fused_cache, tmp_path, model):
     kd = {"w_feat": 0.1, "w_logit": 5.0, "w_aff": 1.0, "logit_variant": "released", "aff_level": "released",
-          "logit_on": "voxel", "kd_balance": "point"}
+          "logit_on": "voxel", "kd_balance": "point", "feat_level": "half" if model == "cylinder3d" else "last"}
     run = start_run(_spec(fused_cache, tmp_path / "a", model=model, cfg={**kd, "w_fused": 0.0}))
     got = _fused_grads(run, next(iter(run.loader())))
     assert {"seg", "feat", "logit", "aff"} <= set(got["losses"]) and "fused" not in got["losses"]
+    assert run.model.feature_level == kd["feat_level"]
     assert got["losses"]["logit"] > 0 and got["losses"]["feat"] > 0
     assert "point_logits" not in got and "voxel_feats" not in got  # nothing reached the fused forward
     assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in run.model.parameters())

@@ -109,6 +109,13 @@ class DistillConfig(Config):
     """The student's three distillation terms (docs/method.md, "Distillation")."""
 
     w_feat: float = knob(0.1, "weight of L_feat (0: off)")
+    # the released code distils Cylinder3D's upBlock2 output (half resolution); the paper
+    # does not say which level, this code's default is the last one
+    feat_level: str = knob("last", "L_feat on the decoder's last level, or on its half-resolution level "
+                           "(Cylinder3D's upBlock2 output, as released)", choices=("last", "half"))
+    feat_variant: str = knob("mse", "L_feat as the mean squared difference over voxels and channels, or as "
+                             "released: per voxel the mean over channels, kept where > 1, averaged",
+                             choices=("mse", "released"))
     w_logit: float = knob(1.0, "weight of L_logit (0: off)")
     w_aff: float = knob(1.0, "weight of L_aff (0: off)")
     temperature: float = knob(2.0, "KD temperature T")
@@ -251,7 +258,8 @@ TINY: dict[str, Any] = {"grid_shape": (96, 72, 16), "point_widths": (16, 32, 64)
 # docs/method.md, "The released code's values", gives each one's source line)
 RELEASED: dict[str, Any] = {"seg_on": "voxel", "w_logit": 5.0, "logit_variant": "released", "logit_on": "voxel",
                             "kd_balance": "point", "kd_where": "all", "w_aff": 1.0, "aff_level": "released",
-                            "w_feat": 0.0, "w_fused": 0.2, "fused_loss": "changed", "kd_warmup": 0,
+                            "w_feat": 0.0, "feat_level": "half",
+                            "feat_variant": "released", "w_fused": 0.2, "fused_loss": "changed", "kd_warmup": 0,
                             "scale_z": False}
 # Knobs whose default changed: a config saved before the knob existed ran the old way
 LEGACY: dict[str, Any] = {"seg_on": "point", "scale_z": True, "context_bn1": False}

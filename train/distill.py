@@ -42,11 +42,25 @@ def student_point_index(teacher: Batch, student: Batch) -> torch.Tensor:
     return torch.cat(idx).to(teacher.labels.device)
 
 
-def feature_loss(s_feat: torch.Tensor, t_feat: torch.Tensor) -> torch.Tensor:
-    """MSE between matched (already adapted) student and teacher voxel features."""
+RELEASED_FEAT_THRESHOLD = 1.0  # released code: only voxels whose mean squared difference exceeds this
+
+
+def feature_loss(s_feat: torch.Tensor, t_feat: torch.Tensor, variant: str = "mse") -> torch.Tensor:
+    """Between matched (already adapted) student and teacher voxel features. 'mse': the mean
+    squared difference over voxels and channels. 'released': per voxel the mean over
+    channels, kept where it exceeds 1, averaged (0 when none is kept). The released code
+    takes the mean over the fused view's voxels; those the single view lacks carry no
+    gradient, but count in the mean when their term exceeds 1: here they are left out."""
     if len(s_feat) == 0:
         return s_feat.sum() * 0.0
-    return F.mse_loss(s_feat.float(), t_feat.float().detach())
+    s_feat, t_feat = s_feat.float(), t_feat.float().detach()
+    if variant == "mse":
+        return F.mse_loss(s_feat, t_feat)
+    if variant == "released":
+        per_voxel = ((s_feat - t_feat) ** 2).mean(dim=1)
+        kept = per_voxel[per_voxel > RELEASED_FEAT_THRESHOLD]
+        return kept.mean() if len(kept) else s_feat.sum() * 0.0
+    raise ValueError(f"unknown feature distillation variant {variant!r}")
 
 
 def class_balanced_mean(values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -181,7 +195,7 @@ class Distiller(nn.Module):
         s_feat = self.adapter(s_out.voxel_feats)
         t_feat = t_out.voxel_feats[t_idx]
         if use.get("feat"):
-            losses["feat"] = feature_loss(s_feat, t_feat)
+            losses["feat"] = feature_loss(s_feat, t_feat, cfg.feat_variant)
         need_vox = (use.get("logit") and cfg.logit_on == "voxel") or (use.get("aff") and cfg.aff_level == "released")
         if use.get("logit") or need_vox:
             rows = student_point_index(teacher, student)

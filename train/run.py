@@ -18,7 +18,7 @@ from .config import TrainConfig, with_legacy
 from .dataset import ShardDataset
 from .distill import Distiller
 from .kinds import KINDS, RunKind
-from .models import build_model
+from .models import build_model, set_feature_level
 from .runtime import Dist, init_distributed, pick_device
 from .sampler import StepSampler
 from .steps import TwoViews
@@ -259,6 +259,9 @@ def start_run(spec: RunSpec) -> Run:
         val = ShardDataset(spec.cache, cfg.data.val_sequences, cfg, view=kind.validates_on)
     torch.manual_seed(spec.seed)  # after the teacher: the student's init depends on the seed alone
     model = build_model(cfg.model, device)
+    for net_ in (model, teacher):  # both sides' features at the level L_feat compares
+        if net_ is not None:
+            set_feature_level(net_, cfg.distill.feat_level)
     params = list(model.parameters())
     distiller = None
     if kind.distills:  # an online run's teacher is its own network: same width, no adapter

@@ -28,6 +28,19 @@ class ModelOutput:
     point_voxel: torch.Tensor  # (N,) index into the M voxels for every point
 
 
+# Decoder levels a backbone returns as `voxel_feats` (its `feature_level` attribute, set
+# per run from the distillation config): the last one, or the one at half resolution
+# (the released M2SKD code distils Cylinder3D's upBlock2 output, which is that level).
+FEATURE_LEVELS = ("last", "half")
+
+
+def set_feature_level(model: torch.nn.Module, level: str) -> None:
+    """Which decoder level `model` returns as its voxel features (`FEATURE_LEVELS`)."""
+    if level not in FEATURE_LEVELS:
+        raise ValueError(f"unknown feature level {level!r}; choose from {FEATURE_LEVELS}")
+    model.feature_level = level
+
+
 def build_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> torch.nn.Module:
     device = torch.device(device)
     if cfg.backbone == "polarnet":

@@ -17,7 +17,7 @@ from m2skd.common.labels import NUM_CLASSES
 from ..config import ModelConfig
 from . import ModelOutput, VoxelInput
 from .point_encoder import PointEncoder
-from .voxels import group
+from .voxels import group, voxel_keys
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)  # spconv uses torch.cuda.amp decorators torch deprecates
@@ -153,7 +153,8 @@ class Cylinder3D(nn.Module):
         self.logits = ctx.subm(4 * w, n_classes, 3, "l0_3")
         # bias kept outside the sparse conv: spconv fuses a conv bias only on CUDA (no-grad path)
         self.logit_bias = nn.Parameter(torch.zeros(n_classes))
-        self.feature_dim = 4 * w
+        self.feature_dim = 4 * w  # the last level's (recon + input) and upBlock2's widths alike
+        self.feature_level = "last"
 
     def forward(self, batch: VoxelInput) -> ModelOutput:
         keys, vox, inverse = group(batch.vox, self.shape)
@@ -175,10 +176,28 @@ class Cylinder3D(nn.Module):
         for down in self.down:
             x, skip = down(x)
             skips.append(skip)
-        for up in self.up:
+        for k, up in enumerate(self.up):
             x = up(x, skips.pop())
-        # distilled features: the last decoder level (recon block + its input), not the
-        # released code's upBlock2 (docs/method.md, "Distillation")
+            if k == 2:
+                half = x  # upBlock2's output: level 1, half resolution in every axis
+        # distilled features: the last decoder level (recon block + its input), or upBlock2's
+        # (`feature_level` half, the released code's; docs/method.md, "Distillation")
         dec = torch.cat([self.recon(x).features, x.features], dim=1)
         logits = self.logits(x.replace_feature(dec)).features + self.logit_bias
+        if self.feature_level == "half":
+            half_keys, half_feats, parent = half_level(half, vox)
+            return ModelOutput(logits[inverse], half_keys, half_feats, parent[inverse])
         return ModelOutput(logits[inverse], keys, dec, inverse)
+
+
+def half_level(x: spconv.SparseConvTensor, vox: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A level-1 sparse tensor as (sorted keys, their features, each level-0 voxel's level-1
+    voxel). The first down block's strided conv (kernel 3, stride 2, padding 1) has an
+    output at i // 2 for every input i (i lies in its window), so a voxel's parent is its
+    indices halved, and the parent always exists."""
+    shape = tuple(int(s) for s in x.spatial_shape)
+    keys = voxel_keys(x.indices.long(), shape)
+    order = torch.argsort(keys)
+    keys = keys[order]
+    parent = torch.cat([vox[:, :1], vox[:, 1:] // 2], dim=1)
+    return keys, x.features[order], torch.searchsorted(keys, voxel_keys(parent, shape))

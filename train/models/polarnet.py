@@ -12,7 +12,7 @@ from m2skd.common.labels import NUM_CLASSES
 from ..config import ModelConfig
 from . import ModelOutput, VoxelInput
 from .point_encoder import PointEncoder
-from .voxels import group
+from .voxels import group, keys_to_vox, voxel_keys
 
 # 'unlabelled' gets no output: a constant logit low enough that softmax gives it ~0,
 # within fp16's range for autocast
@@ -72,20 +72,23 @@ class PolarUNet(nn.Module):
         self.downs = nn.ModuleList(PolarConv(widths[k], widths[k + 1]) for k in range(4))
         self.ups = nn.ModuleList(PolarConv(2 * widths[k], widths[max(k - 1, 0)]) for k in reversed(range(4)))
         self.drops = nn.ModuleList(DropBlock2D(drop) for _ in range(4))
-        self.out_channels = widths[0]
+        self.out_channels = widths[0]  # of the last up block and of the one before it
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last level's features and those of the level before it (half resolution)."""
         skips = [self.inc(self.input_bn(x))]
         for down in self.downs:
             skips.append(down(F.max_pool2d(skips[-1], 2)))
         x = skips.pop()
+        levels = []
         for up, drop in zip(self.ups, self.drops, strict=True):
             skip = skips.pop()
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
             dy, dx = skip.shape[-2] - x.shape[-2], skip.shape[-1] - x.shape[-1]
             x = F.pad(x, (dx // 2, dx - dx // 2, dy // 2, dy - dy // 2))
             x = drop(up(torch.cat([skip, x], dim=1)))
-        return x
+            levels.append(x)
+        return levels[-1], levels[-2]
 
 
 class PolarNet(nn.Module):
@@ -101,6 +104,7 @@ class PolarNet(nn.Module):
         self.encoder = PointEncoder(tuple(cfg.point_widths), cfg.compress)
         self.unet = PolarUNet(cfg.compress, cfg.init_size, cfg.dropout)
         self.feature_dim = self.unet.out_channels
+        self.feature_level = "last"
         self.head = nn.Conv2d(self.unet.out_channels, self.n_classes * self.shape[2], 1)
 
     def _keep(self, inverse: torch.Tensor) -> torch.Tensor:
@@ -121,11 +125,26 @@ class PolarNet(nn.Module):
         pooled = self.encoder(batch.feats[keep], inverse[keep], len(keys))
         bev = pooled.new_zeros((batch.batch_size, R, P, pooled.shape[1]))
         bev[cells[:, 0], cells[:, 1], cells[:, 2]] = pooled
-        dec = self.unet(bev.permute(0, 3, 1, 2))
+        dec, half = self.unet(bev.permute(0, 3, 1, 2))
         # channels are (height, class), as PolarSeg lays them out
         logits = self.head(dec).view(batch.batch_size, Z, self.n_classes, R, P)
         b, r, p, z = batch.vox.unbind(1)
         real = logits.permute(0, 1, 3, 4, 2)[b, z, r, p]
         point_logits = torch.cat([real.new_full((len(real), 1), UNLABELLED_LOGIT), real], dim=1)
+        if self.feature_level == "half":
+            return ModelOutput(point_logits, *half_cells(half, cells, inverse))
         voxel_feats = dec.permute(0, 2, 3, 1)[cells[:, 0], cells[:, 1], cells[:, 2]]
         return ModelOutput(point_logits, keys, voxel_feats, inverse)
+
+
+def half_cells(half: torch.Tensor, cells: torch.Tensor, inverse: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The half-resolution map (B, C, R', P') at the occupied cells' parents (indices halved;
+    an odd size's last row max pooling dropped folds into the row before): (sorted keys,
+    their features, each point's parent)."""
+    shape = tuple(half.shape[2:])
+    parents = torch.cat([cells[:, :1], torch.minimum(cells[:, 1:] // 2, torch.tensor(shape, device=cells.device) - 1)],
+                        dim=1)
+    keys, of_cell = torch.unique(voxel_keys(parents, shape), sorted=True, return_inverse=True)
+    at = keys_to_vox(keys, shape)
+    return keys, half.permute(0, 2, 3, 1)[at[:, 0], at[:, 1], at[:, 2]], of_cell[inverse]
