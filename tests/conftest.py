@@ -60,3 +60,39 @@ def tiny_train_config(model: str = "polarnet", **overrides):
                 point_widths=(16, 32), init_size=4, compress=8, checkpoint_every=2)
     base.update(overrides)
     return TrainConfig.preset("tiny", model=model).override(**base)
+
+
+# semantic-kitti-api `config/semantic-kitti.yaml`, learning_map_inv, written out by hand so
+# the prediction tests do not read the table the code under test uses
+RAW_OF_TRAIN = np.array([0, 10, 11, 15, 18, 20, 30, 31, 32, 40, 44, 48, 49, 50, 51, 70, 71, 72, 80, 81])
+
+
+def by_hand_class(x: np.ndarray) -> np.ndarray:
+    """The train id `ByHandModel` predicts for a point at x: 1 + floor(|x|) mod 19."""
+    return 1 + np.floor(np.abs(x)).astype(np.int64) % 19
+
+
+def by_hand_model():
+    """A network stand-in whose logits are set by hand: one-hot at `by_hand_class` of each
+    point's x (the 7th input feature), so what eval and predict write can be checked
+    against the raw scans without running a model twice."""
+    import torch
+
+    from m2skd.train.models import ModelOutput
+
+    class ByHandModel(torch.nn.Module):
+        def forward(self, batch) -> ModelOutput:
+            cls = 1 + torch.floor(batch.feats[:, 6].abs()).long() % 19
+            n = len(cls)
+            return ModelOutput(torch.nn.functional.one_hot(cls, 20).float(), torch.zeros(0, dtype=torch.long),
+                               torch.zeros(0, 1), torch.zeros(n, dtype=torch.long))
+
+    return ByHandModel()
+
+
+def raw_scan(root: Path, seq: str, frame: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(points (N, 4), raw semantic ids or None) read with numpy alone."""
+    base = root / "sequences" / seq
+    pts = np.fromfile(base / "velodyne" / f"{frame:06d}.bin", np.float32).reshape(-1, 4)
+    lab = base / "labels" / f"{frame:06d}.label"
+    return pts, (np.fromfile(lab, np.uint32) & 0xFFFF) if lab.is_file() else None

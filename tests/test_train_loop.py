@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from m2skd.common import kitti_io
 from m2skd.common.labels import raw_to_train
 from m2skd.common.shards import ShardError
 from m2skd.train.batch import collate
@@ -23,7 +22,7 @@ from m2skd.train.metrics import Confusion, predict
 from m2skd.train.models import build_model
 from m2skd.train.trainer import RunSpec, TrainError, read_metrics, train
 
-from .conftest import tiny_train_config
+from .conftest import RAW_OF_TRAIN, by_hand_class, by_hand_model, raw_scan, tiny_train_config
 
 
 def _oracle_miou(vox: np.ndarray, labels: np.ndarray) -> float:
@@ -114,28 +113,36 @@ def test_student_run_logs_every_term_and_refuses_a_foreign_teacher(fused_cache, 
         train(_spec(fused_cache, tmp_path / "s4", kind="student", steps=1, teacher=tmp_path / "s" / "last.pt"))
 
 
-def test_eval_predictions_decode_to_the_predicted_labels(synth_root, fused_cache, tmp_path):
-    train(_spec(fused_cache, tmp_path / "b", kind="baseline", steps=2))
-    model, cfg, _ = load_model(tmp_path / "b" / "last.pt", torch.device("cpu"))
-    ds = RawDataset(synth_root, ("08",), cfg)
-    conf = evaluate(model, ds, torch.device("cpu"), predictions=tmp_path / "pred", progress=False)
-    seq = kitti_io.Sequence(tmp_path / "pred", "08")
-    check = Confusion()
-    for i in (0, len(ds) - 1):
-        sample = ds[i]
-        with torch.no_grad():
-            expected = predict(model(collate("single")([sample])).point_logits).numpy()
-        semantic, instance = kitti_io.read_label(seq.prediction_path(sample.frame))
-        assert semantic.dtype == np.uint32 and not instance.any()
-        # raw ids (e.g. 10 for car, 40 for road), which map back to the predicted train ids
-        assert set(np.unique(semantic)) <= {10, 11, 15, 18, 20, 30, 31, 32, 40, 44, 48, 49, 50, 51, 70, 71, 72,
-                                             80, 81}
-        np.testing.assert_array_equal(raw_to_train(semantic), expected)
-    # the confusion the evaluator built equals one rebuilt from the files and the ground truth
-    for frame in kitti_io.Sequence(synth_root, "08").frames():
-        gt = raw_to_train(kitti_io.read_label(kitti_io.Sequence(synth_root, "08").label_path(frame))[0])
-        check.add(raw_to_train(kitti_io.read_label(seq.prediction_path(frame))[0]), gt)
-    np.testing.assert_array_equal(check.matrix, conf.matrix)
+def _hand_confusion(root: Path, seq: str) -> np.ndarray:
+    """Rows the hand-set predictions, columns the ground truth, over every scan's own points."""
+    m = np.zeros((20, 20), np.int64)
+    for f in sorted(int(p.stem) for p in (root / "sequences" / seq / "velodyne").glob("*.bin")):
+        pts, raw = raw_scan(root, seq, f)
+        np.add.at(m, (by_hand_class(pts[:, 0]), raw_to_train(raw)), 1)
+    return m
+
+
+def test_eval_scores_and_writes_the_labels_of_logits_set_by_hand(synth_root, fused_cache, tmp_path):
+    """eval over raw scans: its confusion is the one counted from the raw files and the
+    hand-set logits; each written file holds the raw ids those logits choose."""
+    cfg = tiny_train_config()
+    conf = evaluate(by_hand_model(), RawDataset(synth_root, ("08",), cfg), torch.device("cpu"),
+                    predictions=tmp_path / "pred", progress=False)
+    np.testing.assert_array_equal(conf.matrix, _hand_confusion(synth_root, "08"))
+    for f in (0, 11):
+        pts, _ = raw_scan(synth_root, "08", f)
+        written = np.fromfile(tmp_path / "pred" / "sequences" / "08" / "predictions" / f"{f:06d}.label", np.uint32)
+        np.testing.assert_array_equal(written, RAW_OF_TRAIN[by_hand_class(pts[:, 0])])
+
+
+def test_eval_on_the_fused_view_scores_each_scans_own_points_only(synth_root, fused_cache):
+    """`eval --view fused`: the fused scans carry other scans' points too, but only each
+    scan's own points are scored: the confusion equals the raw scans' by hand."""
+    cfg = tiny_train_config()
+    ds = ShardDataset(fused_cache, ("08",), cfg, view="fused")
+    assert sum(len(ds[i].labels) - ds[i].n_original for i in range(len(ds))) > 0  # fused points are there
+    conf = evaluate(by_hand_model(), ds, torch.device("cpu"), view="fused", batch_size=2, progress=False)
+    np.testing.assert_array_equal(conf.matrix, _hand_confusion(synth_root, "08"))
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
