@@ -53,17 +53,17 @@ lint: $(STAMP)
 # (three val sequences: one holds only 1-2 trucks, other vehicles and motorcyclists).
 DEMO_SEQ := 00-03,08-10
 synth: $(STAMP)
-	$(BIN)/m2skd-synth $(DEMO_DATA) --sequences $(DEMO_SEQ) --preset demo $(SYNTH_ARGS)
+	$(BIN)/m2skd-synth "$(DEMO_DATA)" --sequences $(DEMO_SEQ) --preset demo $(SYNTH_ARGS)
 
 # The whole pipeline on CPU: synthetic data, fusion, teacher, baseline and student, one table.
 demo: $(EXPERIMENTS)
 	$(MAKE) fuse SEQ=$(DEMO_SEQ)
-	$(BIN)/python -m m2skd.experiments.demo --cache $(CACHE)/fused --out $(DEMO_OUT) --model $(MODEL) \
+	$(BIN)/python -m m2skd.experiments.demo --cache "$(CACHE)/fused" --out "$(DEMO_OUT)" --model $(MODEL) \
 		--steps $(DEMO_STEPS)
 
 demo-seeds: $(EXPERIMENTS)
 	$(MAKE) fuse SEQ=$(DEMO_SEQ)
-	$(BIN)/python -m m2skd.experiments.demo --cache $(CACHE)/fused --out $(DEMO_OUT) --model $(MODEL) \
+	$(BIN)/python -m m2skd.experiments.demo --cache "$(CACHE)/fused" --out "$(DEMO_OUT)" --model $(MODEL) \
 		--steps $(DEMO_STEPS) --seeds $(SEEDS)
 
 # The controlled experiment (docs/evidence.md): per seed the baseline, the fused teacher and
@@ -89,7 +89,7 @@ experiment: $(EXPERIMENTS)
 # they reuse, or train first), recorded beside them and paired against the full method.
 ABL_SEEDS  ?= 0,1
 ablations: $(EXPERIMENTS)
-	$(BIN)/python -m m2skd.experiments.evidence --cache $(EXP_DIR)/fused --out $(EXP_DIR)/ablations --runs $(EXP_DIR)/runs \
+	$(BIN)/python -m m2skd.experiments.evidence --cache "$(EXP_DIR)/fused" --out "$(EXP_DIR)/ablations" --runs "$(EXP_DIR)/runs" \
 		--model $(MODEL) --seeds $(ABL_SEEDS) --variants all --record "$(EXP_RECORD)" $(EXP_ARGS)
 
 # The window ablation: a teacher fused with ABL_WINDOW (default 4 past and 4 future scans)
@@ -97,23 +97,24 @@ ablations: $(EXPERIMENTS)
 ABL_WINDOW ?= -4:+4
 ABL_TAG    ?= win44
 ablation-window: $(EXPERIMENTS)
-	$(BIN)/m2skd-fuse --data $(EXP_DIR)/synth --sequences $(EXP_SEQ) --out $(EXP_DIR)/fused-$(ABL_TAG) \
+	$(BIN)/m2skd-fuse --data "$(EXP_DIR)/synth" --sequences $(EXP_SEQ) --out "$(EXP_DIR)/fused-$(ABL_TAG)" \
 		--window=$(ABL_WINDOW) --workers $(WORKERS)
-	$(BIN)/python -m m2skd.experiments.evidence --cache $(EXP_DIR)/fused-$(ABL_TAG) --out $(EXP_DIR)/ablations \
-		--runs $(EXP_DIR)/runs --model $(MODEL) --seeds $(ABL_SEEDS) --kinds teacher,m2skd --tag $(ABL_TAG) \
+	$(BIN)/python -m m2skd.experiments.evidence --cache "$(EXP_DIR)/fused-$(ABL_TAG)" --out "$(EXP_DIR)/ablations" \
+		--runs "$(EXP_DIR)/runs" --model $(MODEL) --seeds $(ABL_SEEDS) --kinds teacher,m2skd --tag $(ABL_TAG) \
 		--record "$(EXP_RECORD)" $(EXP_ARGS)
 
 # make eval CKPT=path/last.pt [DATA=raw root]: IoU table, JSON and raw-id prediction files beside the checkpoint
+# (every path quoted, and the checkpoint's folder taken by the shell: make's $(dir) splits at spaces)
 eval: $(STAMP)
 	@if [ -z "$(CKPT)" ]; then echo "usage: make eval CKPT=path/to/last.pt [DATA=root]"; exit 2; fi
-	$(BIN)/m2skd-train eval --ckpt $(CKPT) --data $(DATA) --split val --json $(dir $(CKPT))eval.json \
-		--predictions $(dir $(CKPT))predictions
+	ckpt_dir="$$(dirname "$(CKPT)")"; $(BIN)/m2skd-train eval --ckpt "$(CKPT)" --data "$(DATA)" --split val \
+		--json "$$ckpt_dir/eval.json" --predictions "$$ckpt_dir/predictions"
 
 fuse: $(STAMP)
 	@# the demo data is (re)generated as needed: synth skips scans already on disk with this preset
 	@if [ "$(DATA)" = "$(DEMO_DATA)" ]; then $(MAKE) --no-print-directory synth SYNTH_ARGS=--no-summary; fi
-	$(BIN)/m2skd-fuse --data $(DATA) --sequences $(SEQ) --out $(CACHE)/fused --workers $(WORKERS) \
-		$(if $(WINDOW),--window $(WINDOW),)
+	$(BIN)/m2skd-fuse --data "$(DATA)" --sequences $(SEQ) --out "$(CACHE)/fused" --workers $(WORKERS) \
+		$(if $(WINDOW),--window=$(WINDOW),)
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_step.py

@@ -7,13 +7,17 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from .outputs import OutputError, disk_full
+
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, remedy: str = "free some space and rerun") -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
 
     The temp name starts with '.' and ends with '.tmp' so globs for finished files
     never see it; it lives in the same folder so the final rename is atomic (POSIX).
+    A disk that fills up inside the block is an `OutputError` naming `path` and `remedy`
+    (the CLIs print it in one line), not an OSError traceback.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -21,9 +25,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if disk_full(e):
+            raise OutputError(f"{path}: the disk filled up while writing it (the partial file was removed); "
+                              f"{remedy}") from None
         raise
 
 

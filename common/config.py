@@ -9,6 +9,10 @@ reaches nested fields by their (unique) name, so `cfg.override(lr=0.01)` sets
 
     cfg = SomeConfig.preset("tiny").override(**cli_options)   # every CLI, every stage
     cfg.to_dict()                                             # what a run writes beside its outputs
+
+A number knob states its range in its `knob()` (`at_least`, `above`, `at_most`, `below`,
+and `length` for a tuple): the base `__post_init__` checks every value against it, and a
+float is always finite, so no CLI and no saved config can pass a NaN or a negative count.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,12 +30,49 @@ T = TypeVar("T", bound="Config")
 
 
 def knob(default: Any, help: str, *, choices: tuple[str, ...] | None = None,
-         parse: Callable[[str], Any] | None = None, shape: bool = False, cli: bool = True) -> Any:
+         parse: Callable[[str], Any] | None = None, shape: bool = False, cli: bool = True,
+         at_least: float | None = None, above: float | None = None, at_most: float | None = None,
+         below: float | None = None, length: int | None = None) -> Any:
     """A config field: `help` and `choices` become the CLI option's; `parse` turns the option's
     text into the value (default: by the default's type, tuples comma-separated); `shape`
-    marks what a checkpoint's weights depend on; `cli=False` keeps it off the command line."""
+    marks what a checkpoint's weights depend on; `cli=False` keeps it off the command line.
+    A number (or each number of a tuple) must lie in the range the bounds give; a tuple
+    must hold `length` values."""
+    bounds = {"at_least": at_least, "above": above, "at_most": at_most, "below": below}
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "parse": parse,
-                                                        "shape": shape, "cli": cli})
+                                                        "shape": shape, "cli": cli, "length": length,
+                                                        "bounds": {k: v for k, v in bounds.items() if v is not None}})
+
+
+_BOUND_TEXT = {"at_least": ">= {}", "above": "> {}", "at_most": "<= {}", "below": "< {}"}
+_BOUND_OK = {"at_least": lambda v, b: v >= b, "above": lambda v, b: v > b,
+             "at_most": lambda v, b: v <= b, "below": lambda v, b: v < b}
+
+
+def flag(name: str) -> str:
+    """A knob's command-line option, the name every range message uses."""
+    return "--" + name.replace("_", "-")
+
+
+def check_knob(f: dataclasses.Field, value: Any) -> None:
+    """Raise ValueError, naming the option, if `value` breaks the knob's declared range or length."""
+    meta = f.metadata
+    if not meta or value is None or isinstance(value, (str, bool, Config)):
+        return
+    values = value if isinstance(value, tuple) else (value,)
+    shown = ",".join(map(str, values))
+    if meta.get("length") is not None and len(values) != meta["length"]:
+        raise ValueError(f"{flag(f.name)}: needs {meta['length']} comma-separated values, got {len(values)} ({shown})")
+    bounds = meta.get("bounds", {})
+    for v in values:
+        if isinstance(v, (str, bool)) or not isinstance(v, (int, float)):
+            continue
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"{flag(f.name)}: {v} is not a finite number")
+        broken = [k for k, b in bounds.items() if not _BOUND_OK[k](v, b)]
+        if broken:
+            want = " and ".join(_BOUND_TEXT[k].format(b) for k, b in bounds.items())
+            raise ValueError(f"{flag(f.name)} must be {want}, got {shown}")
 
 
 def digest(payload: dict) -> str:
@@ -40,6 +82,11 @@ def digest(payload: dict) -> str:
 
 @dataclass(frozen=True)
 class Config:
+    def __post_init__(self) -> None:
+        """Every knob within its declared range (subclasses call this first)."""
+        for f in dataclasses.fields(self):
+            check_knob(f, getattr(self, f.name))
+
     @classmethod
     def preset(cls: type[T], name: str) -> T:
         presets = cls._presets()

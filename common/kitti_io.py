@@ -37,6 +37,8 @@ def read_scan(path: str | os.PathLike) -> np.ndarray:
         raw = np.fromfile(path, dtype=np.uint8)
     except FileNotFoundError:
         raise KittiFormatError(f"{path}: scan file does not exist") from None
+    except OSError as e:  # a symlink loop, a folder in its place, an unreadable disk
+        raise KittiFormatError(f"{path}: cannot read the scan file ({e.strerror or e})") from None
     if raw.size % 16:
         raise KittiFormatError(
             f"{path}: size {raw.size} bytes is not a multiple of 16 (4 float32 per point); "
@@ -70,6 +72,8 @@ def read_label(path: str | os.PathLike, n_points: int | None = None) -> tuple[np
         raw = np.fromfile(path, dtype=np.uint8)
     except FileNotFoundError:
         raise KittiFormatError(f"{path}: label file does not exist") from None
+    except OSError as e:  # a symlink loop, a folder in its place, an unreadable disk
+        raise KittiFormatError(f"{path}: cannot read the label file ({e.strerror or e})") from None
     if raw.size % 4:
         raise KittiFormatError(f"{path}: size {raw.size} bytes is not a multiple of 4 (uint32 per point)")
     lab = raw.view(np.uint32)
@@ -109,6 +113,7 @@ def read_poses(path: str | os.PathLike, n_scans: int | None = None) -> np.ndarra
             raise KittiFormatError(f"{path}:{lineno}: expected 12 values (3x4 pose), got {len(vals)}")
         m = np.eye(4)
         m[:3, :] = np.array(vals).reshape(3, 4)
+        check_rigid(m, f"{path}:{lineno}", "pose")
         poses.append(m)
     out = np.array(poses).reshape(-1, 4, 4)
     if n_scans is not None and len(out) < n_scans:
@@ -133,6 +138,7 @@ def read_calib(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise KittiFormatError(f"{path}: calib file does not exist")
     calib: dict[str, np.ndarray] = {}
+    where: dict[str, int] = {}
     for lineno, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -145,9 +151,25 @@ def read_calib(path: str | os.PathLike) -> dict[str, np.ndarray]:
         m = np.eye(4)
         m[:3, :] = np.array(vals).reshape(3, 4)
         calib[key.strip()] = m
+        where[key.strip()] = lineno
     if "Tr" not in calib:
         raise KittiFormatError(f"{path}: no 'Tr' (velodyne -> camera) entry; found {sorted(calib)}")
+    check_rigid(calib["Tr"], f"{path}:{where['Tr']}", "Tr (velodyne -> camera)")  # P0-P3 are projections
     return calib
+
+
+# KITTI's poses and Tr are rotations to ~1e-6; this only refuses what is not one at all
+RIGID_TOLERANCE = 1e-2
+
+
+def check_rigid(m: np.ndarray, where: str, what: str) -> None:
+    """A 4x4 whose 3x3 part is not a rotation (all zeros, singular, a reflection, scaled)
+    would silently misplace every fused point, or fail later as a LinAlgError."""
+    r = m[:3, :3]
+    err = float(np.abs(r.T @ r - np.eye(3)).max())
+    if err > RIGID_TOLERANCE or np.linalg.det(r) <= 0:
+        raise KittiFormatError(f"{where}: the {what} is not a rigid transform (its 3x3 part is not a rotation: "
+                               f"max |R^T R - I| = {err:.3g}, det = {np.linalg.det(r):.3g})")
 
 
 def write_calib(path: str | os.PathLike, calib: dict[str, np.ndarray]) -> None:

@@ -88,13 +88,17 @@ def exclusive(path: str | os.PathLike, what: str = "m2skd") -> Iterator[Path]:
                 path.rmdir()  # only succeeds if empty
 
 
+RESERVE_MIB = 64  # left free after any write: a disk filled to the last byte breaks more than this run
+
+
 def check_free_space(path: str | os.PathLike, need: int, what: str) -> None:
     """Refuse to start a write of about `need` bytes under `path` when the disk has less
     (with 10 % and 64 MiB to spare): a full disk mid-write costs more than a clear no."""
     free = shutil.disk_usage(path).free
-    if free < need * 1.1 + (64 << 20):
-        raise OutputError(f"{path}: not enough free disk space for {what} (needs ~{need / 2**20:,.0f} MiB, "
-                          f"{free / 2**20:,.0f} MiB free); free some space or choose another output folder")
+    if free < need * 1.1 + (RESERVE_MIB << 20):
+        raise OutputError(f"{path}: not enough free disk space for {what} (needs ~{need / 2**20:,.0f} MiB and "
+                          f"keeps {RESERVE_MIB} MiB spare, {free / 2**20:,.0f} MiB free); free some space or choose "
+                          "another output folder")
 
 
 def disk_full(e: BaseException) -> bool:

@@ -29,7 +29,7 @@ import h5py
 import numpy as np
 
 from .atomic import atomic_path
-from .outputs import OutputError, check_free_space, disk_full, ensure_writable_dir
+from .outputs import check_free_space, ensure_writable_dir
 
 FORMAT_VERSION = 1
 DATASETS = {"points": np.float32, "labels": np.uint8, "instance": np.uint32, "source": np.int8}
@@ -62,6 +62,9 @@ class FusedScan:
             raise ShardError(f"frame {self.frame}: inconsistent fused scan arrays")
 
 
+RESUME_FUSE = "free some space and rerun `make fuse` (m2skd-fuse) to resume: finished shards are kept"
+
+
 def shard_name(sequence: str, first: int, last: int) -> str:
     return f"seq{sequence}_{first:06d}-{last:06d}.h5"
 
@@ -87,13 +90,7 @@ def write_shard(path: str | os.PathLike, scans: list[FusedScan], attrs: dict, co
     # a full disk mid-write crashed HDF5 (a segfault, not an exception): refuse up front
     check_free_space(path.parent, total * sum(np.dtype(t).itemsize * (4 if k == "points" else 1)
                                               for k, t in DATASETS.items()), f"shard {path.name}")
-    try:
-        _write_datasets(path, scans, sizes, offsets, attrs, compress_points)
-    except OSError as e:
-        if disk_full(e):
-            raise OutputError(f"{path}: the disk filled up while writing this shard (removed); free some space "
-                              "and rerun `make fuse` to resume") from None
-        raise
+    _write_datasets(path, scans, sizes, offsets, attrs, compress_points)
     entry = {
         "file": path.name,
         "sequence": attrs.get("sequence"),
@@ -105,7 +102,7 @@ def write_shard(path: str | os.PathLike, scans: list[FusedScan], attrs: dict, co
         "input_hash": attrs.get("input_hash"),
         "sha256": file_sha256(path),
     }
-    with atomic_path(sidecar(path)) as tmp:
+    with atomic_path(sidecar(path), RESUME_FUSE) as tmp:
         tmp.write_text(json.dumps(entry, indent=1))
     return entry
 
@@ -113,7 +110,7 @@ def write_shard(path: str | os.PathLike, scans: list[FusedScan], attrs: dict, co
 def _write_datasets(path: Path, scans: list[FusedScan], sizes: np.ndarray, offsets: np.ndarray, attrs: dict,
                     compress_points: bool) -> None:
     total = int(offsets[-1])
-    with atomic_path(path) as tmp:
+    with atomic_path(path, RESUME_FUSE) as tmp:
         # Each scan goes straight into its rows of preallocated datasets: concatenating a
         # shard first copied ~130 MB and cost more than the fusion itself. The chunk cache
         # holds a chunk of every dataset until it is full, so each chunk is compressed once.
@@ -200,7 +197,7 @@ def write_manifest(cache: str | os.PathLike, config: dict, config_hash: str) -> 
             entries.append(entry)
     manifest = {"format_version": FORMAT_VERSION, "config": config, "config_hash": config_hash,
                 "shards": entries, "scans": sum(e["scans"] for e in entries)}
-    with atomic_path(cache / MANIFEST) as tmp:
+    with atomic_path(cache / MANIFEST, RESUME_FUSE) as tmp:
         tmp.write_text(json.dumps(manifest, indent=1))
     return manifest
 

@@ -31,6 +31,8 @@ from m2skd.train.metrics import predict
 from m2skd.train.runtime import pick_device
 from m2skd.train.trainer import RunSpec, read_metrics, train
 
+from .lanes import check_cache
+
 console = Console()
 
 
@@ -171,6 +173,7 @@ def main(cache: Path, out: Path, model: str, steps: int, teacher_steps: int | No
     cfg = TrainConfig.preset("tiny", model=model).override(
         workers=workers, train_sequences=tuple(parse_sequences(train_seqs)),
         val_sequences=tuple(parse_sequences(val_seqs)))
+    check_cache(cache, cfg, cfg.data.train_sequences, cfg.data.val_sequences)
     dev = pick_device(device)
     runs_dir = out / "runs"
     if lanes is None:

@@ -19,7 +19,10 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from m2skd.common.cli import fail
+from m2skd.common.shards import ShardError
 from m2skd.train.config import TrainConfig
+from m2skd.train.dataset import ShardDataset
 from m2skd.train.trainer import RunSpec, train
 
 console = Console()
@@ -35,6 +38,17 @@ class Job:
     seed: int
     teacher: str | None = None  # name of the job whose best (or last) checkpoint is the teacher
     extra: dict = field(default_factory=dict)
+
+
+def check_cache(cache: Path, cfg: TrainConfig, *splits: tuple[str, ...]) -> None:
+    """One line and exit 1, before any run starts, when the cache cannot serve a split the
+    runs read (a missing sequence, no manifest, a damaged shard); a run failing in a lane
+    would end in a traceback after minutes of training."""
+    try:
+        for seqs in splits:
+            ShardDataset(cache, seqs, cfg, view="fused")
+    except ShardError as e:
+        fail(str(e))
 
 
 def _lane_init(threads: int) -> None:

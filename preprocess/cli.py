@@ -34,7 +34,8 @@ console = Console(stderr=True)
 @click.option("--window", help=f"neighbour scans -K:+K (past:future) [default: {FusionConfig().window}, "
                                "or the preset's]")
 @config_options(FusionConfig)
-@click.option("--workers", type=int, default=1, show_default=True, help="sequences fused in parallel")
+@click.option("--workers", type=click.IntRange(min=1, max=256), default=1, show_default=True,
+              help="sequences fused in parallel")
 @click.option("--force", is_flag=True, help="rebuild shards even if finished")
 def main(data: Path, sequences: str, out: Path, preset: str, window: str | None, workers: int, force: bool,
          **options) -> None:

@@ -33,27 +33,30 @@ def parse_names(spec: str) -> tuple[str, ...]:
 class FusionConfig(Config):
     """Multi-scan hard-instance fusion (docs/method.md, "Fusion")."""
 
-    past: int = knob(4, "fuse scans t-1..t-past (the released code: 4)", cli=False)
-    future: int = knob(0, "fuse scans t+1..t+future (offline, the future is on disk)", cli=False)
+    past: int = knob(4, "fuse scans t-1..t-past (the released code: 4)", cli=False, at_least=0, at_most=100)
+    future: int = knob(0, "fuse scans t+1..t+future (offline, the future is on disk)", cli=False, at_least=0,
+                       at_most=100)
     hard_classes: tuple[str, ...] = knob(DEFAULT_HARD_CLASSES, "train classes whose instances are fused",
                                          parse=parse_names)
+    # below 1 mm the grid keys of a 100 m scene overflow int64 and the filter means nothing;
+    # above 5 m every instance collapses to one point
     voxel: float = knob(0.05, "voxel filter on fused points (m), so a static object seen in many scans does "
-                              "not dominate; 0 = off")
-    drift_threshold: float = knob(0.5, "centroid drift (m) after pose alignment that marks an instance as moving")
+                              "not dominate; 0 = off, else 0.001-5", at_least=0.0, at_most=5.0)
+    drift_threshold: float = knob(0.5, "centroid drift (m) after pose alignment that marks an instance as moving",
+                                  at_least=0.0, at_most=100.0)
     centroid_correction: bool = knob(True, "shift moving instances onto the target instance's centroid")
     fuse_occluded_static: bool = knob(False, "also fuse static instances absent from scan t")
-    shard_size: int = knob(50, "scans per HDF5 shard")
+    shard_size: int = knob(50, "scans per HDF5 shard", at_least=1, at_most=10000)
     compress_points: bool = knob(False, "shuffle+lzf on the points too: 22% smaller shards, ~9x slower writes")
     compact: bool = knob(False, "store only the fused points; each scan's own points are read from its .bin and "
                                 ".label when training (a far smaller cache; the dataset must stay where it was)")
 
     def __post_init__(self) -> None:
-        if self.past < 0 or self.future < 0 or self.past + self.future == 0:
+        super().__post_init__()
+        if self.past + self.future == 0:
             raise ValueError(f"fusion window must include a neighbour, got past={self.past} future={self.future}")
-        if self.voxel < 0 or self.shard_size <= 0:
-            raise ValueError("voxel must be >= 0 and shard_size > 0")
-        if self.drift_threshold < 0:
-            raise ValueError(f"drift_threshold must be >= 0 m, got {self.drift_threshold}")
+        if 0 < self.voxel < 0.001:
+            raise ValueError(f"--voxel must be 0 (off) or at least 0.001 m, got {self.voxel}")
         if not self.hard_classes:
             raise ValueError("hard_classes is empty: name at least one class to fuse")
         class_ids(self.hard_classes)  # raises on unknown names

@@ -28,7 +28,15 @@ from m2skd.common.atomic import remove_stale_temps
 from m2skd.common.config import digest
 from m2skd.common.labels import CLASS_NAMES
 from m2skd.common.outputs import exclusive
-from m2skd.common.shards import FORMAT_VERSION, ShardReader, finished_entry, shard_name, write_manifest, write_shard
+from m2skd.common.shards import (
+    FORMAT_VERSION,
+    MANIFEST,
+    ShardReader,
+    finished_entry,
+    shard_name,
+    write_manifest,
+    write_shard,
+)
 
 from .config import FusionConfig
 from .fusion import fuse_scan, hard_lut
@@ -208,6 +216,26 @@ def _check_mixing(out: Path, names: list[str], chash: str, force: bool) -> list[
     return other
 
 
+def _replaced(out: Path, names: list[str], chash: str) -> list[str]:
+    """This run's sequences that OUT holds fused with another config (their shards are redone)."""
+    return sorted({e.get("sequence") for e in _sidecars(out)
+                   if e.get("config_hash") != chash and e.get("sequence") in names})
+
+
+def _check_manifest_is_ours(out: Path) -> None:
+    """A manifest.json that m2skd-fuse did not write (another tool's, a user's file) is never overwritten."""
+    path = out / MANIFEST
+    if not path.exists():
+        return
+    try:
+        m = json.loads(path.read_text())
+        ours = isinstance(m, dict) and isinstance(m.get("shards"), list) and {"format_version", "config_hash"} <= set(m)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        ours = False
+    if not ours:
+        raise FusionError(f"{path}: not a manifest m2skd-fuse wrote; it is left as it is: choose another --out")
+
+
 def _sidecars(out: Path) -> list[dict]:
     entries = []
     for side in out.glob("*.h5.json"):
@@ -247,12 +275,16 @@ def run_fusion(
     OUT is checked writable and locked against a second writer before anything else."""
     root, out = Path(root), Path(out)
     with exclusive(out, "m2skd-fuse"):
+        _check_manifest_is_ours(out)
         plans = plan(root, names, cfg)
         config, chash = cache_config(cfg)
         dropped = _check_mixing(out, names, chash, force)
-        if dropped:
-            plans[0] = replace(plans[0], notes=(*plans[0].notes, f"{out}: --force drops sequence(s) {dropped}, "
-                                                "fused with another config, from the manifest"))
+        notes = [f"{out}: --force drops sequence(s) {dropped}, fused with another config, from the manifest"] \
+            if dropped else []
+        if replaced := _replaced(out, names, chash):
+            notes.append(f"{out}: sequence(s) {replaced} were fused with another config; their shards are "
+                         "replaced by this config's")
+        plans[0] = replace(plans[0], notes=(*plans[0].notes, *notes))
         if on_plan:
             on_plan(plans)
         remove_stale_temps(out)  # a killed run's half-written shard

@@ -15,6 +15,7 @@ from rich.table import Table
 from m2skd.common import kitti_io
 from m2skd.common.cli import config_options, fail, knob_values
 from m2skd.common.labels import CLASS_NAMES, HARD_CLASS_IDS, NUM_CLASSES, raw_to_train
+from m2skd.common.outputs import OutputError, ensure_writable_dir
 from m2skd.common.progress import progress
 
 from .config import SynthConfig
@@ -71,12 +72,18 @@ def main(out_dir: Path, sequences: str, preset: str, labels: bool | None, summar
         cfg = SynthConfig.preset(preset).override(**knob_values(SynthConfig, options))
     except ValueError as e:
         raise click.UsageError(str(e)) from None
-    for name in names:  # every sequence checked before any is written
-        try:
-            folder = kitti_io.Sequence(out_dir, name).path
-            check_own_folder(folder)
-        except ForeignSequenceError as e:
-            fail(str(e))
+    try:
+        ensure_writable_dir(out_dir)
+        for name in names:  # every sequence checked before any is written
+            check_own_folder(kitti_io.Sequence(out_dir, name).path)
+        _generate(out_dir, names, cfg, labels, summary)
+    except (ForeignSequenceError, OutputError) as e:
+        fail(str(e))
+    except OSError as e:  # a folder that turns read-only or a disk that fills mid-run
+        fail(f"{e.filename or out_dir}: {e.strerror or e}; rerun to resume (finished scans are kept)")
+
+
+def _generate(out_dir: Path, names: list[str], cfg: SynthConfig, labels: bool | None, summary: bool) -> None:
     t0 = time.perf_counter()
     with progress(
         TextColumn("[bold]seq {task.fields[seq]}"), BarColumn(), MofNCompleteColumn(),

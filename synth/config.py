@@ -14,20 +14,25 @@ from m2skd.common.config import Config, knob
 class SynthConfig(Config):
     """The synthetic LiDAR sequence generator (docs/synthetic.md)."""
 
-    scans: int = knob(200, "scans per sequence")
-    beams: int = knob(64, "vertical lasers, 1-64 (HDL-64E: 64)")
-    columns: int = knob(2000, "firings per revolution (~0.18 deg azimuth steps, as KITTI's 10 Hz sweeps)")
-    max_range: float = knob(120.0, "sensor range (m)")
-    range_noise: float = knob(0.02, "range noise, 1 sigma (m)")
-    dropout: float = knob(0.01, "probability a return is lost, plus a range-dependent term")
-    speed_min: float = knob(6.0, "slowest ego speed (m/s)")
-    speed_max: float = knob(10.0, "fastest ego speed (m/s)")
-    period: float = knob(0.1, "seconds between scans (10 Hz)")
-    seed: int = knob(0, "world seed: same seed, same bytes")
+    scans: int = knob(200, "scans per sequence", at_least=1, at_most=100_000)
+    beams: int = knob(64, "vertical lasers, 1-64 (HDL-64E: 64)", at_least=1, at_most=64)
+    # a scan's rays are cast at once, ~200 bytes each (measured: 64 x 16000 took 160 MiB
+    # more than 64 x 2000); 20000 columns bounds a scan near 250 MiB
+    columns: int = knob(2000, "firings per revolution (~0.18 deg azimuth steps, as KITTI's 10 Hz sweeps); at most "
+                              "20000 (memory: ~200 bytes a ray, beams x columns rays a scan)", at_least=1,
+                        at_most=20_000)
+    max_range: float = knob(120.0, "sensor range (m)", above=0.0, at_most=1000.0)
+    range_noise: float = knob(0.02, "range noise, 1 sigma (m)", at_least=0.0, at_most=10.0)
+    dropout: float = knob(0.01, "probability a return is lost, plus a range-dependent term", at_least=0.0, below=1.0)
+    speed_min: float = knob(6.0, "slowest ego speed (m/s)", above=0.0, at_most=100.0)
+    speed_max: float = knob(10.0, "fastest ego speed (m/s)", above=0.0, at_most=100.0)
+    period: float = knob(0.1, "seconds between scans (10 Hz)", above=0.0, at_most=10.0)
+    seed: int = knob(0, "world seed: same seed, same bytes", at_least=0, at_most=2**32 - 1)
     # A 120-scan synthetic drive passes only 1-3 instances of each hard class at 1.0, so a
     # one-sequence train split would teach (and a one-sequence val split would score) a
     # handful of objects; the demo raises it so hard-class IoU measures more than luck.
-    hard_density: float = knob(1.0, "hard-class objects per metre of road, relative to a SemanticKITTI-like rarity")
+    hard_density: float = knob(1.0, "hard-class objects per metre of road, relative to a SemanticKITTI-like rarity",
+                               at_least=0.0, at_most=1000.0)
     rolling_shutter: bool = knob(False, "leave the sweep's ego-motion skew in the scans (up to ~1 m at 10 m/s), "
                                         "as a raw sensor gives them; KITTI's published scans are compensated")
     world: str = knob("auto", "street type of every sequence; auto: KITTI's for 00-10 (01 a highway, 03, 04, 09, 10 "
@@ -36,14 +41,9 @@ class SynthConfig(Config):
 
     def __post_init__(self) -> None:
         # checked before anything is written, so a bad option never leaves a partial sequence
-        if self.scans <= 0 or self.columns <= 0:
-            raise ValueError(f"scans and columns must be positive, got scans={self.scans} columns={self.columns}")
-        if not 1 <= self.beams <= 64:
-            raise ValueError(f"beams must lie in 1..64 (an HDL-64E has 64), got {self.beams}")
-        if self.max_range <= 0 or self.period <= 0 or self.range_noise < 0 or not 0 <= self.dropout < 1:
-            raise ValueError("max_range and period must be positive, range_noise >= 0, dropout in [0, 1)")
-        if not 0 < self.speed_min <= self.speed_max or self.hard_density < 0:
-            raise ValueError("need 0 < speed_min <= speed_max and hard_density >= 0")
+        super().__post_init__()
+        if self.speed_min > self.speed_max:
+            raise ValueError(f"--speed-min {self.speed_min} is above --speed-max {self.speed_max}")
 
     @classmethod
     def _presets(cls) -> dict[str, dict[str, Any]]:

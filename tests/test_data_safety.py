@@ -128,16 +128,27 @@ def test_resume_refuses_another_cache(fused_cache, synth_root, tmp_path):
     assert r.exit_code == 1 and "hard classes" in r.output
 
 
-def test_non_finite_weights_are_never_saved_or_loaded(fused_cache, tmp_path):
+def test_non_finite_weights_are_never_saved_or_loaded(fused_cache, tmp_path, monkeypatch):
     import torch
 
     from m2skd.train.checkpoint import CheckpointError, load_checkpoint
     from m2skd.train.trainer import TrainError
 
+    with pytest.raises(ValueError, match="--lr: inf is not a finite number"):  # refused before the run now
+        tiny_train_config(lr=float("inf"))
+
+    class Diverging(torch.optim.Adam):  # a step that overflows, as --lr inf did
+        def step(self, closure=None):
+            super().step(closure)
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].fill_(float("inf"))
+
+    monkeypatch.setattr("m2skd.train.run.torch.optim.Adam", Diverging)
     with pytest.raises(TrainError, match=r"not finite.*nothing was saved"):
-        train(RunSpec(kind="baseline", cfg=tiny_train_config(lr=float("inf")), cache=fused_cache, out=tmp_path / "x",
+        train(RunSpec(kind="baseline", cfg=tiny_train_config(), cache=fused_cache, out=tmp_path / "x",
                       steps=1, progress=False))
     assert not (tmp_path / "x" / "last.pt").exists()
+    monkeypatch.undo()
     ckpt = train(RunSpec(kind="baseline", cfg=tiny_train_config(), cache=fused_cache, out=tmp_path / "y", steps=1,
                          progress=False))
     state = torch.load(ckpt, weights_only=False)
@@ -189,3 +200,176 @@ def test_a_shard_writer_makes_its_missing_folder(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(OutputError, match="is a file, not a folder"):
         write_shard(tmp_path / "file" / "x.h5", [scan], {"sequence": "00"})
+
+
+def test_a_disk_that_fills_mid_write_is_one_line_and_leaves_no_partial_file(synth_root, fused_cache, tmp_path,
+                                                                             monkeypatch):
+    """Item 11: ENOSPC while a shard, a sidecar or a checkpoint is written (after the
+    up-front space check passed: another process filled the disk) is one line naming the
+    file and the remedy, exit 1; no temp file stays, and what was finished before is kept."""
+    import errno
+
+    import h5py
+    import torch
+
+    from m2skd.preprocess.cli import main as fuse
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    out = tmp_path / "cache"
+    real_file = h5py.File
+    calls = []
+
+    def second_shard_fails(path, *a, **k):  # the first shard is written, the second finds the disk full
+        calls.append(path)
+        if len(calls) == 2:
+            full()
+        return real_file(path, *a, **k)
+
+    monkeypatch.setattr("m2skd.common.shards.h5py.File", second_shard_fails)
+    r = CliRunner().invoke(fuse, ["--data", str(synth_root), "--sequences", "08", "--out", str(out),
+                                  "--shard-size", "4", "--workers", "1"])
+    assert r.exit_code == 1, r.output
+    assert "disk filled up" in r.output and "make fuse" in r.output and "Traceback" not in r.output
+    assert len(list(out.glob("*.h5.json"))) == 1 and not list(out.glob(".*.tmp"))
+    monkeypatch.setattr("m2skd.common.shards.h5py.File", real_file)
+    assert CliRunner().invoke(fuse, ["--data", str(synth_root), "--sequences", "08", "--out", str(out),
+                                     "--shard-size", "4", "--workers", "1"]).exit_code == 0
+
+    # a checkpoint: the OSError path and torch's own short-write RuntimeError
+    ckpt = train(RunSpec(kind="baseline", cfg=tiny_train_config(), cache=fused_cache, out=tmp_path / "run", steps=2,
+                         seed=0, progress=False, device="cpu"))
+    before = ckpt.read_bytes()
+    for err in (OSError(errno.ENOSPC, "No space left on device"),
+                RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0: file write failed")):
+        def save(obj, f, err=err):
+            open(f, "wb").write(b"partial")
+            raise err
+        monkeypatch.setattr("m2skd.train.checkpoint.torch.save", save)
+        with pytest.raises(OutputError, match=r"last.pt: the disk filled up .* previous checkpoint is intact"):
+            train(RunSpec(kind="baseline", cfg=tiny_train_config(), cache=fused_cache, out=tmp_path / "run",
+                          steps=4, seed=0, progress=False, device="cpu", resume=True))
+        assert ckpt.read_bytes() == before and not list(ckpt.parent.glob(".*.tmp"))
+    monkeypatch.setattr("m2skd.train.checkpoint.torch.save", torch.save)
+
+
+def test_make_passes_paths_with_spaces_as_one_argument(tmp_path):
+    """Item 19: `make fuse`/`make eval` with a path holding a space ended in "unexpected
+    extra arguments". The recipes make prints (make -n) must split into the same words."""
+    import shlex
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    data, cache, ckpt = tmp_path / "my data", tmp_path / "my cache", tmp_path / "my run" / "last.pt"
+
+    def words(target: str, *assign: str) -> list[str]:
+        printed = subprocess.run(["make", "-n", "--no-print-directory", "-C", str(repo), target, *assign],
+                                 capture_output=True, text=True, check=True).stdout.replace("\\\n", " ")
+        line = next(ln for ln in printed.splitlines() if "m2skd-fuse" in ln or "m2skd-train eval" in ln)
+        return shlex.split(line.split(";", 1)[-1])
+
+    fuse = words("fuse", f"DATA={data}", f"CACHE={cache}", "SEQ=08")
+    assert fuse[fuse.index("--data") + 1] == str(data) and fuse[fuse.index("--out") + 1] == f"{cache}/fused"
+    ev = words("eval", f"CKPT={ckpt}", f"DATA={data}")
+    assert ev[ev.index("--ckpt") + 1] == str(ckpt) and ev[ev.index("--data") + 1] == str(data)
+    assert ev[ev.index("--json") + 1] == "$ckpt_dir/eval.json"  # the shell's dirname of the quoted CKPT
+
+
+BAD_OPTIONS = [  # items 13, 14, 17, 18, 19: (CLI, options, what the one-line error says)
+    ("train", ["--grid-shape", "96,72"], "--grid-shape: needs 3 comma-separated values, got 2"),
+    ("train", ["--grid-shape", "8,8,8"], "--grid-shape: rho and phi need at least 16"),
+    ("train", ["--rotate-deg", "nan"], "--rotate-deg: nan is not a finite number"),
+    ("train", ["--init-size", "0"], "--init-size must be >= 1"),
+    ("train", ["--compress", "0"], "--compress must be >= 1"),
+    ("train", ["--point-widths", "0"], "--point-widths must be >= 1"),
+    ("train", ["--scale", "0,0"], "--scale must be > 0.0"),
+    ("train", ["--scale", "2,1"], "--scale: low 2.0 is above high 1.0"),
+    ("train", ["--translate", "1,2"], "--translate: needs 3 comma-separated values"),
+    ("online", ["--temperature", "nan"], "--temperature: nan is not a finite number"),
+    ("train", ["--tilt-deg", "1000"], "--tilt-deg must be >= 0.0 and <= 45.0"),
+    ("train", ["--lr", "inf"], "--lr: inf is not a finite number"),
+    ("train", ["--epochs", "0"], "--epochs"),
+    ("train", ["--batch-size", "100000"], "--batch-size must be >= 1 and <= 4096"),
+    ("train", ["--batch-size", "1000"], "--batch-size 1000 is more scans a step than the training split holds (12)"),
+    ("fuse", ["--voxel", "nan"], "--voxel: nan is not a finite number"),
+    ("fuse", ["--voxel", "inf"], "--voxel: inf is not a finite number"),
+    ("fuse", ["--voxel", "1e-30"], "--voxel must be 0 (off) or at least 0.001 m"),
+    ("fuse", ["--drift-threshold", "inf"], "--drift-threshold: inf is not a finite number"),
+    ("fuse", ["--workers", "-3"], "--workers"),
+    ("synth", ["--seed", "-1"], "--seed must be >= 0"),
+    ("synth", ["--range-noise", "nan"], "--range-noise: nan is not a finite number"),
+    ("synth", ["--columns", "100000000"], "--columns must be >= 1 and <= 20000"),
+]
+
+
+@pytest.mark.parametrize(("cli", "extra", "message"), BAD_OPTIONS, ids=[" ".join(b[1]) for b in BAD_OPTIONS])
+def test_nonsense_options_get_one_line_naming_the_option_and_write_nothing(cli, extra, message, synth_root,
+                                                                           fused_cache, tmp_path):
+    from m2skd.preprocess.cli import main as fuse
+    from m2skd.synth.cli import main as synth
+    from m2skd.train.cli import main as train_cli
+
+    out = tmp_path / "out"
+    kind = "online" if cli == "online" else "baseline"
+    argv = {"train": (train_cli, [kind, "--cache", str(fused_cache), "--train-sequences", "00", "--steps", "1",
+                                  "--workers", "0", "--model", "polarnet", "--out", str(out)]),
+            "fuse": (fuse, ["--data", str(synth_root), "--sequences", "08", "--out", str(out)]),
+            "synth": (synth, [str(out), "--scans", "2", "--preset", "tiny"])}
+    command, base = argv["train" if cli == "online" else cli]
+    r = CliRunner().invoke(command, [*base, *extra])
+    assert r.exit_code in (1, 2), r.output
+    assert message in r.output and "Traceback" not in r.output, r.output
+    assert isinstance(r.exception, SystemExit)  # a clean exit, not an exception escaping
+    assert not out.exists()
+
+
+def test_fuse_never_overwrites_a_manifest_it_did_not_write_and_says_what_it_replaces(synth_root, tmp_path):
+    """Item 20: a manifest.json that is not m2skd-fuse's is left as it is (refused in one
+    line); refusing a cache of the same sequences fused with another config says so."""
+    from m2skd.preprocess.cli import main as fuse
+
+    out = tmp_path / "cache"
+    out.mkdir()
+    theirs = out / "manifest.json"
+    theirs.write_text('{"name": "my other tool", "files": []}')
+    r = CliRunner().invoke(fuse, ["--data", str(synth_root), "--sequences", "08", "--out", str(out)])
+    assert r.exit_code == 1 and "not a manifest m2skd-fuse wrote" in r.output, r.output
+    assert theirs.read_text() == '{"name": "my other tool", "files": []}' and not list(out.glob("*.h5"))
+    theirs.unlink()
+    assert CliRunner().invoke(fuse, ["--data", str(synth_root), "--sequences", "08", "--out", str(out)]).exit_code == 0
+    r = CliRunner().invoke(fuse, ["--data", str(synth_root), "--sequences", "08", "--out", str(out), "--voxel", "0.1"])
+    assert r.exit_code == 0, r.output
+    assert "sequence(s) ['08'] were fused with another config; their shards are replaced" in r.output
+
+
+def test_demo_and_experiment_refuse_a_cache_without_their_sequences_in_one_line(fused_cache, tmp_path):
+    """Item 22: `make demo` on a cache missing sequences ended in a ShardError traceback."""
+    from m2skd.experiments.demo import main as demo
+    from m2skd.experiments.evidence import main as evidence
+
+    for command, args in ((demo, ["--train-seqs", "00", "--val-seqs", "09"]),
+                          (evidence, ["--train-seqs", "00", "--val-seqs", "08", "--report-seqs", "10"])):
+        r = CliRunner().invoke(command, ["--cache", str(fused_cache), "--out", str(tmp_path / "o"), *args])
+        assert r.exit_code == 1 and "no fused scans of sequence(s) ['" in r.output, r.output
+        assert "Traceback" not in r.output and not (tmp_path / "o" / "runs").exists()
+
+
+def test_synth_into_a_folder_it_cannot_write_is_one_line(tmp_path):
+    """Item 13: `m2skd-synth` into a read-only folder ended in a PermissionError traceback."""
+    import os
+    from pathlib import Path
+
+    from m2skd.synth.cli import main
+
+    target = tmp_path / "ro"
+    target.mkdir()
+    target.chmod(0o500)
+    if os.geteuid() == 0:  # root writes anywhere chmod allows: a filesystem that refuses even root
+        target = Path("/sys/m2skd-synth-test")
+    try:
+        r = CliRunner().invoke(main, [str(target), "--scans", "2", "--preset", "tiny"])
+    finally:
+        (tmp_path / "ro").chmod(0o700)
+    assert r.exit_code == 1 and "cannot write here" in r.output and "Traceback" not in r.output, r.output

@@ -27,7 +27,11 @@ def test_label_round_trip_packs_instance_in_high_bits(tmp_path):
 def test_poses_calib_times_round_trip(tmp_path):
     rng = np.random.default_rng(1)
     poses = np.tile(np.eye(4), (5, 1, 1))
-    poses[:, :3, :] = rng.normal(size=(5, 3, 4))
+    for m in poses:  # random rotations (QR of a Gaussian, det +1) and translations
+        q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+        q = q * np.sign(np.diag(r))
+        m[:3, :3] = q if np.linalg.det(q) > 0 else -q
+        m[:3, 3] = rng.normal(size=3) * 100
     K.write_poses(tmp_path / "poses.txt", poses)
     assert np.allclose(K.read_poses(tmp_path / "poses.txt", 5), poses, rtol=1e-11)
     calib = kitti_calib_matrices()
@@ -106,3 +110,38 @@ def test_real_kitti_scan_reads():
     pts = K.read_scan(real_path("kitti_object_004139.bin"))
     assert pts.shape == (123266, 4)
     assert 0.0 <= pts[:, 3].min() and pts[:, 3].max() <= 1.0
+
+
+def test_poses_and_tr_that_are_not_rigid_transforms_are_refused(tmp_path):
+    """Item 10 of the data-safety issue: an all-zero pose line or a singular Tr raised a
+    LinAlgError deep in fusion; now one line naming the file and line."""
+    good = np.tile(np.eye(4), (3, 1, 1))
+    K.write_poses(tmp_path / "poses.txt", good)
+    lines = (tmp_path / "poses.txt").read_text().splitlines()
+    lines[1] = " ".join(["0"] * 12)
+    (tmp_path / "poses.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(K.KittiFormatError, match=r"poses.txt:2: the pose is not a rigid transform"):
+        K.read_poses(tmp_path / "poses.txt")
+    mirror = np.diag([1.0, 1.0, -1.0, 1.0])  # orthonormal, but a reflection
+    scaled = np.diag([2.0, 2.0, 2.0, 1.0])
+    for bad in (mirror, scaled, np.zeros((4, 4))):
+        calib = {"P0": np.eye(4) * 0.0 + np.diag([700.0, 700.0, 1.0, 1.0]), "Tr": bad}
+        K.write_calib(tmp_path / "calib.txt", calib)
+        with pytest.raises(K.KittiFormatError, match=r"calib.txt:2: the Tr .* is not a rigid transform"):
+            K.read_calib(tmp_path / "calib.txt")
+    # a rotation written to 12 digits, and a projection P0 that is no rotation, pass
+    c, s = np.cos(0.3), np.sin(0.3)
+    rot = np.array([[c, -s, 0, 1.0], [s, c, 0, 2.0], [0, 0, 1, 3.0], [0, 0, 0, 1]])
+    K.write_calib(tmp_path / "calib.txt", {"P0": np.diag([700.0, 700.0, 1.0, 1.0]), "Tr": rot})
+    np.testing.assert_allclose(K.read_calib(tmp_path / "calib.txt")["Tr"], rot, atol=1e-11)
+
+
+def test_a_scan_behind_a_symlink_loop_is_named(tmp_path):
+    loop = tmp_path / "000000.bin"
+    loop.symlink_to(loop)
+    with pytest.raises(K.KittiFormatError, match=r"000000.bin: cannot read the scan file"):
+        K.read_scan(loop)
+    lab = tmp_path / "000000.label"
+    lab.mkdir()
+    with pytest.raises(K.KittiFormatError, match=r"000000.label: cannot read the label file"):
+        K.read_label(lab)

@@ -46,5 +46,6 @@ def test_a_refused_start_leaves_no_folder_behind(tmp_path):
 def test_free_space_is_checked(tmp_path, monkeypatch):
     check_free_space(tmp_path, 1 << 20, "a test")  # a megabyte fits anywhere this runs
     monkeypatch.setattr(outputs.shutil, "disk_usage", lambda p: type("U", (), {"free": 10 << 20})())
-    with pytest.raises(OutputError, match=r"not enough free disk space for a test \(needs ~100 MiB, 10 MiB free\)"):
+    want = r"not enough free disk space for a test \(needs ~100 MiB and keeps 64 MiB spare, 10 MiB free\)"
+    with pytest.raises(OutputError, match=want):
         check_free_space(tmp_path, 100 << 20, "a test")

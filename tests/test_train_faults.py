@@ -14,6 +14,7 @@ import torch
 from m2skd.common import kitti_io, outputs
 from m2skd.common.labels import LEARNING_MAP_INV
 from m2skd.common.outputs import OutputError
+from m2skd.train.checkpoint import load_checkpoint
 from m2skd.train.trainer import RunSpec, TrainError, train
 
 from .conftest import RAW_OF_TRAIN, by_hand_class, by_hand_model, raw_scan, tiny_train_config
@@ -100,11 +101,13 @@ def test_cli_validates_options_and_outputs_up_front(fused_cache, tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-def test_a_full_disk_is_refused_before_the_checkpoint(fused_cache, tmp_path, monkeypatch):
+def test_a_full_disk_is_refused_before_the_first_step(fused_cache, tmp_path, monkeypatch):
+    """Up front (item 16 of the data-safety issue): not at the first save, after the training."""
     monkeypatch.setattr(outputs.shutil, "disk_usage", lambda p: type("U", (), {"free": 1 << 20})())
     with pytest.raises(OutputError, match=r"not enough free disk space for checkpoint last\.pt"):
-        train(_spec(fused_cache, tmp_path / "run"))
+        train(_spec(fused_cache, tmp_path / "run", steps=50))
     assert not list((tmp_path / "run").glob("*.pt")) and not list((tmp_path / "run").glob(".*.tmp"))
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # no step was trained
 
 
 def test_piped_output_shows_plain_progress_lines(fused_cache, tmp_path):
@@ -167,3 +170,34 @@ def test_dry_run_times_steps_and_writes_nothing(fused_cache, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "s/step" in r.stderr and "an epoch of 12 scans (6 steps)" in r.stderr and "(240 steps)" in r.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_saves_the_step_reached_exits_130_and_resumes_bit_identically(fused_cache, tmp_path):
+    """Item 15 of the data-safety issue: Ctrl-C ended in click's 'Aborted!', exit 1, nothing
+    saved. Now the step in flight finishes, last.pt holds that step, exit 130, and --resume
+    from it ends with the weights of an unbroken run."""
+    import signal
+    import time
+
+    args = ["baseline", "--cache", str(fused_cache), "--model", "polarnet", "--preset", "tiny", "--grid-shape",
+            "48,36,8", "--point-widths", "16,32", "--init-size", "4", "--compress", "8", "--workers", "0",
+            "--train-sequences", "00", "--checkpoint-every", "1000", "--no-tensorboard", "--seed", "1", "--quiet"]
+    out = tmp_path / "cut"
+    proc = subprocess.Popen([sys.executable, "-m", "m2skd.train.cli", *args, "--steps", "500", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    metrics, deadline = out / "metrics.jsonl", time.time() + 120
+    while time.time() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    step = load_checkpoint(out / "last.pt")["step"]
+    assert 3 <= step < 500 and f"interrupted at step {step}" in err and "--resume" in err and "Traceback" not in err
+    r = _cli(*args, "--steps", str(step + 2), "--out", str(out), "--resume", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = _cli(*args, "--steps", str(step + 2), "--out", str(tmp_path / "whole"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    a, b = load_checkpoint(out / "last.pt"), load_checkpoint(tmp_path / "whole" / "last.pt")
+    assert a["step"] == b["step"] == step + 2
+    for k, v in a["model"].items():
+        torch.testing.assert_close(v, b["model"][k], rtol=0, atol=0, msg=k)

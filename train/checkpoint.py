@@ -10,7 +10,7 @@ import torch
 
 from m2skd.common.atomic import atomic_path
 from m2skd.common.labels import CLASS_NAMES
-from m2skd.common.outputs import OutputError, check_free_space, disk_full
+from m2skd.common.outputs import OutputError, check_free_space
 
 from .config import TrainConfig
 
@@ -34,17 +34,25 @@ def save_checkpoint(path: str | Path, *, kind: str, step: int, total_steps: int,
         **(extra or {}),
     }
     path = Path(path)
-    size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    # the weights, Adam's two moments, the distiller: ~3x the weights; refuse rather than fill the disk
-    check_free_space(path.parent, 3 * size, f"checkpoint {path.name}")
+    check_checkpoint_space(path, model)
+    remedy = "the previous checkpoint is intact; free some space and --resume"
     try:
-        with atomic_path(path) as tmp:
+        with atomic_path(path, remedy) as tmp:
             torch.save(state, tmp)
-    except (OSError, RuntimeError) as e:  # torch reports a short write as RuntimeError
-        if disk_full(e) or "file write failed" in str(e):
+    except RuntimeError as e:  # torch reports a short write as RuntimeError, no errno
+        if "file write failed" in str(e):
             raise OutputError(f"{path}: the disk filled up while writing the checkpoint (the partial file was "
-                              "removed, the previous checkpoint is intact); free some space and --resume") from None
+                              f"removed); {remedy}") from None
         raise
+
+
+def check_checkpoint_space(path: str | Path, model: torch.nn.Module) -> None:
+    """Refuse (OutputError) when the disk under `path` cannot hold a checkpoint of `model`:
+    the weights, Adam's two moments and the distiller, ~3x the weights. Checked before a
+    run's first step and before every save."""
+    path = Path(path)
+    size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    check_free_space(path.parent, 3 * size, f"checkpoint {path.name}")
 
 
 def load_checkpoint(path: str | Path) -> dict:

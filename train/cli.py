@@ -85,11 +85,11 @@ def run_options(skip: tuple[str, ...] = ()):
             click.option("--preset", default="tiny", show_default=True, callback=_preset,
                          help=f"{', '.join(TrainConfig.preset_names())}, combined with '+' (tiny+released: the "
                               "released code's loss values on the tiny network)"),
-            click.option("--steps", type=int, help="optimiser steps (or --epochs)"),
-            click.option("--epochs", type=int, help="passes over the training scans (or --steps)"),
+            click.option("--steps", type=click.IntRange(min=1), help="optimiser steps (or --epochs)"),
+            click.option("--epochs", type=click.IntRange(min=1), help="passes over the training scans (or --steps)"),
             click.option("--out", type=click.Path(file_okay=False, path_type=Path),
                          help="run folder [default: data_cache/runs/KIND_MODEL_PRESET_sSEED]"),
-            click.option("--seed", type=int, default=0, show_default=True),
+            click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1), default=0, show_default=True),
             click.option("--resume", is_flag=True, help="continue from OUT/last.pt"),
             click.option("--force", is_flag=True, help="start over even if OUT/last.pt exists"),
             click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1"),
@@ -105,7 +105,7 @@ def run_options(skip: tuple[str, ...] = ()):
 
 
 def _run(kind: str, teacher: Path | None = None, **kw) -> None:
-    from .trainer import RunSpec, TrainError, estimate, train
+    from .trainer import RunSpec, TrainError, TrainInterrupted, estimate, train
 
     try:
         cfg = TrainConfig.preset(kw["preset"], model=kw["model"]).override(**knob_values(TrainConfig, kw))
@@ -119,6 +119,8 @@ def _run(kind: str, teacher: Path | None = None, **kw) -> None:
             ckpt = train(spec)
     except (TrainError, *ERRORS) as e:
         fail(str(e))
+    except TrainInterrupted as e:
+        fail(str(e), 130)
     if kw["dry_run"]:
         console.print(f"{kind} ({kw['model']}, {kw['preset']}) on {est['device']}: {est['s_per_step']:.3f} s/step, "
                       f"{est['scans_per_s']:.1f} scans/s, peak {est['peak_kind']} {est['peak_mib']:,.0f} MiB; "
@@ -176,7 +178,7 @@ def online(teacher_ckpt: str | None, **kw) -> None:
               help="write DIR/sequences/XX/predictions/NNNNNN.label in raw ids")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--batch-size", type=int, default=1, show_default=True)
-@click.option("--workers", type=int, default=0, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--quiet", is_flag=True)
 def eval_cmd(ckpt: Path, data: Path | None, cache: Path | None, split: str, sequences: str | None, view: str,
              json_path: Path | None, predictions: Path | None, device: str, batch_size: int, workers: int,
@@ -230,7 +232,7 @@ def eval_cmd(ckpt: Path, data: Path | None, cache: Path | None, split: str, sequ
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--zip/--no-zip", "make_zip", default=True, show_default=True, help="write OUT/submission.zip too")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--workers", type=int, default=0, show_default=True, help="loader processes")
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="loader processes")
 @click.option("--force", is_flag=True, help="OUT holds another model's predictions: delete them and start over")
 @click.option("--quiet", is_flag=True)
 def predict_cmd(ckpt: Path, data: Path, sequences: str, out: Path, make_zip: bool, device: str, workers: int,

@@ -41,27 +41,39 @@ class ModelConfig(Config):
     """The network: backbone, grid and widths. `shape` knobs are what a checkpoint's weights depend on."""
 
     backbone: str = knob("cylinder3d", "network", choices=MODELS, shape=True, cli=False)
-    grid_shape: tuple[int, int, int] = knob((480, 360, 32), "voxels along rho, phi, z", shape=True)
+    grid_shape: tuple[int, int, int] = knob((480, 360, 32), "voxels along rho, phi, z", shape=True, length=3,
+                                            at_least=4, at_most=4096)
     min_bound: tuple[float, float, float] | None = knob(None, "grid's lower (rho, phi, z) bound; None: the "
                                                         "backbone's published one", shape=True, cli=False)
     max_bound: tuple[float, float, float] | None = knob(None, "grid's upper bound; None: published", shape=True,
                                                         cli=False)
-    point_widths: tuple[int, ...] = knob((64, 128, 256, 256), "point MLP widths after BN(9)", shape=True)
+    point_widths: tuple[int, ...] = knob((64, 128, 256, 256), "point MLP widths after BN(9)", shape=True,
+                                         at_least=1, at_most=4096)
     max_points_per_cell: int = knob(0, "PolarNet: at most this many random points per BEV cell while training "
-                                       "(PolarSeg: 256); 0 = all")
-    init_size: int = knob(32, "Cylinder3D base width / PolarNet U-Net first width", shape=True)
-    compress: int = knob(16, "point feature width fed to the grid (PolarNet: = height bins)", shape=True)
-    dropout: float = knob(0.5, "PolarNet: DropBlock probability after each up block (PolarSeg: 0.5)")
+                                       "(PolarSeg: 256); 0 = all", at_least=0)
+    init_size: int = knob(32, "Cylinder3D base width / PolarNet U-Net first width", shape=True, at_least=1,
+                          at_most=1024)
+    compress: int = knob(16, "point feature width fed to the grid (PolarNet: = height bins)", shape=True,
+                         at_least=1, at_most=4096)
+    dropout: float = knob(0.5, "PolarNet: DropBlock probability after each up block (PolarSeg: 0.5)", at_least=0.0,
+                          below=1.0)
     remission: bool = knob(True, "feed remission as the 9th point feature; off: zeros, for data without it")
     # Cylinder3D master and the released M2SKD network apply the context block's bn1; an
     # unmerged pull request drops it, which this code followed before (docs/method.md)
     context_bn1: bool = knob(True, "Cylinder3D: apply the context block's branch BN (as the official code)")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.backbone not in MODELS:
             raise ValueError(f"unknown model {self.backbone!r}; choose from {MODELS}")
-        if not 0 <= self.dropout < 1 or self.max_points_per_cell < 0:
-            raise ValueError("dropout must lie in [0, 1) and max_points_per_cell be >= 0")
+        if min(self.grid_shape[:2]) < 16:  # both U-Nets halve rho and phi four times
+            raise ValueError(f"--grid-shape: rho and phi need at least 16 voxels (four poolings by 2), got "
+                             f"{','.join(map(str, self.grid_shape))}")
+        if not self.point_widths:
+            raise ValueError("--point-widths: give at least one width")
+        for lo, hi in [(self.min_bound, self.max_bound)]:
+            if lo is not None and hi is not None and not all(a < b for a, b in zip(lo, hi, strict=True)):
+                raise ValueError(f"grid bounds: every min_bound {lo} must lie below max_bound {hi}")
 
     @property
     def grid(self) -> PolarGrid:
@@ -78,37 +90,43 @@ class ModelConfig(Config):
 class OptimConfig(Config):
     """Optimisation (the released config: Adam 1e-3, batch 2, no scheduler)."""
 
-    lr: float = knob(1e-3, "Adam learning rate")
-    batch_size: int = knob(2, "scans per step (per rank under torchrun)")
-    lovasz_weight: float = knob(1.0, "weight of the Lovasz-softmax term beside cross-entropy")
+    lr: float = knob(1e-3, "Adam learning rate", above=0.0, at_most=10.0)
+    batch_size: int = knob(2, "scans per step (per rank under torchrun)", at_least=1, at_most=4096)
+    lovasz_weight: float = knob(1.0, "weight of the Lovasz-softmax term beside cross-entropy", at_least=0.0,
+                                at_most=1000.0)
     # PolarSeg and Cylinder3D both train on voxels, each labelled by its points' majority
     # (ties to the smallest id, as their label voting); per point weights a voxel by its points
     seg_on: str = knob("voxel", "segmentation loss on voxels (majority labels, as the published codes) or points",
                        choices=("voxel", "point"))
 
-    def __post_init__(self) -> None:
-        if self.batch_size <= 0 or self.lr <= 0 or self.lovasz_weight < 0:
-            raise ValueError("batch_size and lr must be positive, lovasz_weight >= 0")
 
 
 @dataclass(frozen=True)
 class AugmentConfig(Config):
     """Scan augmentation (the released config)."""
 
-    rotate_deg: float = knob(45.0, "random rotation about z, +- degrees")
+    rotate_deg: float = knob(45.0, "random rotation about z, +- degrees", at_least=0.0, at_most=180.0)
     flip: bool = knob(True, "random flips of x and y")
-    scale: tuple[float, float] = knob((0.95, 1.05), "random scale range")
+    scale: tuple[float, float] = knob((0.95, 1.05), "random scale range: low,high", length=2, above=0.0,
+                                      at_most=10.0)
     # Cylinder3D's and the released loader's scaling multiplies x and y only
     scale_z: bool = knob(False, "scale z as well as x and y")
-    translate: tuple[float, float, float] = knob((0.5, 0.5, 0.1), "translation sigma per axis (m)")
-    tilt_deg: float = knob(0.0, "random roll and pitch, +- degrees (ground that is not level under the sensor)")
+    translate: tuple[float, float, float] = knob((0.5, 0.5, 0.1), "translation sigma per axis (m): x,y,z", length=3,
+                                                 at_least=0.0, at_most=100.0)
+    tilt_deg: float = knob(0.0, "random roll and pitch, +- degrees (ground that is not level under the sensor)",
+                           at_least=0.0, at_most=45.0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.scale[0] > self.scale[1]:
+            raise ValueError(f"--scale: low {self.scale[0]} is above high {self.scale[1]} (give low,high)")
 
 
 @dataclass(frozen=True)
 class DistillConfig(Config):
     """The student's three distillation terms (docs/method.md, "Distillation")."""
 
-    w_feat: float = knob(0.1, "weight of L_feat (0: off)")
+    w_feat: float = knob(0.1, "weight of L_feat (0: off)", at_least=0.0, at_most=1e4)
     # the released code distils Cylinder3D's upBlock2 output (half resolution); the paper
     # does not say which level, this code's default is the last one
     feat_level: str = knob("last", "L_feat on the decoder's last level, or on its half-resolution level "
@@ -116,9 +134,9 @@ class DistillConfig(Config):
     feat_variant: str = knob("mse", "L_feat as the mean squared difference over voxels and channels, or as "
                              "released: per voxel the mean over channels, kept where > 1, averaged",
                              choices=("mse", "released"))
-    w_logit: float = knob(1.0, "weight of L_logit (0: off)")
-    w_aff: float = knob(1.0, "weight of L_aff (0: off)")
-    temperature: float = knob(2.0, "KD temperature T")
+    w_logit: float = knob(1.0, "weight of L_logit (0: off)", at_least=0.0, at_most=1e4)
+    w_aff: float = knob(1.0, "weight of L_aff (0: off)", at_least=0.0, at_most=1e4)
+    temperature: float = knob(2.0, "KD temperature T", above=0.0, at_most=1000.0)
     logit_variant: str = knob("kl", "kl: KL(p_t||p_s) T^2; released: the released code's softmax(0.3 z) variant",
                               choices=("kl", "released"))
     # "point" puts ~97 % of the weight on road, building, vegetation...; "class" keeps the
@@ -135,19 +153,14 @@ class DistillConfig(Config):
     aff_level: str = knob("instance", "affinity per instance on features (paper), per class and scan on features, "
                           "or as released: per hard class on the 20 logits, the batch's scans pooled, summed",
                           choices=("instance", "class", "released"))
-    aff_cap: int = knob(256, "voxels per instance in the affinity matrix (random subset; not for 'released')")
+    aff_cap: int = knob(256, "voxels per instance in the affinity matrix (random subset; not for 'released')",
+                        at_least=2, at_most=65536)
     kd_warmup: int = knob(0, "distillation weights rise linearly from 0 over this many steps (0: from the start, "
-                          "as released)")
+                          "as released)", at_least=0)
     # `online` only (one network on both views, the released training): its fused view's own loss
-    w_fused: float = knob(0.2, "online: weight of the cross-entropy on the fused view")
+    w_fused: float = knob(0.2, "online: weight of the cross-entropy on the fused view", at_least=0.0, at_most=1e4)
     fused_loss: str = knob("changed", "online: fused-view cross-entropy on the voxels whose label the fused points "
                            "changed (released), on every voxel, or off", choices=("changed", "all", "off"))
-
-    def __post_init__(self) -> None:
-        if self.temperature <= 0 or self.aff_cap < 2 or min(self.w_feat, self.w_logit, self.w_aff, self.w_fused) < 0:
-            raise ValueError("temperature must be positive, aff_cap >= 2 and the weights >= 0")
-        if self.kd_warmup < 0:
-            raise ValueError(f"kd_warmup must be >= 0, got {self.kd_warmup}")
 
     @property
     def weights(self) -> dict[str, float]:
@@ -167,28 +180,27 @@ class DistillConfig(Config):
 class DataConfig(Config):
     train_sequences: tuple[str, ...] = knob(TRAIN_SEQUENCES, "training split, e.g. 00-07,09,10", parse=_sequences)
     val_sequences: tuple[str, ...] = knob(VAL_SEQUENCES, "validation split", parse=_sequences)
-    workers: int = knob(2, "loader processes")
+    workers: int = knob(2, "loader processes", at_least=0, at_most=256)
 
     def __post_init__(self) -> None:
-        if self.workers < 0 or not self.train_sequences:
-            raise ValueError("workers must be >= 0 and train_sequences non-empty")
+        super().__post_init__()
+        if not self.train_sequences:
+            raise ValueError("--train-sequences: give at least one sequence")
 
 
 @dataclass(frozen=True)
 class RuntimeConfig(Config):
     amp: bool = knob(False, "fp16 autocast (CUDA only; ignored on CPU)")
-    checkpoint_every: int = knob(500, "steps between checkpoints")
-    log_every: int = knob(1, "steps between progress updates")
+    checkpoint_every: int = knob(500, "steps between checkpoints", at_least=1)
+    log_every: int = knob(1, "steps between progress updates", at_least=1)
     tensorboard: bool = knob(True, "write TensorBoard event files to OUT/tb (needs the `tensorboard` extra)")
-    val_every: int = knob(0, "score the val split every N steps, keep OUT/best.pt (0: never)")
-    patience: int = knob(0, "stop after this many validations without a better val mIoU (0: never)")
+    val_every: int = knob(0, "score the val split every N steps, keep OUT/best.pt (0: never)", at_least=0)
+    patience: int = knob(0, "stop after this many validations without a better val mIoU (0: never)", at_least=0)
 
     def __post_init__(self) -> None:
-        if self.checkpoint_every <= 0 or self.log_every <= 0:
-            raise ValueError(f"checkpoint_every and log_every must be positive, got {self.checkpoint_every} "
-                             f"and {self.log_every}")
-        if self.val_every < 0 or self.patience < 0 or (self.patience and not self.val_every):
-            raise ValueError("val_every and patience must be >= 0, and patience needs val_every")
+        super().__post_init__()
+        if self.patience and not self.val_every:
+            raise ValueError("--patience needs --val-every (validations to be patient over)")
 
 
 @dataclass(frozen=True)

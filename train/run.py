@@ -158,9 +158,14 @@ def check_spec(spec: RunSpec) -> None:
 def total_steps(spec: RunSpec, n_scans: int, world: int) -> int:
     if (spec.steps is None) == (spec.epochs is None):
         raise TrainError("give exactly one of --steps N or --epochs N")
+    batch = spec.cfg.optim.batch_size * world
+    if batch > n_scans:
+        raise TrainError(f"--batch-size {spec.cfg.optim.batch_size}" + (f" on {world} ranks" if world > 1 else "")
+                         + f" is more scans a step than the training split holds ({n_scans}): lower it")
+    for name, n in (("steps", spec.steps), ("epochs", spec.epochs)):
+        if n is not None and n <= 0:
+            raise TrainError(f"--{name} must be positive, got {n}")
     if spec.steps is not None:
-        if spec.steps <= 0:
-            raise TrainError(f"--steps must be positive, got {spec.steps}")
         return spec.steps
     per_epoch = max(1, n_scans // (spec.cfg.optim.batch_size * world))
     return max(1, spec.epochs * per_epoch)

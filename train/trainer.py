@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import signal
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -20,13 +22,46 @@ import torch
 
 from m2skd.common.outputs import exclusive
 
-from .checkpoint import write_config
+from .checkpoint import check_checkpoint_space, write_config
 from .evaluate import evaluate
 from .run import Run, RunSpec, TrainError, check_spec, start_run
 from .run_log import RunLog, read_metrics
 from .steps import weighted_total
 
-__all__ = ["RunSpec", "TrainError", "read_metrics", "train"]
+__all__ = ["RunSpec", "TrainError", "TrainInterrupted", "read_metrics", "train"]
+
+
+class TrainInterrupted(Exception):
+    """Ctrl-C stopped the run between two steps; its checkpoint holds the step reached."""
+
+    def __init__(self, ckpt: Path, step: int) -> None:
+        super().__init__(f"interrupted at step {step}: saved {ckpt}; rerun with --resume to continue from it")
+        self.ckpt, self.step = ckpt, step
+
+
+class _DeferredInterrupt:
+    """Ctrl-C (SIGINT) while training lets the step in flight finish, so the run can save a
+    consistent state (weights, Adam, RNG: an optimiser step cut in half is neither the old
+    nor the new weights). A second Ctrl-C stops at once. Only for one process in its main
+    thread: DDP ranks would have to agree on the step first."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.hit = False
+
+    def __enter__(self) -> _DeferredInterrupt:
+        if self.enabled:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.hit:
+            raise KeyboardInterrupt
+        self.hit = True
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 def train(spec: RunSpec) -> Path:
@@ -43,26 +78,45 @@ def _train(spec: RunSpec) -> Path:
     run = start_run(spec)
     cfg, out = spec.cfg, Path(spec.out)
     if run.dist.main:
+        check_checkpoint_space(run.ckpt_path, run.model)  # up front: not after an hour of training
         write_config(out, run.info())
     step = _Step(run)
     run.model.train()
     if run.stopped:  # a run that stopped early (--patience) has nothing left to do
         return run.ckpt_path
     with RunLog(out, f"{spec.kind} ({cfg.model.backbone})", run.total, run.step, enabled=run.dist.main,
-                show=spec.progress, every=cfg.runtime.log_every, tensorboard=cfg.runtime.tensorboard) as log:
-        for batch in run.loader():
+                show=spec.progress, every=cfg.runtime.log_every, tensorboard=cfg.runtime.tensorboard) as log, \
+            _DeferredInterrupt(run.dist.world == 1) as interrupt:
+        for batch in _batches(run, interrupt):
             values, n_scans = step(batch)
             if cfg.runtime.val_every and (run.step % cfg.runtime.val_every == 0 or run.step == run.total):
                 values.update(_validate(run))
             log.record(run.step, values, n_scans * run.dist.world, lr=run.optimizer.param_groups[0]["lr"])
-            if run.stopped:
+            if run.stopped or interrupt.hit:
                 break
             if run.step % cfg.runtime.checkpoint_every == 0 and run.step < run.total:
                 run.save()
     run.save()
+    if interrupt.hit:
+        raise TrainInterrupted(run.ckpt_path, run.step)
     if spec.on_finish is not None:
         spec.on_finish(run)
     return run.ckpt_path
+
+
+def _batches(run: Run, interrupt: _DeferredInterrupt):
+    """The run's batches; a loader whose worker processes died of the same Ctrl-C ends the
+    loop quietly (between two steps: nothing is half done)."""
+    it = iter(run.loader())
+    while not interrupt.hit:
+        try:
+            yield next(it)
+        except StopIteration:
+            return
+        except RuntimeError:
+            if interrupt.hit:
+                return
+            raise
 
 
 class _Step:
