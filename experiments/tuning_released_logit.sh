@@ -8,15 +8,19 @@ set -euo pipefail
 CACHE=${CACHE:-data_cache/fused}
 OUT=${OUT:-data_cache/tuning_released}
 BIN=${BIN:-.venv/bin}
-common=(--cache "$CACHE" --model polarnet --preset tiny --train-sequences 00-03 --val-sequences 08 --workers 0 --quiet)
+T_STEPS=${T_STEPS:-1200}  # smaller in the suite's smoke test (tests/test_benches.py)
+S_STEPS=${S_STEPS:-600}
+TRAIN=${TRAIN:-00-03}
+common=(--cache "$CACHE" --model polarnet --preset tiny --train-sequences "$TRAIN" --val-sequences 08 --workers 0
+        --quiet)
 export OMP_NUM_THREADS=1
 run() { "$BIN/m2skd-train" "$@" "${common[@]}" --resume 2>/dev/null || "$BIN/m2skd-train" "$@" "${common[@]}"; }
-run teacher --steps 1200 --out "$OUT/T1200" &
-run baseline --steps 600 --out "$OUT/B600" &
+run teacher --steps "$T_STEPS" --out "$OUT/T1200" &
+run baseline --steps "$S_STEPS" --out "$OUT/B600" &
 wait
-run student --steps 600 --out "$OUT/S600_released" --teacher "$OUT/T1200/last.pt" \
+run student --steps "$S_STEPS" --out "$OUT/S600_released" --teacher "$OUT/T1200/last.pt" \
     --no-feat --no-aff --logit-variant released --w-logit 5 &
-run student --steps 600 --out "$OUT/S600_default" --teacher "$OUT/T1200/last.pt" &
+run student --steps "$S_STEPS" --out "$OUT/S600_default" --teacher "$OUT/T1200/last.pt" &
 wait
 for r in B600 S600_released S600_default; do
   "$BIN/m2skd-train" eval --ckpt "$OUT/$r/last.pt" --cache "$CACHE" --sequences 08 --json "$OUT/$r.json" --quiet
