@@ -6,7 +6,8 @@ Full: each shard holds the scan's own points and the fused ones. Compact (`m2skd
 --compact`): only the fused points; the loader reads the own points from the .bin and
 .label. Prints bytes per scan (input, each layout), fused points per scan, and the
 loader's scans/s (teacher + student views of one augmented scan, as a student step reads
-them) for each layout with 0 and 2 worker processes.
+them) for each layout with 0 and 2 worker processes, and what the sha256 check that
+refuses a damaged shard costs (once per shard and process) beside opening without it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from m2skd.common.shards import ShardReader, read_manifest
 from m2skd.preprocess.config import FusionConfig
 from m2skd.preprocess.pipeline import run_fusion
 from m2skd.synth.config import SynthConfig
@@ -28,6 +30,19 @@ from m2skd.train.batch import collate
 from m2skd.train.config import TrainConfig
 from m2skd.train.dataset import ShardDataset
 from m2skd.train.sampler import StepSampler
+
+
+def open_ms(cache: Path, verify: bool, repeats: int = 5) -> float:
+    """Milliseconds to open every shard of the cache and read one scan: with the sha256 check
+    a run makes once per shard and process (refusing a damaged shard), or without it."""
+    entries = read_manifest(cache)["shards"]
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for e in entries:
+            ShardReader(cache / e["file"], e["sha256"] if verify else None).scan(0)
+        best = min(best, time.perf_counter() - t0)
+    return 1e3 * best / max(sum(e["scans"] for e in entries), 1)
 
 
 def loader_rate(cache: Path, cfg: TrainConfig, batches: int, workers: int) -> float:
@@ -52,16 +67,17 @@ def main(scans: int) -> None:
     cfg = TrainConfig.preset("paper", model="polarnet").override(train_sequences=("00",))
     t = Table(title=f"fused cache of {scans} full-size scans (window -4:+0): bytes and loader speed")
     for c in ("layout", "MB / scan", "vs input", "fused points / scan", "loader scans/s, 0 workers",
-              "loader scans/s, 2 workers"):
+              "loader scans/s, 2 workers", "open + sha256 ms / scan", "open, no check ms / scan"):
         t.add_column(c, justify="right")
-    t.add_row("input (.bin + .label)", f"{raw / 1e6:.2f}", "1.00x", "-", "-", "-")
+    t.add_row("input (.bin + .label)", f"{raw / 1e6:.2f}", "1.00x", "-", "-", "-", "-", "-")
     for name, compact in (("full", False), ("compact", True)):
         out = root / name
         manifest = run_fusion(root, ["00"], out, FusionConfig(compact=compact))
         size = sum(p.stat().st_size for p in out.glob("*.h5")) / scans
         fused = sum(e["points"] - (0 if compact else e["original_points"]) for e in manifest["shards"]) / scans
         t.add_row(name, f"{size / 1e6:.2f}", f"{size / raw:.2f}x", f"{fused:,.0f}",
-                  f"{loader_rate(out, cfg, 10, 0):.1f}", f"{loader_rate(out, cfg, 20, 2):.1f}")
+                  f"{loader_rate(out, cfg, 10, 0):.1f}", f"{loader_rate(out, cfg, 20, 2):.1f}",
+                  f"{open_ms(out, True):.2f}", f"{open_ms(out, False):.2f}")
     Console().print(t)
 
 
