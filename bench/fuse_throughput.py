@@ -35,7 +35,6 @@ from m2skd.synth.config import SynthConfig
 from m2skd.synth.sequence import generate_sequence
 from tests.fusion_reference import reference_fuse
 
-
 # At the world's default rarity a 60-scan stretch of sequence 00 held no hard-class
 # instance at all (0 fused points a scan, 2026-11-30): the bench timed fusion with nothing
 # to fuse. 10x the density gives a few thousand fused points a scan.

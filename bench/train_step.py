@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from m2skd.train.batch import collate
 from m2skd.train.config import TrainConfig
 from m2skd.train.dataset import ShardDataset
-from m2skd.train.distill import Distiller, affinity_loss
+from m2skd.train.distill import Distiller, affinity_loss, term_weights
 from m2skd.train.losses import segmentation_loss
 from m2skd.train.models import build_model
 from m2skd.train.runtime import pick_device
@@ -64,7 +64,7 @@ def step_times(cfg: TrainConfig, cache: Path, steps: int, device: torch.device) 
                 with torch.no_grad():
                     t_out = teacher(tb)
                 kd = distiller(tb, t_out, sb, o, {"feat": True, "logit": True, "aff": True})
-                loss = loss + sum(w * kd[k] for k, w in cfg.distill.weights.items())
+                loss = loss + sum(w * kd[k] for k, w in term_weights(cfg.distill).items())
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -42,6 +42,7 @@ from m2skd.common.labels import CLASS_NAMES, class_ids
 from m2skd.train.checkpoint import load_checkpoint
 from m2skd.train.config import MODELS, RELEASED, TrainConfig
 from m2skd.train.dataset import ShardDataset
+from m2skd.train.distill import only
 from m2skd.train.evaluate import evaluate, load_model
 from m2skd.train.run_log import read_metrics
 
@@ -52,16 +53,17 @@ KINDS = ("baseline", "teacher", "s2skd", "m2skd", "online", "online-nokd")
 DEFAULT_KINDS = ("baseline", "teacher", "m2skd", "online", "online-nokd")
 TEACHER_OF = {"s2skd": "baseline", "m2skd": "teacher"}
 # the online arms: `m2skd-train online` with the released code's values, with and without distillation
-ONLINE = {"online": RELEASED, "online-nokd": {**RELEASED, "w_feat": 0.0, "w_logit": 0.0, "w_aff": 0.0}}
+ONLINE = {"online": RELEASED, "online-nokd": {**RELEASED, **only()}}  # only(): every term off
 # a student and what it is distilled from, for the share of the teacher's gap it closes:
 # M2SKD's frozen teacher on fused scans, an online run's own network on fused scans
 GAP = {"m2skd": "teacher", "online": "online", "online-nokd": "online-nokd"}
 # Ablations (`--variants`): the M2SKD student with one thing changed, same teacher, seed
 # and data, each paired against the full method (docs/method.md, "Distillation").
 VARIANTS = {
-    "feat_only": {"w_logit": 0.0, "w_aff": 0.0},
-    "logit_only": {"w_feat": 0.0, "w_aff": 0.0},
-    "aff_only": {"w_feat": 0.0, "w_logit": 0.0},
+    # which terms are on, not which are off: a new term does not stay on in "feat_only"
+    "feat_only": only("feat"),
+    "logit_only": only("logit"),
+    "aff_only": only("aff"),
     "aff_class": {"aff_level": "class"},  # per-class affinity, as the released code
     "logit_released": {"logit_variant": "released"},  # the released code's logit term
     "kd_correct": {"kd_where": "correct"},  # a remedy: L_logit only where the teacher is right

@@ -13,7 +13,7 @@ from m2skd.common.labels import IGNORE_INDEX
 from m2skd.train.augment import Augmentation
 from m2skd.train.checkpoint import load_checkpoint
 from m2skd.train.config import AugmentConfig, TrainConfig
-from m2skd.train.distill import released_affinity_loss
+from m2skd.train.distill import released_affinity_loss, step_weights
 from m2skd.train.losses import view_segmentation_loss
 from m2skd.train.run import start_run
 from m2skd.train.trainer import RunSpec, TrainError, read_metrics, train
@@ -142,7 +142,7 @@ def _fused_grads(run, batch) -> dict[str, float]:
     losses, _ = run.kind.step(run, batch, torch.Generator().manual_seed(0))
     from m2skd.train.steps import weighted_total
 
-    weighted_total(losses, run.spec.cfg.distill.step_weights(10**6)).backward()
+    weighted_total(losses, step_weights(run.spec.cfg.distill, 10**6)).backward()
     assert len(calls) == 2 and sum(calls[0].sizes) < sum(calls[1].sizes)  # single, then fused
     return {"losses": {k: float(v.detach()) for k, v in losses.items()}, **seen}
 

@@ -25,7 +25,8 @@ from m2skd.common.shards import VIEWS, ShardError
 
 from .checkpoint import CheckpointError
 from .config import MODELS, DistillConfig, TrainConfig
-from .kinds import KINDS
+from .distill import TERMS
+from .kinds import KINDS, RunKind
 
 warnings.filterwarnings("ignore", category=FutureWarning, module="spconv")
 console = Console(stderr=True)
@@ -130,39 +131,35 @@ def _run(kind: str, teacher: Path | None = None, **kw) -> None:
     console.print(f"{kind} checkpoint: {ckpt}")
 
 
-@main.command(help=KINDS["teacher"].help)
-@run_options(skip=DISTILL_KNOBS)
-def teacher(**kw) -> None:
-    _run("teacher", **kw)
+def _kind_command(kind: RunKind) -> None:
+    """`m2skd-train KIND`, built from its entry in `kinds.KINDS`: the knobs it uses, a
+    required --teacher if it distils a frozen one (else a hidden one, refused saying why),
+    and --no-TERM for each distillation term if it distils."""
+    skip = () if kind.distills and kind.two_views else ONLINE_KNOBS if kind.distills else DISTILL_KNOBS
+
+    def command(teacher_ckpt: Path | None, **kw) -> None:
+        if not kind.teacher and teacher_ckpt is not None:
+            fail(kind.teacher_refusal)
+        for term in TERMS if kind.distills else ():
+            if kw.pop(f"no_{term}"):
+                kw[TERMS[term].weight] = 0.0
+        _run(kind.name, teacher=teacher_ckpt, **kw)
+
+    if kind.distills:
+        for term, t in reversed(TERMS.items()):
+            off = f"switch the {term} distillation off (= --{t.weight.replace('_', '-')} 0)"
+            command = click.option(f"--no-{term}", is_flag=True, help=off)(command)
+    if kind.teacher:
+        command = click.option("--teacher", "teacher_ckpt", required=True,
+                               type=click.Path(dir_okay=False, path_type=Path),
+                               help="teacher checkpoint (same --model and --preset)")(command)
+    else:
+        command = click.option("--teacher", "teacher_ckpt", hidden=True, help="refused")(command)
+    main.command(kind.name, help=kind.help)(run_options(skip=skip)(command))
 
 
-@main.command(help=KINDS["baseline"].help)
-@run_options(skip=DISTILL_KNOBS)
-def baseline(**kw) -> None:
-    _run("baseline", **kw)
-
-
-@main.command(help=KINDS["student"].help)
-@run_options(skip=ONLINE_KNOBS)
-@click.option("--teacher", "teacher_ckpt", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="teacher checkpoint (same --model and --preset)")
-@click.option("--no-feat", is_flag=True, help="switch feature distillation off (= --w-feat 0)")
-@click.option("--no-logit", is_flag=True, help="switch logit distillation off (= --w-logit 0)")
-@click.option("--no-aff", is_flag=True, help="switch affinity distillation off (= --w-aff 0)")
-def student(teacher_ckpt: Path, no_feat: bool, no_logit: bool, no_aff: bool, **kw) -> None:
-    for flag, key in ((no_feat, "w_feat"), (no_logit, "w_logit"), (no_aff, "w_aff")):
-        if flag:
-            kw[key] = 0.0
-    _run("student", teacher=teacher_ckpt, **kw)
-
-
-@main.command(help=KINDS["online"].help)
-@run_options()
-@click.option("--teacher", "teacher_ckpt", hidden=True, help="refused: an online run is its own teacher")
-def online(teacher_ckpt: str | None, **kw) -> None:
-    if teacher_ckpt is not None:
-        fail(KINDS["online"].teacher_refusal)
-    _run("online", **kw)
+for _kind in KINDS.values():
+    _kind_command(_kind)
 
 
 @main.command("eval")

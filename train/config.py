@@ -18,14 +18,9 @@ from m2skd.common.config import Config, knob
 from m2skd.common.geometry import PolarGrid
 from m2skd.common.kitti_io import parse_sequences
 
-MODELS = ("polarnet", "cylinder3d")
-_PI = 3.141592653589793
+from .models.registry import BACKBONES, backbone
 
-# Published grids: PolarSeg's polar volume and Cylinder3D's cylinder (docs/method.md, "Backbones").
-GRID_BOUNDS = {
-    "polarnet": ((3.0, -_PI, -3.0), (50.0, _PI, 1.5)),
-    "cylinder3d": ((0.0, -_PI, -4.0), (50.0, _PI, 2.0)),
-}
+MODELS = tuple(BACKBONES)  # the registered backbones (models/registry.py)
 
 # SemanticKITTI's split (docs/kitti.md): train 00-07, 09, 10; val 08; test 11-21.
 TRAIN_SEQUENCES = ("00", "01", "02", "03", "04", "05", "06", "07", "09", "10")
@@ -64,8 +59,7 @@ class ModelConfig(Config):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.backbone not in MODELS:
-            raise ValueError(f"unknown model {self.backbone!r}; choose from {MODELS}")
+        backbone(self.backbone)  # raises, naming the registered ones
         if min(self.grid_shape[:2]) < 16:  # both U-Nets halve rho and phi four times
             raise ValueError(f"--grid-shape: rho and phi need at least 16 voxels (four poolings by 2), got "
                              f"{','.join(map(str, self.grid_shape))}")
@@ -77,7 +71,7 @@ class ModelConfig(Config):
 
     @property
     def grid(self) -> PolarGrid:
-        lo, hi = GRID_BOUNDS[self.backbone]
+        lo, hi = backbone(self.backbone).grid_bounds
         return PolarGrid(tuple(self.grid_shape), tuple(self.min_bound or lo), tuple(self.max_bound or hi))
 
     def shape_dict(self) -> dict[str, Any]:
@@ -162,19 +156,6 @@ class DistillConfig(Config):
     fused_loss: str = knob("changed", "online: fused-view cross-entropy on the voxels whose label the fused points "
                            "changed (released), on every voxel, or off", choices=("changed", "all", "off"))
 
-    @property
-    def weights(self) -> dict[str, float]:
-        """The distillation terms' weights (what the warm-up scales)."""
-        return {"feat": self.w_feat, "logit": self.w_logit, "aff": self.w_aff}
-
-    def step_weights(self, step: int) -> dict[str, float]:
-        """Every weighted term's weight at optimiser step `step` (0-based): the distillation
-        weights scaled by the warm-up, the online fused-view term as set."""
-        ramp = 1.0 if self.kd_warmup == 0 else min(1.0, step / self.kd_warmup)
-        w = {k: ramp * v for k, v in self.weights.items()}
-        w["fused"] = self.w_fused if self.fused_loss != "off" else 0.0
-        return w
-
 
 @dataclass(frozen=True)
 class DataConfig(Config):
@@ -221,17 +202,16 @@ class TrainConfig(Config):
     @classmethod
     def preset(cls, name: str, model: str = "cylinder3d") -> TrainConfig:  # type: ignore[override]
         """The named preset for one backbone: its published network and setting
-        (`PUBLISHED`), narrowed by the preset, its grid bounds filled in. Presets combine
+        (its registry entry), narrowed by the preset, its grid bounds filled in. Presets combine
         with '+', applied left to right: `tiny+released` is the released loss on the tiny network."""
-        if model not in MODELS:
-            raise ValueError(f"unknown model {model!r}; choose from {MODELS}")
+        entry = backbone(model)
         presets = cls._presets()
         names = name.split("+")
         if bad := [n for n in names if n not in presets]:
             raise ValueError(f"unknown {cls.__name__} preset {bad[0]!r}; choose from {sorted(presets)}, "
                              "combined with '+' (e.g. tiny+released)")
-        lo, hi = GRID_BOUNDS[model]
-        cfg = cls().override(backbone=model, min_bound=lo, max_bound=hi, **PUBLISHED[model])
+        lo, hi = entry.grid_bounds
+        cfg = cls().override(backbone=model, min_bound=lo, max_bound=hi, **entry.published)
         for n in names:
             cfg = cfg.override(**presets[n]).override(**PRESET_BY_BACKBONE.get((n, model), {}))
         return cfg
@@ -253,16 +233,6 @@ def with_legacy(saved: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-# Each backbone's published network and training setting, beside the defaults above
-# (docs/method.md, "Backbones", cites the sources). PolarSeg: point MLP to 512, compressed
-# to one channel per height bin (32), at most 256 random points per BEV cell, DropBlock
-# p 0.5; rotation 0-360 deg and flips, no scaling or translation. Cylinder3D: point MLP to
-# 256, compressed to 16; the released M2SKD augmentation (the defaults).
-PUBLISHED: dict[str, dict[str, Any]] = {
-    "polarnet": {"point_widths": (64, 128, 256, 512), "compress": 32, "max_points_per_cell": 256, "dropout": 0.5,
-                 "rotate_deg": 180.0, "scale": (1.0, 1.0), "translate": (0.0, 0.0, 0.0)},
-    "cylinder3d": {"point_widths": (64, 128, 256, 256), "compress": 16, "max_points_per_cell": 0},
-}
 # `tiny`: a 96 x 72 x 16 grid and narrow layers that train in minutes on two CPU cores
 TINY: dict[str, Any] = {"grid_shape": (96, 72, 16), "point_widths": (16, 32, 64), "init_size": 8, "compress": 8,
                         "checkpoint_every": 100}

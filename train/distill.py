@@ -8,6 +8,10 @@ index.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,7 +21,7 @@ from m2skd.common.labels import IGNORE_INDEX, class_ids
 from .batch import Batch
 from .config import DistillConfig
 from .models import ModelOutput
-from .voxel_labels import voxel_view
+from .voxel_labels import VoxelView, voxel_view
 
 RELEASED_SCALE = 0.3  # released code: softmax(logits * 0.3), i.e. T = 1/0.3
 RELEASED_THRESHOLD = 0.01  # released code: only voxels whose KD term exceeds this
@@ -172,8 +176,102 @@ def released_affinity_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, label
     return total
 
 
+class Views:
+    """What the terms read: one (teacher, student) batch pair and their outputs, matched.
+    Each join is computed once, when a term first asks for it."""
+
+    def __init__(self, distiller: Distiller, teacher: Batch, t_out: ModelOutput, student: Batch, s_out: ModelOutput,
+                 generator: torch.Generator | None) -> None:
+        self.cfg, self.hard_ids, self.grid_shape = distiller.cfg, distiller.hard_ids, distiller.grid_shape
+        self.adapter = distiller.adapter
+        self.teacher, self.t_out, self.student, self.s_out, self.generator = teacher, t_out, student, s_out, generator
+        # always: a student voxel missing from the teacher means the views are not the same scans
+        self.t_idx = join_voxels(s_out.voxel_keys, t_out.voxel_keys)
+
+    @functools.cached_property
+    def features(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(adapted student features, the teacher's at the same voxels)."""
+        return self.adapter(self.s_out.voxel_feats), self.t_out.voxel_feats[self.t_idx]
+
+    @functools.cached_property
+    def point_logits(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(student logits, teacher logits at the same points, labels) of every student point."""
+        rows = student_point_index(self.teacher, self.student)
+        return self.s_out.point_logits, self.t_out.point_logits[rows], self.student.labels
+
+    @functools.cached_property
+    def voxel_logits(self) -> tuple[torch.Tensor, torch.Tensor, VoxelView]:
+        """The same at each single-scan voxel once (its first point), labelled by majority."""
+        s, t, _ = self.point_logits
+        v = voxel_view(self.student.vox, self.student.labels, self.grid_shape)
+        return s[v.first], t[v.first], v
+
+
+def feat_term(v: Views) -> torch.Tensor:
+    s_feat, t_feat = v.features
+    return feature_loss(s_feat, t_feat, v.cfg.feat_variant)
+
+
+def logit_term(v: Views) -> torch.Tensor:
+    cfg = v.cfg
+    if cfg.logit_on == "voxel":
+        s_logits, t_logits, view = v.voxel_logits
+        labels = view.labels
+    else:
+        s_logits, t_logits, labels = v.point_logits
+    if cfg.kd_where == "correct":
+        right = (t_logits.argmax(1) == labels) & (labels != IGNORE_INDEX)
+        s_logits, t_logits, labels = s_logits[right], t_logits[right], labels[right]
+    return logit_loss(s_logits, t_logits, cfg.temperature, cfg.logit_variant,
+                      labels if cfg.kd_balance == "class" else None)
+
+
+def aff_term(v: Views) -> torch.Tensor:
+    cfg = v.cfg
+    if cfg.aff_level == "released":
+        s_logits, t_logits, view = v.voxel_logits
+        return released_affinity_loss(s_logits, t_logits, view.labels, view.sample, v.hard_ids)
+    groups = affinity_groups(v.student, v.s_out, v.hard_ids, cfg.aff_cap, cfg.aff_level, v.generator)
+    s_feat, t_feat = v.features
+    return affinity_loss(s_feat, t_feat, groups)
+
+
+@dataclass(frozen=True)
+class Term:
+    fn: Callable[[Views], torch.Tensor]
+    weight: str  # its weight knob in DistillConfig (0: off)
+
+
+# The distillation terms, in the order they are computed. A new term: one function of
+# `Views` and one entry here (and its weight knob in DistillConfig); ablations, the
+# trainer's weighting and the logs follow this table.
+TERMS: dict[str, Term] = {"feat": Term(feat_term, "w_feat"), "logit": Term(logit_term, "w_logit"),
+                          "aff": Term(aff_term, "w_aff")}
+
+
+def term_weights(cfg: DistillConfig) -> dict[str, float]:
+    """Each distillation term's weight (what the warm-up scales)."""
+    return {name: getattr(cfg, t.weight) for name, t in TERMS.items()}
+
+
+def only(*terms: str) -> dict[str, float]:
+    """Overrides that switch every term off but `terms` (the ablations of each term alone)."""
+    if bad := set(terms) - TERMS.keys():
+        raise ValueError(f"unknown distillation term(s) {sorted(bad)}; the terms are {list(TERMS)}")
+    return {t.weight: 0.0 for name, t in TERMS.items() if name not in terms}
+
+
+def step_weights(cfg: DistillConfig, step: int) -> dict[str, float]:
+    """Every weighted term's weight at optimiser step `step` (0-based): the distillation
+    weights scaled by the warm-up, the online fused-view term as set."""
+    ramp = 1.0 if cfg.kd_warmup == 0 else min(1.0, step / cfg.kd_warmup)
+    w = {k: ramp * v for k, v in term_weights(cfg).items()}
+    w["fused"] = cfg.w_fused if cfg.fused_loss != "off" else 0.0
+    return w
+
+
 class Distiller(nn.Module):
-    """Computes L_feat, L_logit and L_aff for one (teacher, student) batch pair.
+    """Computes the distillation terms (`TERMS`) for one (teacher, student) batch pair.
 
     Holds the 1x1 adapter (a Linear on voxel features) when the widths differ; with the
     same backbone on both sides it is the identity and has no weights.
@@ -189,32 +287,5 @@ class Distiller(nn.Module):
 
     def forward(self, teacher: Batch, t_out: ModelOutput, student: Batch, s_out: ModelOutput,
                 use: dict[str, bool], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        cfg = self.cfg
-        losses: dict[str, torch.Tensor] = {}
-        t_idx = join_voxels(s_out.voxel_keys, t_out.voxel_keys)
-        s_feat = self.adapter(s_out.voxel_feats)
-        t_feat = t_out.voxel_feats[t_idx]
-        if use.get("feat"):
-            losses["feat"] = feature_loss(s_feat, t_feat, cfg.feat_variant)
-        need_vox = (use.get("logit") and cfg.logit_on == "voxel") or (use.get("aff") and cfg.aff_level == "released")
-        if use.get("logit") or need_vox:
-            rows = student_point_index(teacher, student)
-            s_logits, t_logits, labels = s_out.point_logits, t_out.point_logits[rows], student.labels
-        if need_vox:  # each single-scan voxel once, labelled by its points' majority
-            v = voxel_view(student.vox, student.labels, self.grid_shape)
-            sv_logits, tv_logits = s_logits[v.first], t_logits[v.first]
-        if use.get("logit"):
-            if cfg.logit_on == "voxel":
-                s_logits, t_logits, labels = sv_logits, tv_logits, v.labels
-            if cfg.kd_where == "correct":
-                right = (t_logits.argmax(1) == labels) & (labels != IGNORE_INDEX)
-                s_logits, t_logits, labels = s_logits[right], t_logits[right], labels[right]
-            losses["logit"] = logit_loss(s_logits, t_logits, cfg.temperature, cfg.logit_variant,
-                                         labels if cfg.kd_balance == "class" else None)
-        if use.get("aff"):
-            if cfg.aff_level == "released":
-                losses["aff"] = released_affinity_loss(sv_logits, tv_logits, v.labels, v.sample, self.hard_ids)
-            else:
-                groups = affinity_groups(student, s_out, self.hard_ids, cfg.aff_cap, cfg.aff_level, generator)
-                losses["aff"] = affinity_loss(s_feat, t_feat, groups)
-        return losses
+        views = Views(self, teacher, t_out, student, s_out, generator)
+        return {name: term.fn(views) for name, term in TERMS.items() if use.get(name)}

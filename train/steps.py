@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .batch import Batch
+from .distill import term_weights
 from .losses import fused_view_loss, view_segmentation_loss
 from .models import ModelOutput
 from .voxel_labels import voxel_view
@@ -40,7 +41,7 @@ def seg_step(run: Run, batch: Batch, gen: torch.Generator) -> tuple[Losses, int]
 
 
 def _uses(run: Run) -> dict[str, bool]:
-    return {k: w > 0 for k, w in run.spec.cfg.distill.weights.items()}
+    return {k: w > 0 for k, w in term_weights(run.spec.cfg.distill).items()}
 
 
 def student_step(run: Run, batch: tuple[Batch, Batch] | Batch, gen: torch.Generator) -> tuple[Losses, int]:

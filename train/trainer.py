@@ -23,6 +23,7 @@ import torch
 from m2skd.common.outputs import exclusive
 
 from .checkpoint import check_checkpoint_space, write_config
+from .distill import step_weights
 from .evaluate import evaluate
 from .run import Run, RunSpec, TrainError, check_spec, start_run
 from .run_log import RunLog, read_metrics
@@ -134,7 +135,7 @@ class _Step:
         self.gen.manual_seed(run.spec.seed * 1_000_003 + run.step)
         with torch.autocast(run.device.type, dtype=torch.float16, enabled=self.amp):
             losses, n_scans = self.step_fn(run, batch, self.gen)
-            total = weighted_total(losses, run.spec.cfg.distill.step_weights(run.step))
+            total = weighted_total(losses, step_weights(run.spec.cfg.distill, run.step))
         if not torch.isfinite(total):
             raise TrainError(f"step {run.step + 1}: loss is {float(total)} "
                              f"({ {k: float(v) for k, v in losses.items()} }); lower --lr or check the cache")

@@ -15,7 +15,7 @@ from torch import nn
 from m2skd.common.labels import NUM_CLASSES
 
 from ..config import ModelConfig
-from . import ModelOutput, VoxelInput
+from .backbone import ModelOutput, VoxelInput
 from .point_encoder import PointEncoder
 from .voxels import group, voxel_keys
 

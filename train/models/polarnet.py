@@ -10,7 +10,7 @@ from torch import nn
 from m2skd.common.labels import NUM_CLASSES
 
 from ..config import ModelConfig
-from . import ModelOutput, VoxelInput
+from .backbone import ModelOutput, VoxelInput
 from .point_encoder import PointEncoder
 from .voxels import group, keys_to_vox, voxel_keys
 
@@ -96,7 +96,7 @@ class PolarNet(nn.Module):
     published); `point_logits` carries a constant very low logit in column 0 so every
     backbone returns the same 20 columns to the losses and the evaluator."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, device: torch.device | None = None) -> None:  # device: the contract's
         super().__init__()
         self.shape = tuple(cfg.grid_shape)
         self.n_classes = NUM_CLASSES - 1

@@ -1,0 +1,94 @@
+"""The extension points hold what docs/extending.md promises: a new backbone is one module
+and one registry entry, a new distillation term one function and one table entry, a new
+run kind one entry and one step function. Each is added here, from outside the package,
+and trained, distilled and scored through the unchanged pipeline."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from m2skd.train.checkpoint import load_checkpoint
+from m2skd.train.dataset import ShardDataset
+from m2skd.train.distill import TERMS, Term, only, term_weights
+from m2skd.train.evaluate import evaluate, load_model
+from m2skd.train.kinds import KINDS, RunKind
+from m2skd.train.models import BACKBONES, ModelOutput
+from m2skd.train.models.registry import BackboneEntry
+from m2skd.train.models.voxels import group, max_pool
+from m2skd.train.steps import _seg
+from m2skd.train.trainer import RunSpec, read_metrics, train
+
+from .conftest import tiny_train_config
+
+
+class ToyNet(nn.Module):
+    """The smallest network that keeps the contract (models/backbone.py): a point MLP,
+    max-pooled per voxel, a linear head; the voxel's features are its pooled ones."""
+
+    def __init__(self, cfg, device=None) -> None:
+        super().__init__()
+        self.shape = tuple(cfg.grid_shape)
+        self.feature_dim, self.feature_level = 8, "last"
+        self.mlp = nn.Sequential(nn.Linear(9, 8), nn.ReLU())
+        self.head = nn.Linear(8, 20)
+
+    def forward(self, batch) -> ModelOutput:
+        keys, _, inverse = group(batch.vox, self.shape)
+        feats = max_pool(self.mlp(batch.feats), inverse, len(keys))
+        return ModelOutput(self.head(feats)[inverse], keys, feats, inverse)
+
+
+def _spec(cache, out, kind, model="polarnet", steps=2, **kw):
+    cfg = tiny_train_config(model, **kw.pop("cfg", {}))
+    return RunSpec(kind=kind, cfg=cfg, cache=cache, out=out, steps=steps, seed=0, progress=False, device="cpu", **kw)
+
+
+def test_a_new_backbone_is_one_module_and_one_registry_entry(fused_cache, tmp_path, monkeypatch):
+    monkeypatch.setitem(BACKBONES, "toy", BackboneEntry("toy", __name__, "ToyNet", ((0.0, -3.1416, -4.0),
+                                                                                     (50.0, 3.1416, 2.0))))
+    teacher = train(_spec(fused_cache, tmp_path / "t", "teacher", model="toy"))
+    student = train(_spec(fused_cache, tmp_path / "s", "student", model="toy", teacher=teacher))
+    online = train(_spec(fused_cache, tmp_path / "o", "online", model="toy"))
+    rows = read_metrics(tmp_path / "s")
+    assert {"seg", "feat", "logit", "aff"} <= set(rows[-1]) and rows[-1]["feat"] > 0
+    for ckpt in (student, online):
+        net, cfg, _ = load_model(ckpt, torch.device("cpu"))
+        assert isinstance(net, ToyNet) and load_checkpoint(ckpt)["config"]["model"]["backbone"] == "toy"
+        ds = ShardDataset(fused_cache, ("08",), cfg, view="single")
+        assert evaluate(net, ds, torch.device("cpu"), progress=False).summary(ds.hard_classes)["points"] > 0
+    with pytest.raises(ValueError, match="unknown model 'nope'; choose from"):
+        tiny_train_config("nope")
+
+
+def test_a_new_distillation_term_is_one_function_and_one_table_entry(fused_cache, tmp_path, monkeypatch):
+    def logit_l1(v) -> torch.Tensor:  # mean |z_s - z_t| over the student's points
+        s, t, _ = v.point_logits
+        return (s - t.detach()).abs().mean()
+
+    monkeypatch.setitem(TERMS, "logit_l1", Term(logit_l1, "w_logit"))
+    teacher = train(_spec(fused_cache, tmp_path / "t", "teacher"))
+    train(_spec(fused_cache, tmp_path / "s", "student", teacher=teacher, cfg={"w_logit": 0.5}))
+    for r in read_metrics(tmp_path / "s"):  # trained, logged and weighted like the others
+        want = r["seg"] + 0.1 * r["feat"] + 0.5 * (r["logit"] + r["logit_l1"]) + r["aff"]
+        assert r["logit_l1"] > 0 and r["total"] == pytest.approx(want, rel=1e-5)
+    # an ablation says which terms are on: the new one is off in "feat only"
+    cfg = tiny_train_config(**only("feat"))
+    assert {k: w > 0 for k, w in term_weights(cfg.distill).items()} == {"feat": True, "logit": False, "aff": False,
+                                                                         "logit_l1": False}
+
+
+def test_a_new_run_kind_is_one_entry_and_one_step(fused_cache, tmp_path, monkeypatch):
+    def both_views_step(run, batch, gen):  # segmentation on the single and the fused view
+        fused, single = (b.to(run.device) for b in batch)
+        return {"seg": _seg(run, run.net(single), single) + _seg(run, run.net(fused), fused)}, single.batch_size
+
+    monkeypatch.setitem(KINDS, "both", RunKind("both", "pair", "single", False, False, both_views_step,
+                                               "Segmentation on both views."))
+    ckpt = train(_spec(fused_cache, tmp_path / "b", "both", cfg={"val_every": 2}))
+    state = load_checkpoint(ckpt)
+    assert state["kind"] == "both" and state["step"] == 2
+    assert "val_miou" in read_metrics(tmp_path / "b")[-1]  # validated on its single view
+    net, _, _ = load_model(ckpt, torch.device("cpu"))  # deploys like any single-scan model
+    assert net.feature_dim > 0
