@@ -92,3 +92,15 @@ def test_tuning_script_runs_at_its_smallest_size(fused_cache, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert {p.name for p in (tmp_path / "t").glob("*.json")} == {"B600.json", "S600_released.json",
                                                                   "S600_default.json", "T1200_fused.json"}
+
+
+def test_fingerprint_runs_and_is_deterministic_at_one_step(tmp_path):
+    """The refactor check (docs/extending.md): two runs on the same code give the same bytes."""
+    outs = []
+    for i in range(2):
+        out = tmp_path / f"fp{i}.json"
+        r = _run([sys.executable, "-m", "m2skd.experiments.fingerprint", "--out", str(out), "--steps", "1"],
+                 cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-3000:]
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1] and b'"runs"' in outs[0]
