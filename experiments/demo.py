@@ -24,7 +24,7 @@ from m2skd.common.kitti_io import parse_sequences
 from m2skd.common.labels import CLASS_NAMES, class_ids
 from m2skd.train.batch import collate
 from m2skd.train.checkpoint import load_checkpoint
-from m2skd.train.config import MODELS, TrainConfig
+from m2skd.train.config import DEFAULT_MODEL, MODELS, TrainConfig
 from m2skd.train.dataset import ShardDataset
 from m2skd.train.evaluate import evaluate, load_model
 from m2skd.train.metrics import predict
@@ -151,7 +151,7 @@ def _write(path: Path, text: str) -> None:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=Path("data_cache/fused"))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("data_cache/demo"))
-@click.option("--model", type=click.Choice(MODELS), default="polarnet", show_default=True)
+@click.option("--model", type=click.Choice(MODELS), default=DEFAULT_MODEL, show_default=True)
 @click.option("--steps", type=int, default=1000, show_default=True, help="steps of the baseline and student runs")
 @click.option("--teacher-steps", type=int, help="steps of the teacher run [default: 2 x --steps]")
 @click.option("--train-seqs", default="00-03", show_default=True, help="sequences to train on")

@@ -40,7 +40,7 @@ from m2skd.common.atomic import atomic_path
 from m2skd.common.kitti_io import parse_sequences
 from m2skd.common.labels import CLASS_NAMES, class_ids
 from m2skd.train.checkpoint import load_checkpoint
-from m2skd.train.config import MODELS, RELEASED, TrainConfig
+from m2skd.train.config import DEFAULT_MODEL, MODELS, RELEASED, TrainConfig
 from m2skd.train.dataset import ShardDataset
 from m2skd.train.distill import only
 from m2skd.train.evaluate import evaluate, load_model
@@ -332,7 +332,7 @@ def _names(text: str, allowed: tuple[str, ...], option: str) -> tuple[str, ...]:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("data_cache/experiment"))
 @click.option("--runs", type=click.Path(file_okay=False, path_type=Path),
               help="where the runs live [default: OUT/runs]; ablations share the experiment's")
-@click.option("--model", type=click.Choice(MODELS), default="polarnet", show_default=True)
+@click.option("--model", type=click.Choice(MODELS), default=DEFAULT_MODEL, show_default=True)
 @click.option("--seeds", default="0,1,2", show_default=True)
 @click.option("--train-seqs", default="00-03", show_default=True)
 @click.option("--val-seqs", default="04,05", show_default=True,

@@ -24,7 +24,7 @@ from m2skd.common.outputs import OutputError, ensure_writable_dir, exclusive, re
 from m2skd.common.shards import VIEWS, ShardError
 
 from .checkpoint import CheckpointError
-from .config import MODELS, DistillConfig, TrainConfig
+from .config import DEFAULT_MODEL, MODELS, DistillConfig, TrainConfig
 from .distill import TERMS
 from .kinds import KINDS, RunKind
 
@@ -82,7 +82,8 @@ def run_options(skip: tuple[str, ...] = ()):
         opts = [
             click.option("--cache", type=click.Path(file_okay=False, path_type=Path),
                          default=Path("data_cache/fused"), show_default=True, help="fused shards from `make fuse`"),
-            click.option("--model", type=click.Choice(MODELS), default="cylinder3d", show_default=True),
+            click.option("--model", type=click.Choice(MODELS), default=DEFAULT_MODEL, show_default=True,
+                         help="polarnet (fast on a CPU) or cylinder3d (the released M2SKD code's)"),
             click.option("--preset", default="tiny", show_default=True, callback=_preset,
                          help=f"{', '.join(TrainConfig.preset_names())}, combined with '+' (tiny+released: the "
                               "released code's loss values on the tiny network)"),

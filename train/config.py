@@ -21,6 +21,7 @@ from m2skd.common.kitti_io import parse_sequences
 from .models.registry import BACKBONES, backbone
 
 MODELS = tuple(BACKBONES)  # the registered backbones (models/registry.py)
+DEFAULT_MODEL = "polarnet"
 
 # SemanticKITTI's split (docs/kitti.md): train 00-07, 09, 10; val 08; test 11-21.
 TRAIN_SEQUENCES = ("00", "01", "02", "03", "04", "05", "06", "07", "09", "10")
@@ -35,7 +36,10 @@ def _sequences(spec: str) -> tuple[str, ...]:
 class ModelConfig(Config):
     """The network: backbone, grid and widths. `shape` knobs are what a checkpoint's weights depend on."""
 
-    backbone: str = knob("cylinder3d", "network", choices=MODELS, shape=True, cli=False)
+    # One default backbone everywhere (CLI, Makefile, experiments, README): PolarNet, the
+    # one that trains in minutes on a CPU and that every recorded result here used; the
+    # released M2SKD code's Cylinder3D is `--model cylinder3d`.
+    backbone: str = knob(DEFAULT_MODEL, "network", choices=MODELS, shape=True, cli=False)
     grid_shape: tuple[int, int, int] = knob((480, 360, 32), "voxels along rho, phi, z", shape=True, length=3,
                                             at_least=4, at_most=4096)
     min_bound: tuple[float, float, float] | None = knob(None, "grid's lower (rho, phi, z) bound; None: the "
@@ -200,7 +204,7 @@ class TrainConfig(Config):
         return {"paper": {}, "tiny": TINY, "released": RELEASED}
 
     @classmethod
-    def preset(cls, name: str, model: str = "cylinder3d") -> TrainConfig:  # type: ignore[override]
+    def preset(cls, name: str, model: str = DEFAULT_MODEL) -> TrainConfig:  # type: ignore[override]
         """The named preset for one backbone: its published network and setting
         (its registry entry), narrowed by the preset, its grid bounds filled in. Presets combine
         with '+', applied left to right: `tiny+released` is the released loss on the tiny network."""
