@@ -201,3 +201,36 @@ def test_ctrl_c_saves_the_step_reached_exits_130_and_resumes_bit_identically(fus
     assert a["step"] == b["step"] == step + 2
     for k, v in a["model"].items():
         torch.testing.assert_close(v, b["model"][k], rtol=0, atol=0, msg=k)
+
+
+def test_every_run_keeps_a_text_log_of_what_it_said(fused_cache, tmp_path, monkeypatch):
+    """OUT/train.log: the resolved config, progress and validations, checkpoints, warnings
+    and how the run ended, appended across a resume (issue 22, item 8)."""
+    import dataclasses
+    import json
+    import warnings
+
+    from m2skd.train.kinds import KINDS
+    from m2skd.train.steps import seg_step
+
+    def warning_step(run, batch, gen):
+        if run.step == 1:
+            warnings.warn("a warning the run raised", UserWarning, stacklevel=1)
+        return seg_step(run, batch, gen)
+
+    monkeypatch.setitem(KINDS, "baseline", dataclasses.replace(KINDS["baseline"], step=warning_step))
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning):
+        train(_spec(fused_cache, out, steps=4, cfg={"val_every": 2, "checkpoint_every": 2}))
+    train(_spec(fused_cache, out, steps=5, cfg={"val_every": 2, "checkpoint_every": 2}, resume=True))
+    log = (out / "train.log").read_text()
+    lines = [ln.split(" ", 2)[2] for ln in log.splitlines()]  # without the date and time
+    config = json.loads(next(ln for ln in lines if ln.startswith("resolved config: "))[len("resolved config: "):])
+    assert config["config"]["optim"]["lr"] == tiny_train_config().optim.lr and config["steps"] == 4
+    assert lines[0] == "baseline (polarnet) on cpu, seed 1: 4 steps"
+    assert any(ln.startswith("step 2/4 seg ") and "val_miou" in ln for ln in lines)
+    assert f"checkpoint at step 2: {out / 'last.pt'}" in lines
+    assert any("warning: UserWarning: a warning the run raised" in ln for ln in lines)
+    assert f"finished at step 4: {out / 'last.pt'}" in lines
+    assert "baseline (polarnet) on cpu, seed 1: resumed at step 4 of 5" in lines
+    assert lines[-1] == f"finished at step 5: {out / 'last.pt'}"

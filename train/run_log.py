@@ -1,11 +1,16 @@
 """What a run reports: one JSON line per step in `metrics.jsonl`, TensorBoard event files
 in `tb/` (every term, val scores, learning rate, scans/s; when the `tensorboard` package is
-installed), and a progress bar (plain lines when piped)."""
+installed), a progress bar (plain lines when piped), and `train.log`: what the run said,
+with times (its resolved config, progress, validations, checkpoints, warnings, how it
+ended), appended across resumes, so a run's messages outlive the terminal."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
@@ -14,6 +19,36 @@ from m2skd.common.progress import progress
 
 METRICS = "metrics.jsonl"
 TB = "tb"
+TEXT_LOG = "train.log"
+
+
+class TextLog:
+    """OUT/train.log, one timestamped line a message (nothing written when disabled:
+    the ranks other than the main one)."""
+
+    def __init__(self, out: Path, enabled: bool) -> None:
+        self.path, self.enabled = Path(out) / TEXT_LOG, enabled
+
+    def line(self, message: str) -> None:
+        if self.enabled:
+            with self.path.open("a") as f:
+                for part in message.splitlines() or [""]:
+                    f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {part}\n")
+
+    @contextlib.contextmanager
+    def warnings(self) -> Iterator[None]:
+        """Every Python warning raised meanwhile goes to the log too (and still to stderr)."""
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            self.line(f"warning: {category.__name__}: {message} ({filename}:{lineno})")
+            shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        try:
+            yield
+        finally:
+            warnings.showwarning = shown
 
 
 def _tensorboard(path: Path):
@@ -31,8 +66,9 @@ class RunLog:
     writes (`enabled=False` elsewhere); the bar shows the losses and scans/s."""
 
     def __init__(self, out: Path, title: str, total: int, start: int, *, enabled: bool, show: bool,
-                 every: int, tensorboard: bool = False) -> None:
+                 every: int, tensorboard: bool = False, text: TextLog | None = None) -> None:
         self.path, self.title, self.total, self.start = Path(out) / METRICS, title, total, start
+        self.text = text or TextLog(out, False)
         self.enabled, self.every = enabled, every
         self.tb = _tensorboard(Path(out) / TB) if (tensorboard and enabled) else None
         self.bar = progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -70,9 +106,10 @@ class RunLog:
             self.tb.add_scalar("speed/scans_per_s", rate, step)
             if lr is not None:
                 self.tb.add_scalar("optim/lr", lr, step)
-        if step % self.every == 0 or step == self.total:
-            self.bar.update(self.task, completed=step, rate=f"{rate:.1f} scans/s",
-                            losses=" ".join(f"{k} {v:.3f}" for k, v in values.items()))
+        if step % self.every == 0 or step == self.total or any(k.startswith("val_") for k in values):
+            losses = " ".join(f"{k} {v:.3f}" for k, v in values.items())
+            self.bar.update(self.task, completed=step, rate=f"{rate:.1f} scans/s", losses=losses)
+            self.text.line(f"step {step}/{self.total} {losses} {rate:.1f} scans/s")
             self.t_last, self.scans_since = now, 0
 
 

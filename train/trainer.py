@@ -9,6 +9,7 @@ the logging in `run_log.py`; this module only wires them into the loop.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import resource
 import signal
@@ -26,7 +27,7 @@ from .checkpoint import check_checkpoint_space, write_config
 from .distill import step_weights
 from .evaluate import evaluate
 from .run import Run, RunSpec, TrainError, check_spec, start_run
-from .run_log import RunLog, read_metrics
+from .run_log import RunLog, TextLog, read_metrics
 from .steps import weighted_total
 
 __all__ = ["RunSpec", "TrainError", "TrainInterrupted", "read_metrics", "train"]
@@ -78,15 +79,32 @@ def train(spec: RunSpec) -> Path:
 def _train(spec: RunSpec) -> Path:
     run = start_run(spec)
     cfg, out = spec.cfg, Path(spec.out)
+    text = TextLog(out, run.dist.main)
     if run.dist.main:
         check_checkpoint_space(run.ckpt_path, run.model)  # up front: not after an hour of training
         write_config(out, run.info())
+    text.line(f"{spec.kind} ({cfg.model.backbone}) on {run.device}, seed {spec.seed}: "
+              + (f"resumed at step {run.step} of {run.total}" if run.step else f"{run.total} steps")
+              + f"\nresolved config: {json.dumps(run.info(), sort_keys=True)}")
+    try:
+        with text.warnings():
+            ckpt = _loop(run, text)
+    except BaseException as e:
+        text.line(f"stopped: {type(e).__name__}: {e}")
+        raise
+    text.line(f"finished at step {run.step}: {ckpt}" + (" (stopped early: no better val mIoU)" if run.stopped else ""))
+    return ckpt
+
+
+def _loop(run: Run, text: TextLog) -> Path:
+    spec, cfg, out = run.spec, run.spec.cfg, Path(run.spec.out)
     step = _Step(run)
     run.model.train()
     if run.stopped:  # a run that stopped early (--patience) has nothing left to do
         return run.ckpt_path
     with RunLog(out, f"{spec.kind} ({cfg.model.backbone})", run.total, run.step, enabled=run.dist.main,
-                show=spec.progress, every=cfg.runtime.log_every, tensorboard=cfg.runtime.tensorboard) as log, \
+                show=spec.progress, every=cfg.runtime.log_every, tensorboard=cfg.runtime.tensorboard,
+                text=text) as log, \
             _DeferredInterrupt(run.dist.world == 1) as interrupt:
         for batch in _batches(run, interrupt):
             values, n_scans = step(batch)
@@ -97,6 +115,7 @@ def _train(spec: RunSpec) -> Path:
                 break
             if run.step % cfg.runtime.checkpoint_every == 0 and run.step < run.total:
                 run.save()
+                text.line(f"checkpoint at step {run.step}: {run.ckpt_path}")
     run.save()
     if interrupt.hit:
         raise TrainInterrupted(run.ckpt_path, run.step)
