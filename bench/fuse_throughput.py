@@ -3,7 +3,7 @@
     python bench/fuse_throughput.py [--scans 100]
 
 (a) reading the same input bytes (.bin + .label of every scan, cat-like, page cache warm)
-(b) a straightforward per-frame numpy implementation (tests/fusion_reference.py)
+(b) a straightforward per-frame numpy implementation (preprocess/reference.py)
 (c) the floor of any shard-writing pipeline: read and decode each scan, write it
     unfused into the same HDF5 layout (no fusion at all)
 m2skd: the numba pipeline, fusion only, end to end with lzf HDF5 shards written (one
@@ -13,7 +13,6 @@ process), and `make fuse`'s parallel form (two sequences, --workers 2).
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,17 +22,15 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from m2skd.common import kitti_io
 from m2skd.common.shards import FusedScan, write_shard
 from m2skd.preprocess.config import FusionConfig
 from m2skd.preprocess.fusion import fuse_scan, hard_lut, load_scan
 from m2skd.preprocess.pipeline import plan, run_fusion
+from m2skd.preprocess.reference import reference_fuse
 from m2skd.preprocess.walker import iter_windows
 from m2skd.synth.config import SynthConfig
 from m2skd.synth.sequence import generate_sequence
-from tests.fusion_reference import reference_fuse
 
 # At the world's default rarity a 60-scan stretch of sequence 00 held no hard-class
 # instance at all (0 fused points a scan, 2026-11-30): the bench timed fusion with nothing

@@ -11,7 +11,6 @@ of one affinity matrix pair against instance size, with and without the voxel ca
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,8 +20,6 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from m2skd.train.batch import collate
 from m2skd.train.config import TrainConfig

@@ -30,6 +30,7 @@ import numpy as np
 
 from .atomic import atomic_path
 from .outputs import check_free_space, ensure_writable_dir
+from .views import check_view
 
 FORMAT_VERSION = 1
 DATASETS = {"points": np.float32, "labels": np.uint8, "instance": np.uint32, "source": np.int8}
@@ -38,7 +39,6 @@ CHUNK_ROWS = 65536  # ~1 MB of points: big enough for lzf, small enough to read 
 MANIFEST = "manifest.json"
 # A scan's two views: `single` = its own points (student, baseline), `fused` = with the
 # fused neighbour points (teacher). The one vocabulary for them, loader and CLI included.
-VIEWS = ("single", "fused")
 
 
 class ShardError(ValueError):
@@ -283,8 +283,7 @@ class ShardReader:
 
     def scan(self, i: int, view: str = "fused") -> FusedScan:
         """Scan i in a view; `single` reads only its original points (a prefix of its rows)."""
-        if view not in VIEWS:
-            raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
+        check_view(view)
         if self.compact:
             return self._compact_scan(i, view)
         f = self._file()

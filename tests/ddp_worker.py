@@ -1,6 +1,6 @@
 """Run under torchrun by test_ddp.py: a few steps of a run, then each rank saves its weights.
 
-    ddp_worker.py CACHE OUT KIND [TEACHER_CKPT]
+    torchrun ... -m tests.ddp_worker CACHE OUT KIND [TEACHER_CKPT]   (from the repository root)
 """
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ import sys
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from m2skd.train.trainer import RunSpec, train
 from tests.conftest import tiny_train_config

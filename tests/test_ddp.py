@@ -16,8 +16,8 @@ def _torchrun(fused_cache, out, *args):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(Path(__file__).with_name("ddp_worker.py")), str(fused_cache), str(out), *args],
-        capture_output=True, text=True, timeout=600, env=env)
+         "-m", "tests.ddp_worker", str(fused_cache), str(out), *args],
+        capture_output=True, text=True, timeout=600, env=env, cwd=Path(__file__).resolve().parents[1])
     assert r.returncode == 0, r.stderr[-3000:]
     w0, w1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
     params = [k for k in w0 if "running" not in k and "num_batches" not in k]

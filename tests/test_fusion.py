@@ -20,9 +20,9 @@ from m2skd.common.shards import ShardReader, read_manifest
 from m2skd.preprocess import fusion_kernels as FK
 from m2skd.preprocess.config import FusionConfig, parse_window
 from m2skd.preprocess.pipeline import FusionError, run_fusion
+from m2skd.preprocess.reference import reference_fuse
 
 from .conftest import SMALL, nn_dist
-from .fusion_reference import reference_fuse
 
 CFG = FusionConfig(shard_size=5)
 

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .dataset import LOADER_VIEWS, Sample
+from m2skd.common.views import LOADER_VIEWS, check_view
+
+from .sample import Sample
 
 
 @dataclass
@@ -66,8 +68,7 @@ class collate:  # lower case: used like the function it replaced, collate(view)(
     """
 
     def __init__(self, view: str) -> None:
-        if view not in LOADER_VIEWS:
-            raise ValueError(f"view must be one of {LOADER_VIEWS}, got {view!r}")
+        check_view(view, LOADER_VIEWS)
         self.view = view
 
     def __call__(self, samples: list[Sample]):

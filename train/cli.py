@@ -21,7 +21,8 @@ from m2skd.common.cli import config_options, fail, knob_values
 from m2skd.common.kitti_io import KittiFormatError, parse_sequences
 from m2skd.common.labels import UnknownLabelError
 from m2skd.common.outputs import OutputError, ensure_writable_dir, exclusive, refuse_inputs
-from m2skd.common.shards import VIEWS, ShardError
+from m2skd.common.shards import ShardError
+from m2skd.common.views import VIEWS
 
 from .checkpoint import CheckpointError
 from .config import DEFAULT_MODEL, MODELS, DistillConfig, TrainConfig

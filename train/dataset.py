@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,29 +18,12 @@ import torch
 
 from m2skd.common import kitti_io
 from m2skd.common.labels import raw_to_train
-from m2skd.common.shards import MANIFEST, VIEWS, FusedScan, ShardError, ShardReader, read_manifest
+from m2skd.common.shards import MANIFEST, FusedScan, ShardError, ShardReader, read_manifest
+from m2skd.common.views import LOADER_VIEWS, check_view
 
 from .augment import Augmentation
 from .config import TrainConfig
-
-LOADER_VIEWS = (*VIEWS, "pair")  # pair: (fused, single) of the same augmented scans
-
-
-@dataclass
-class Sample:
-    """One voxelised scan: all points (the teacher's view); the first n_original are the scan's own."""
-
-    feats: np.ndarray  # (N, 9) float32 per-point features
-    vox: np.ndarray  # (N, 3) int32 (rho, phi, z) voxel indices
-    labels: np.ndarray  # (N,) int64 train ids
-    instance: np.ndarray  # (N,) int64 instance ids
-    n_original: int
-    sequence: str
-    frame: int
-
-    def prefix(self, n: int) -> Sample:
-        return Sample(self.feats[:n], self.vox[:n], self.labels[:n], self.instance[:n], min(n, self.n_original),
-                      self.sequence, self.frame)
+from .sample import Sample
 
 
 def voxelise(points: np.ndarray, labels: np.ndarray, instance: np.ndarray, n_original: int, cfg: TrainConfig,
@@ -65,8 +47,7 @@ class ShardDataset(torch.utils.data.Dataset):
 
     def __init__(self, cache: str | Path, sequences: tuple[str, ...] | list[str], cfg: TrainConfig,
                  view: str = "fused") -> None:
-        if view not in LOADER_VIEWS:
-            raise ValueError(f"view must be one of {LOADER_VIEWS}, got {view!r}")
+        check_view(view, LOADER_VIEWS)
         self.cache, self.cfg, self.view = Path(cache), cfg, view
         manifest = read_manifest(self.cache)
         try:
@@ -90,8 +71,7 @@ class ShardDataset(torch.utils.data.Dataset):
 
     def with_view(self, view: str) -> ShardDataset:
         """The same scans read in another view (no manifest or shard is read again)."""
-        if view not in LOADER_VIEWS:
-            raise ValueError(f"view must be one of {LOADER_VIEWS}, got {view!r}")
+        check_view(view, LOADER_VIEWS)
         other = copy.copy(self)
         other.view = view
         return other
