@@ -84,7 +84,7 @@ experiment: $(EXPERIMENTS)
 	$(BIN)/python -m m2skd.experiments.evidence --cache "$(EXP_DIR)/fused" --out "$(EXP_DIR)" --model $(MODEL) \
 		--seeds $(SEEDS) --record "$(EXP_RECORD)" $(EXP_ARGS)
 
-# Ablations of the M2SKD student (README, "Evidence"): each KD term alone, per-class affinity,
+# Ablations of the M2SKD student (docs/evidence.md): each KD term alone, per-class affinity,
 # the released logit term; same teachers, data and protocol as `make experiment` (whose runs
 # they reuse, or train first), recorded beside them and paired against the full method.
 ABL_SEEDS  ?= 0,1

@@ -168,7 +168,7 @@ def main(cache: Path, out: Path, model: str, steps: int, teacher_steps: int | No
     seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     # The teacher is trained once and longer than the runs it is compared with: it is the
     # pretrained model the paper distils from, and a student can only learn what its
-    # teacher knows (README, "what was tuned").
+    # teacher knows (docs/tuning.md).
     teacher_steps = teacher_steps or 2 * steps
     cfg = TrainConfig.preset("tiny", model=model).override(
         workers=workers, train_sequences=tuple(parse_sequences(train_seqs)),

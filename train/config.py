@@ -138,11 +138,11 @@ class DistillConfig(Config):
     logit_variant: str = knob("kl", "kl: KL(p_t||p_s) T^2; released: the released code's softmax(0.3 z) variant",
                               choices=("kl", "released"))
     # "point" puts ~97 % of the weight on road, building, vegetation...; "class" keeps the
-    # teacher's knowledge of the hard classes from drowning (README, "what was tuned").
+    # teacher's knowledge of the hard classes from drowning (docs/tuning.md).
     kd_balance: str = knob("class", "average L_logit over points, or per ground-truth class then over classes",
                            choices=("class", "point"))
     # The paper distils everywhere; "correct" is a remedy tried when the student lagged
-    # (README, "Evidence"): no point pulls the student towards a wrong teacher label.
+    # (docs/evidence.md): no point pulls the student towards a wrong teacher label.
     kd_where: str = knob("all", "L_logit at every labelled point, or only where the teacher's label is right",
                          choices=("all", "correct"))
     # "released" on the released code's level: each single-scan voxel once
