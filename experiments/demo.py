@@ -7,10 +7,8 @@ Every run resumes where it stopped (`--resume`), so an interrupted demo picks up
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import click
@@ -29,62 +27,26 @@ from m2skd.train.dataset import ShardDataset
 from m2skd.train.evaluate import evaluate, load_model
 from m2skd.train.metrics import predict
 from m2skd.train.runtime import pick_device
-from m2skd.train.trainer import RunSpec, read_metrics, train
+from m2skd.train.trainer import read_metrics
 
-from .lanes import check_cache
+from .lanes import Job, check_cache, run_jobs
 
 console = Console()
 
 
-def _train(kind: str, cfg: TrainConfig, cache: Path, out: Path, steps: int, seed: int, device: str,
-           teacher: Path | None = None, progress: bool = True) -> Path:
-    t0 = time.perf_counter()
-    ckpt = train(RunSpec(kind=kind, cfg=cfg, cache=cache, out=out, steps=steps, seed=seed, resume="auto",
-                         device=device, teacher=teacher, progress=progress,
-                         extra={"preset": "tiny", "demo": True}))
-    console.print(f"{out.name}: {steps} steps done ({(time.perf_counter() - t0) / 60:.1f} min)")
-    return ckpt
-
-
-def _lane_init(threads: int) -> None:
-    torch.set_num_threads(threads)
-
-
 def train_all(cfg: TrainConfig, cache: Path, runs_dir: Path, steps: int, teacher_steps: int, seeds: list[int],
               device: str, lanes: int) -> dict[str, Path]:
-    """Teacher, then per seed baseline and student; `lanes` runs at a time.
-
-    Teacher and baselines are independent, so they start together; each student starts
-    when the teacher is done. Two single-threaded runs side by side train ~1.9x faster
-    on 2 CPU cores than one run using both (PolarNet tiny: small kernels that scale
-    poorly over threads), which is what keeps `make demo` under 20 minutes.
-    """
-    runs = {"teacher": runs_dir / "teacher"}
+    """Teacher, then per seed baseline and student; `lanes` runs at a time (`lanes.run_jobs`:
+    teacher and baselines start together, each student when the teacher is done). Two
+    single-threaded runs side by side train ~1.9x faster on 2 CPU cores than one run using
+    both (PolarNet tiny: small kernels that scale poorly over threads), which is what keeps
+    `make demo` under 20 minutes."""
+    extra = {"preset": "tiny", "demo": True}
+    jobs = {"teacher": Job("teacher", cfg, cache, runs_dir / "teacher", teacher_steps, 0, None, extra)}
     for seed in seeds:
-        runs[f"baseline_s{seed}"] = runs_dir / f"baseline_s{seed}"
-        runs[f"student_s{seed}"] = runs_dir / f"student_s{seed}"
-    if lanes <= 1:
-        t = _train("teacher", cfg, cache, runs["teacher"], teacher_steps, 0, device)
-        out = {"teacher": t}
-        for seed in seeds:
-            out[f"baseline_s{seed}"] = _train("baseline", cfg, cache, runs[f"baseline_s{seed}"], steps, seed, device)
-            out[f"student_s{seed}"] = _train("student", cfg, cache, runs[f"student_s{seed}"], steps, seed, device, t)
-        return out
-    threads = max(1, (os.cpu_count() or 2) // lanes)
-    console.print(f"training {len(runs)} runs, {lanes} at a time ({threads} thread(s) each); "
-                  f"progress lines as each run ends, step logs in {runs_dir}/*/metrics.jsonl")
-    ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(lanes, mp_context=ctx, initializer=_lane_init, initargs=(threads,)) as pool:
-        teacher = pool.submit(_train, "teacher", cfg, cache, runs["teacher"], teacher_steps, 0, device, None, False)
-        futures = {"teacher": teacher}
-        for seed in seeds:
-            futures[f"baseline_s{seed}"] = pool.submit(_train, "baseline", cfg, cache, runs[f"baseline_s{seed}"],
-                                                       steps, seed, device, None, False)
-        t = teacher.result()
-        for seed in seeds:
-            futures[f"student_s{seed}"] = pool.submit(_train, "student", cfg, cache, runs[f"student_s{seed}"],
-                                                      steps, seed, device, t, False)
-        return {k: f.result() for k, f in futures.items()}
+        for kind, teacher in (("baseline", None), ("student", "teacher")):
+            jobs[f"{kind}_s{seed}"] = Job(kind, cfg, cache, runs_dir / f"{kind}_s{seed}", steps, seed, teacher, extra)
+    return run_jobs(jobs, lanes, device)
 
 
 def _score(ckpt: Path, cache: Path, view: str, device: torch.device, val: tuple[str, ...]) -> dict:
