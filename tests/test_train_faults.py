@@ -92,7 +92,7 @@ def test_cli_validates_options_and_outputs_up_front(fused_cache, tmp_path):
             "--train-sequences", "00"]
     for extra, message in ((["--out", str(f)], "is a file"),
                            (["--out", str(f / "sub")], "is a file"),
-                           (["--out", str(tmp_path / "a"), "--checkpoint-every", "0"], "--checkpoint-every must be >= 1"),
+                           (["--out", str(tmp_path / "a"), "--checkpoint-every", "0"], "--checkpoint-every must be"),
                            (["--out", str(tmp_path / "b"), "--device", "tpu"], "--device 'tpu'")):
         r = _cli(*base, *extra, cwd=tmp_path)
         # click refuses a file where a folder is expected itself (usage error, exit 2)
