@@ -65,12 +65,11 @@ def check_knob(f: dataclasses.Field, value: Any) -> None:
         raise ValueError(f"{flag(f.name)}: needs {meta['length']} comma-separated values, got {len(values)} ({shown})")
     bounds = meta.get("bounds", {})
     for v in values:
-        if isinstance(v, (str, bool)) or not isinstance(v, (int, float)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
             continue
         if isinstance(v, float) and not math.isfinite(v):
             raise ValueError(f"{flag(f.name)}: {v} is not a finite number")
-        broken = [k for k, b in bounds.items() if not _BOUND_OK[k](v, b)]
-        if broken:
+        if not all(_BOUND_OK[k](v, b) for k, b in bounds.items()):
             want = " and ".join(_BOUND_TEXT[k].format(b) for k, b in bounds.items())
             raise ValueError(f"{flag(f.name)} must be {want}, got {shown}")
 

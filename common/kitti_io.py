@@ -166,10 +166,10 @@ def check_rigid(m: np.ndarray, where: str, what: str) -> None:
     """A 4x4 whose 3x3 part is not a rotation (all zeros, singular, a reflection, scaled)
     would silently misplace every fused point, or fail later as a LinAlgError."""
     r = m[:3, :3]
-    err = float(np.abs(r.T @ r - np.eye(3)).max())
-    if err > RIGID_TOLERANCE or np.linalg.det(r) <= 0:
+    err, det = float(np.abs(r.T @ r - np.eye(3)).max()), float(np.linalg.det(r))
+    if err > RIGID_TOLERANCE or det <= 0:
         raise KittiFormatError(f"{where}: the {what} is not a rigid transform (its 3x3 part is not a rotation: "
-                               f"max |R^T R - I| = {err:.3g}, det = {np.linalg.det(r):.3g})")
+                               f"max |R^T R - I| = {err:.3g}, det = {det:.3g})")
 
 
 def write_calib(path: str | os.PathLike, calib: dict[str, np.ndarray]) -> None:

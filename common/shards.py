@@ -202,6 +202,12 @@ def write_manifest(cache: str | os.PathLike, config: dict, config_hash: str) -> 
     return manifest
 
 
+def is_manifest(m: object) -> bool:
+    """Shaped like a manifest m2skd-fuse writes: a list of shards with file, sequence and scans."""
+    return isinstance(m, dict) and isinstance(m.get("shards"), list) and all(
+        isinstance(e, dict) and {"file", "sequence", "scans"} <= set(e) for e in m["shards"])
+
+
 def read_manifest(cache: str | os.PathLike) -> dict:
     path = Path(cache) / MANIFEST
     if not path.is_file():
@@ -210,8 +216,7 @@ def read_manifest(cache: str | os.PathLike) -> dict:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ShardError(f"{path}: not valid JSON ({e}); rerun `make fuse` to rewrite it") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list) or not all(
-            isinstance(e, dict) and {"file", "sequence", "scans"} <= set(e) for e in manifest["shards"]):
+    if not is_manifest(manifest):
         raise ShardError(f"{path}: not an m2skd manifest (no list of shards with file, sequence and scans); "
                          "rerun `make fuse` to rewrite it")
     if manifest.get("format_version") != FORMAT_VERSION:

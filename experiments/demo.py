@@ -135,7 +135,7 @@ def main(cache: Path, out: Path, model: str, steps: int, teacher_steps: int | No
     cfg = TrainConfig.preset("tiny", model=model).override(
         workers=workers, train_sequences=tuple(parse_sequences(train_seqs)),
         val_sequences=tuple(parse_sequences(val_seqs)))
-    check_cache(cache, cfg, cfg.data.train_sequences, cfg.data.val_sequences)
+    check_cache(cache, cfg.data.train_sequences, cfg.data.val_sequences)
     dev = pick_device(device)
     runs_dir = out / "runs"
     if lanes is None:

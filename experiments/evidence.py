@@ -373,7 +373,7 @@ def main(cache: Path, out: Path, runs: Path | None, model: str, seeds: str, trai
     cfg = TrainConfig.preset("tiny", model=model).override(
         workers=0, train_sequences=tuple(parse_sequences(train_seqs)), val_sequences=tuple(parse_sequences(val_seqs)),
         val_every=val_every, patience=patience)
-    check_cache(cache, cfg, cfg.data.train_sequences, cfg.data.val_sequences, tuple(parse_sequences(report_seqs)))
+    check_cache(cache, cfg.data.train_sequences, cfg.data.val_sequences, tuple(parse_sequences(report_seqs)))
     lanes = lanes or (2 if (os.cpu_count() or 1) >= 2 else 1)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))

@@ -22,7 +22,7 @@ from rich.console import Console
 from m2skd.common.cli import fail
 from m2skd.common.shards import ShardError
 from m2skd.train.config import TrainConfig
-from m2skd.train.dataset import ShardDataset
+from m2skd.train.dataset import cache_manifest
 from m2skd.train.trainer import RunSpec, train
 
 console = Console()
@@ -40,13 +40,12 @@ class Job:
     extra: dict = field(default_factory=dict)
 
 
-def check_cache(cache: Path, cfg: TrainConfig, *splits: tuple[str, ...]) -> None:
+def check_cache(cache: Path, *splits: tuple[str, ...]) -> None:
     """One line and exit 1, before any run starts, when the cache cannot serve a split the
-    runs read (a missing sequence, no manifest, a damaged shard); a run failing in a lane
-    would end in a traceback after minutes of training."""
+    runs read (no manifest, a missing sequence): a run failing in a lane would end in a
+    traceback after minutes of training. Shards are verified by each run as it opens them."""
     try:
-        for seqs in splits:
-            ShardDataset(cache, seqs, cfg, view="fused")
+        cache_manifest(cache, [s for split in splits for s in split])
     except ShardError as e:
         fail(str(e))
 

@@ -33,6 +33,7 @@ from m2skd.common.shards import (
     MANIFEST,
     ShardReader,
     finished_entry,
+    is_manifest,
     shard_name,
     write_manifest,
     write_shard,
@@ -228,8 +229,7 @@ def _check_manifest_is_ours(out: Path) -> None:
     if not path.exists():
         return
     try:
-        m = json.loads(path.read_text())
-        ours = isinstance(m, dict) and isinstance(m.get("shards"), list) and {"format_version", "config_hash"} <= set(m)
+        ours = is_manifest(json.loads(path.read_text()))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         ours = False
     if not ours:

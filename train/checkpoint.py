@@ -3,6 +3,7 @@ wants them (kind of network, shapes, label set)."""
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import torch
 
 from m2skd.common.atomic import atomic_path
 from m2skd.common.labels import CLASS_NAMES
-from m2skd.common.outputs import OutputError, check_free_space
+from m2skd.common.outputs import check_free_space
 
 from .config import TrainConfig
 
@@ -35,15 +36,13 @@ def save_checkpoint(path: str | Path, *, kind: str, step: int, total_steps: int,
     }
     path = Path(path)
     check_checkpoint_space(path, model)
-    remedy = "the previous checkpoint is intact; free some space and --resume"
-    try:
-        with atomic_path(path, remedy) as tmp:
+    with atomic_path(path, "the previous checkpoint is intact; free some space and --resume") as tmp:
+        try:
             torch.save(state, tmp)
-    except RuntimeError as e:  # torch reports a short write as RuntimeError, no errno
-        if "file write failed" in str(e):
-            raise OutputError(f"{path}: the disk filled up while writing the checkpoint (the partial file was "
-                              f"removed); {remedy}") from None
-        raise
+        except RuntimeError as e:  # torch reports a short write as RuntimeError without errno
+            if "file write failed" in str(e):
+                raise OSError(errno.ENOSPC, str(e)) from None  # atomic_path words it as a full disk
+            raise
 
 
 def check_checkpoint_space(path: str | Path, model: torch.nn.Module) -> None:

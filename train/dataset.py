@@ -36,6 +36,22 @@ def voxelise(points: np.ndarray, labels: np.ndarray, instance: np.ndarray, n_ori
     return Sample(feats, vox, labels.astype(np.int64), instance.astype(np.int64), n_original, sequence, frame)
 
 
+def cache_manifest(cache: Path, sequences: tuple[str, ...] | list[str]) -> tuple[dict, tuple[str, ...]]:
+    """The cache's manifest and hard classes, or ShardError when it lacks one of `sequences`
+    (no shard is opened)."""
+    manifest = read_manifest(cache)
+    try:
+        hard_classes = tuple(manifest["config"]["fusion"]["hard_classes"])
+    except (KeyError, TypeError):
+        raise ShardError(f"{Path(cache) / MANIFEST}: no fusion config with hard classes; rebuild the cache "
+                         "with `make fuse`") from None
+    missing = set(sequences) - {e["sequence"] for e in manifest["shards"]}
+    if missing:
+        raise ShardError(f"{cache}: no fused scans of sequence(s) {sorted(missing)} (the cache holds "
+                         f"{sorted({e['sequence'] for e in manifest['shards']})}); fuse them with `make fuse SEQ=...`")
+    return manifest, hard_classes
+
+
 class ShardDataset(torch.utils.data.Dataset):
     """Fused scans of the given sequences from a cache built by `m2skd-fuse`.
 
@@ -49,17 +65,8 @@ class ShardDataset(torch.utils.data.Dataset):
                  view: str = "fused") -> None:
         check_view(view, LOADER_VIEWS)
         self.cache, self.cfg, self.view = Path(cache), cfg, view
-        manifest = read_manifest(self.cache)
-        try:
-            self.hard_classes = tuple(manifest["config"]["fusion"]["hard_classes"])
-        except (KeyError, TypeError):
-            raise ShardError(f"{self.cache / MANIFEST}: no fusion config with hard classes; rebuild the cache "
-                             "with `make fuse`") from None
+        manifest, self.hard_classes = cache_manifest(self.cache, sequences)
         wanted = set(sequences)
-        have = {e["sequence"] for e in manifest["shards"]}
-        if wanted - have:
-            raise ShardError(f"{self.cache}: no fused scans of sequence(s) {sorted(wanted - have)} (the cache holds "
-                             f"{sorted(have)}); fuse them with `make fuse SEQ=...`")
         self.readers = [ShardReader(self.cache / e["file"], e.get("sha256")) for e in manifest["shards"]
                         if e["sequence"] in wanted]
         # what a resumed run must find again: the same fusion (config digest) of the same hard classes

@@ -167,8 +167,7 @@ def total_steps(spec: RunSpec, n_scans: int, world: int) -> int:
             raise TrainError(f"--{name} must be positive, got {n}")
     if spec.steps is not None:
         return spec.steps
-    per_epoch = max(1, n_scans // (spec.cfg.optim.batch_size * world))
-    return max(1, spec.epochs * per_epoch)
+    return max(1, spec.epochs * max(1, n_scans // batch))
 
 
 def load_teacher(path: Path, cfg: TrainConfig, hard_classes: tuple[str, ...],

@@ -79,13 +79,13 @@ def train(spec: RunSpec) -> Path:
 def _train(spec: RunSpec) -> Path:
     run = start_run(spec)
     cfg, out = spec.cfg, Path(spec.out)
-    text = TextLog(out, run.dist.main)
+    text, info = TextLog(out, run.dist.main), run.info()
     if run.dist.main:
         check_checkpoint_space(run.ckpt_path, run.model)  # up front: not after an hour of training
-        write_config(out, run.info())
+        write_config(out, info)
     text.line(f"{spec.kind} ({cfg.model.backbone}) on {run.device}, seed {spec.seed}: "
               + (f"resumed at step {run.step} of {run.total}" if run.step else f"{run.total} steps")
-              + f"\nresolved config: {json.dumps(run.info(), sort_keys=True)}")
+              + f"\nresolved config: {json.dumps(info, sort_keys=True)}")
     try:
         with text.warnings():
             ckpt = _loop(run, text)

@@ -21,8 +21,6 @@ from typing import Protocol
 
 import torch
 
-from m2skd.common.labels import NUM_CLASSES
-
 
 class VoxelInput(Protocol):
     feats: torch.Tensor  # (N, 9) float per-point features
@@ -50,7 +48,6 @@ class Backbone(Protocol):
 # Decoder levels a backbone returns as `voxel_feats`: the last one, or the one at half
 # resolution (the released M2SKD code distils Cylinder3D's upBlock2 output, that level).
 FEATURE_LEVELS = ("last", "half")
-N_LOGITS = NUM_CLASSES
 
 
 def set_feature_level(model: torch.nn.Module, level: str) -> None:
