@@ -234,3 +234,27 @@ def test_every_run_keeps_a_text_log_of_what_it_said(fused_cache, tmp_path, monke
     assert f"finished at step 4: {out / 'last.pt'}" in lines
     assert "baseline (polarnet) on cpu, seed 1: resumed at step 4 of 5" in lines
     assert lines[-1] == f"finished at step 5: {out / 'last.pt'}"
+
+
+def test_a_switched_off_terms_knobs_may_change_on_resume(fused_cache, tmp_path):
+    """With L_feat off and affinity on logits (the released values), the feature level and
+    L_feat's variant change nothing: a run resumed with them changed ends bit for bit where
+    the unbroken run does. With L_feat on, the same change is refused."""
+    off = {"w_feat": 0.0, "aff_level": "released"}
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    train(_spec(fused_cache, whole, kind="online", steps=3, cfg=off))
+    train(_spec(fused_cache, broken, kind="online", steps=2, cfg=off))
+    train(_spec(fused_cache, broken, kind="online", steps=3, resume=True,
+                cfg={**off, "feat_level": "half", "feat_variant": "released"}))
+    a, b = (torch.load(p / "last.pt", weights_only=False)["model"] for p in (whole, broken))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    on = tmp_path / "on"
+    train(_spec(fused_cache, on, kind="online", steps=2, cfg={"w_feat": 0.1}))
+    with pytest.raises(TrainError, match=r"feat_level: run last vs now half"):
+        train(_spec(fused_cache, on, kind="online", steps=3, resume=True, cfg={"w_feat": 0.1, "feat_level": "half"}))
+    # affinity on features reads the level too, even with L_feat off
+    aff = tmp_path / "aff"
+    train(_spec(fused_cache, aff, kind="online", steps=2, cfg={"w_feat": 0.0, "aff_level": "instance"}))
+    with pytest.raises(TrainError, match=r"feat_level: run last vs now half"):
+        train(_spec(fused_cache, aff, kind="online", steps=3, resume=True,
+                    cfg={"w_feat": 0.0, "aff_level": "instance", "feat_level": "half"}))

@@ -240,13 +240,30 @@ def aff_term(v: Views) -> torch.Tensor:
 class Term:
     fn: Callable[[Views], torch.Tensor]
     weight: str  # its weight knob in DistillConfig (0: off)
+    # the DistillConfig knobs that shape this term alone: with its weight 0 they change
+    # nothing (a term of weight 0 is not computed), so a run may resume with them changed
+    knobs: tuple[str, ...] = ()
+    # whether the term, so set, reads the voxel features (whose level `feat_level` picks)
+    reads_features: Callable[[dict], bool] = lambda distill: False
 
 
 # The distillation terms, in the order they are computed. A new term: one function of
 # `Views` and one entry here (and its weight knob in DistillConfig); ablations, the
 # trainer's weighting and the logs follow this table.
-TERMS: dict[str, Term] = {"feat": Term(feat_term, "w_feat"), "logit": Term(logit_term, "w_logit"),
-                          "aff": Term(aff_term, "w_aff")}
+TERMS: dict[str, Term] = {
+    "feat": Term(feat_term, "w_feat", ("feat_variant",), lambda d: True),
+    "logit": Term(logit_term, "w_logit", ("temperature", "logit_variant", "kd_balance", "kd_where", "logit_on")),
+    "aff": Term(aff_term, "w_aff", ("aff_level", "aff_cap"), lambda d: d.get("aff_level") != "released"),
+}
+
+
+def idle_knobs(distill: dict) -> set[str]:
+    """The knobs that change nothing in a run distilled as `distill` (a DistillConfig as a
+    dict): those of the terms of weight 0, and the feature level when no term on reads
+    features (the backbones' levels have one width, so no weights change either)."""
+    on = [t for t in TERMS.values() if distill.get(t.weight)]
+    idle = {k for t in TERMS.values() if t not in on for k in t.knobs}
+    return idle if any(t.reads_features(distill) for t in on) else idle | {"feat_level"}
 
 
 def term_weights(cfg: DistillConfig) -> dict[str, float]:

@@ -16,7 +16,7 @@ from .batch import collate
 from .checkpoint import CheckpointError, check_compatible, checkpoint_config, load_checkpoint, save_checkpoint
 from .config import TrainConfig, with_legacy
 from .dataset import ShardDataset
-from .distill import Distiller
+from .distill import Distiller, idle_knobs
 from .kinds import KINDS, RunKind
 from .models import build_model, set_feature_level
 from .runtime import Dist, init_distributed, pick_device
@@ -238,8 +238,11 @@ def _leaves(d: dict) -> dict:
 def _changed_knobs(saved: dict, now: dict) -> dict[str, tuple]:
     # A knob added after the run was saved counts as the value that behaves as before it
     # (its default, or `LEGACY` where the default changed), so an older run resumes as it ran.
+    # A knob idle in both (a switched-off term's) is no difference: e.g. a `released` run
+    # saved before that preset named its unused feature level.
     a, b = {**_leaves(TrainConfig().to_dict()), **_leaves(with_legacy(saved))}, _leaves(now)
-    return {k: (a.get(k), b.get(k)) for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in RESUMABLE}
+    idle = RESUMABLE | (idle_knobs(a) & idle_knobs(b))
+    return {k: (a.get(k), b.get(k)) for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in idle}
 
 
 def start_run(spec: RunSpec) -> Run:
