@@ -100,7 +100,7 @@ ablation-window: $(EXPERIMENTS)
 	$(BIN)/m2skd-fuse --data "$(EXP_DIR)/synth" --sequences $(EXP_SEQ) --out "$(EXP_DIR)/fused-$(ABL_TAG)" \
 		--window=$(ABL_WINDOW) --workers $(WORKERS)
 	$(BIN)/python -m m2skd.experiments.evidence --cache "$(EXP_DIR)/fused-$(ABL_TAG)" --out "$(EXP_DIR)/ablations" \
-		--runs "$(EXP_DIR)/runs" --model $(MODEL) --seeds $(ABL_SEEDS) --kinds teacher,m2skd --tag $(ABL_TAG) \
+		--runs "$(EXP_DIR)/runs" --model $(MODEL) --seeds $(ABL_SEEDS) --arms teacher,m2skd --tag $(ABL_TAG) \
 		--record "$(EXP_RECORD)" $(EXP_ARGS)
 
 # make eval CKPT=path/last.pt [DATA=raw root]: IoU table, JSON and raw-id prediction files beside the checkpoint

@@ -22,16 +22,16 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from m2skd.common.kitti_io import parse_sequences
 from m2skd.common.labels import CLASS_NAMES, IGNORE_INDEX
+from m2skd.common.splits import parse_sequences
 from m2skd.preprocess.config import FusionConfig
 from m2skd.preprocess.pipeline import run_fusion
 from m2skd.synth.config import SynthConfig
 from m2skd.synth.sequence import generate_sequence
 from m2skd.train.batch import make_batch
+from m2skd.train.checkpoint import load_model
 from m2skd.train.config import TrainConfig
 from m2skd.train.dataset import voxelise
-from m2skd.train.evaluate import load_model
 from m2skd.train.metrics import Confusion, predict
 from m2skd.train.trainer import RunSpec, train
 

@@ -20,8 +20,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from m2skd.common.kitti_io import parse_sequences, read_scan
+from m2skd.common.kitti_io import read_scan
 from m2skd.common.labels import CLASS_NAMES, HARD_CLASS_IDS, PUBLISHED_CONTENT, raw_to_train
+from m2skd.common.splits import parse_sequences
 from m2skd.synth.config import SynthConfig
 from m2skd.synth.sequence import SequenceSim
 

@@ -25,11 +25,12 @@ from m2skd.train.batch import collate
 from m2skd.train.config import TrainConfig
 from m2skd.train.dataset import ShardDataset
 from m2skd.train.distill import Distiller, affinity_loss, term_weights
+from m2skd.train.estimate import estimate
 from m2skd.train.losses import segmentation_loss
 from m2skd.train.models import build_model
 from m2skd.train.runtime import pick_device
 from m2skd.train.sampler import StepSampler
-from m2skd.train.trainer import RunSpec, estimate
+from m2skd.train.trainer import RunSpec
 
 
 def _sync(device):

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_path
+from .splits import parse_sequences
 
 
 class KittiFormatError(ValueError):
@@ -264,26 +265,6 @@ class Sequence:
             return pts, None, None
         sem, inst = read_label(self.label_path(frame), len(pts))
         return pts, sem, inst
-
-
-def parse_sequences(spec: str | Iterable[str]) -> list[str]:
-    """'00-10', '08', '00,02,08' (or a list of those) -> ['00', ..., '10']."""
-    parts = spec.split(",") if isinstance(spec, str) else [p for s in spec for p in str(s).split(",")]
-    out: list[str] = []
-    for p in (p.strip() for p in parts):
-        if not p:
-            continue
-        m = re.fullmatch(r"(\d{1,2})(?:-(\d{1,2}))?", p)
-        if not m:
-            raise ValueError(f"bad sequence spec {p!r}: use '00-10', '08' or '00,02,08'")
-        a = int(m.group(1))
-        b = int(m.group(2)) if m.group(2) else a
-        if b < a:
-            raise ValueError(f"bad sequence range {p!r}: end before start")
-        out.extend(f"{i:02d}" for i in range(a, b + 1) if f"{i:02d}" not in out)
-    if not out:
-        raise ValueError(f"empty sequence spec {spec!r}")
-    return out
 
 
 def iter_sequences(root: str | os.PathLike, spec: str | Iterable[str]) -> Iterator[Sequence]:

@@ -18,13 +18,13 @@ from rich.console import Console
 from rich.table import Table
 
 from m2skd.common.atomic import atomic_path
-from m2skd.common.kitti_io import parse_sequences
 from m2skd.common.labels import CLASS_NAMES, class_ids
+from m2skd.common.splits import parse_sequences
 from m2skd.train.batch import collate
-from m2skd.train.checkpoint import load_checkpoint
+from m2skd.train.checkpoint import load_checkpoint, load_model
 from m2skd.train.config import DEFAULT_MODEL, MODELS, TrainConfig
 from m2skd.train.dataset import ShardDataset
-from m2skd.train.evaluate import evaluate, load_model
+from m2skd.train.evaluate import score_checkpoint
 from m2skd.train.metrics import predict
 from m2skd.train.runtime import pick_device
 from m2skd.train.trainer import read_metrics
@@ -41,18 +41,16 @@ def train_all(cfg: TrainConfig, cache: Path, runs_dir: Path, steps: int, teacher
     single-threaded runs side by side train ~1.9x faster on 2 CPU cores than one run using
     both (PolarNet tiny: small kernels that scale poorly over threads), which is what keeps
     `make demo` under 20 minutes."""
-    extra = {"preset": "tiny", "demo": True}
-    jobs = {"teacher": Job("teacher", cfg, cache, runs_dir / "teacher", teacher_steps, 0, None, extra)}
+    tags = {"preset": "tiny", "demo": True}
+    jobs = {"teacher": Job("teacher", cfg, cache, runs_dir / "teacher", teacher_steps, 0, None, tags)}
     for seed in seeds:
         for kind, teacher in (("baseline", None), ("student", "teacher")):
-            jobs[f"{kind}_s{seed}"] = Job(kind, cfg, cache, runs_dir / f"{kind}_s{seed}", steps, seed, teacher, extra)
+            jobs[f"{kind}_s{seed}"] = Job(kind, cfg, cache, runs_dir / f"{kind}_s{seed}", steps, seed, teacher, tags)
     return run_jobs(jobs, lanes, device)
 
 
 def _score(ckpt: Path, cache: Path, view: str, device: torch.device, val: tuple[str, ...]) -> dict:
-    model, cfg, state = load_model(ckpt, device)
-    ds = ShardDataset(cache, val, cfg, view=view)
-    return evaluate(model, ds, device, view=view, progress=False).summary(tuple(state["hard_classes"]))
+    return score_checkpoint(ckpt, device, cache=cache, sequences=val, view=view)[0]
 
 
 def _row_names(hard: tuple[str, ...]) -> list[str]:

@@ -14,7 +14,7 @@ stops after `--patience` validations without a better val mIoU (or at `--max-ste
 students distil from their teacher's best.pt. best.pt of each run is then scored on the
 `report` sequences, which nothing was selected or tuned on.
 
-Writes OUT/results.json (per run: kind, seed, stop and best step, report scores),
+Writes OUT/results.json (per run: arm, seed, stop and best step, report scores),
 OUT/results.md (mean +- std over seeds and paired differences M2SKD - baseline,
 M2SKD - S2SKD and M2SKD - teacher (on single scans) of mIoU, hard-class mIoU and
 per-class IoU; a table of the `--variants` ablations) and OUT/val_curves.png.
@@ -37,20 +37,20 @@ import torch
 from rich.console import Console
 
 from m2skd.common.atomic import atomic_path
-from m2skd.common.kitti_io import parse_sequences
 from m2skd.common.labels import CLASS_NAMES, class_ids
+from m2skd.common.splits import parse_sequences
 from m2skd.train.checkpoint import load_checkpoint
 from m2skd.train.config import DEFAULT_MODEL, MODELS, RELEASED, TrainConfig
-from m2skd.train.dataset import ShardDataset
 from m2skd.train.distill import only
-from m2skd.train.evaluate import evaluate, load_model
+from m2skd.train.evaluate import score_checkpoint
 from m2skd.train.run_log import read_metrics
 
 from .lanes import Job, check_cache, deployable, run_jobs
 
 console = Console()
-KINDS = ("baseline", "teacher", "s2skd", "m2skd", "online", "online-nokd")
-DEFAULT_KINDS = ("baseline", "teacher", "m2skd", "online", "online-nokd")
+# the experiment's arms (each trains with one of `m2skd-train`'s run kinds)
+ARMS = ("baseline", "teacher", "s2skd", "m2skd", "online", "online-nokd")
+DEFAULT_ARMS = ("baseline", "teacher", "m2skd", "online", "online-nokd")
 TEACHER_OF = {"s2skd": "baseline", "m2skd": "teacher"}
 # the online arms: `m2skd-train online` with the released code's values, with and without distillation
 ONLINE = {"online": RELEASED, "online-nokd": {**RELEASED, **only()}}  # only(): every term off
@@ -70,26 +70,31 @@ VARIANTS = {
 }
 
 
-def variant_kind(name: str) -> str:
+def arm_of(result: dict) -> str:
+    """A recorded run's arm (results recorded before the word "arm" call it "kind")."""
+    return result.get("arm") or result["kind"]
+
+
+def variant_arm(name: str) -> str:
     return f"m2skd-{name}"
 
 
 def jobs_for(cfg: TrainConfig, cache: Path, runs: Path, seeds: list[int], max_steps: int,
-             variants: tuple[str, ...] = (), kinds: tuple[str, ...] = KINDS, tag: str = "") -> dict[str, Job]:
-    """Per seed the `kinds` (their names + `tag`: a tagged set, e.g. on a cache fused with
+             variants: tuple[str, ...] = (), arms: tuple[str, ...] = ARMS, tag: str = "") -> dict[str, Job]:
+    """Per seed the `arms` (their names + `tag`: a tagged set, e.g. on a cache fused with
     another window, sits beside the main runs) and the M2SKD student's `variants`."""
     jobs = {}
     for s in seeds:
-        for kind in kinds:
-            train_kind = "student" if kind in TEACHER_OF else "online" if kind in ONLINE else kind
-            teacher = f"{TEACHER_OF[kind]}{tag}_s{s}" if kind in TEACHER_OF else None
-            name = f"{kind}{tag}_s{s}"
-            jobs[name] = Job(train_kind, cfg.override(**ONLINE.get(kind, {})), cache, runs / name, max_steps, s,
-                             teacher, {"experiment": kind + tag})
+        for arm in arms:
+            kind = "student" if arm in TEACHER_OF else "online" if arm in ONLINE else arm  # the run kind
+            teacher = f"{TEACHER_OF[arm]}{tag}_s{s}" if arm in TEACHER_OF else None
+            name = f"{arm}{tag}_s{s}"
+            jobs[name] = Job(kind, cfg.override(**ONLINE.get(arm, {})), cache, runs / name, max_steps, s,
+                             teacher, {"experiment": arm + tag})
         for v in variants:
-            name = f"{variant_kind(v)}{tag}_s{s}"
+            name = f"{variant_arm(v)}{tag}_s{s}"
             jobs[name] = Job("student", cfg.override(**VARIANTS[v]), cache, runs / name, max_steps, s,
-                             f"teacher{tag}_s{s}", {"experiment": variant_kind(v) + tag})
+                             f"teacher{tag}_s{s}", {"experiment": variant_arm(v) + tag})
     return jobs
 
 
@@ -102,30 +107,28 @@ def extend_jobs(jobs: dict[str, Job], steps: int) -> dict[str, Job]:
     for name, job in jobs.items():
         if name in teachers:
             continue
-        kind, seed = name.rsplit("_s", 1)
-        dst = job.out.with_name(f"{kind}-long_s{seed}")
+        arm, seed = name.rsplit("_s", 1)
+        dst = job.out.with_name(f"{arm}-long_s{seed}")
         if not dst.exists() and (job.out / "last.pt").is_file():
             shutil.copytree(job.out, dst, ignore=shutil.ignore_patterns("*.lock", "tb"))
         out[dst.name] = replace(job, cfg=job.cfg.override(patience=0), out=dst, steps=steps,
-                                extra={"experiment": f"{kind}-long"})
+                                tags={"experiment": f"{arm}-long"})
     return out
 
 
 def score(ckpt: Path, cache: Path, sequences: tuple[str, ...], view: str, device: torch.device) -> dict:
-    model, cfg, state = load_model(ckpt, device)
-    ds = ShardDataset(cache, sequences, cfg, view=view)
-    return evaluate(model, ds, device, view=view, progress=False).summary(tuple(state["hard_classes"]))
+    return score_checkpoint(ckpt, device, cache=cache, sequences=sequences, view=view)[0]
 
 
 def run_result(name: str, last: Path, cache: Path, report: tuple[str, ...], device: torch.device) -> dict:
-    kind, seed = name.rsplit("_s", 1)
+    arm, seed = name.rsplit("_s", 1)
     best = deployable(last)
     state = load_checkpoint(last)
-    res = {"name": name, "kind": kind, "seed": int(seed), "stopped_at": state["step"],
+    res = {"name": name, "arm": arm, "seed": int(seed), "stopped_at": state["step"],
            "best_step": load_checkpoint(best)["step"], "stopped_early": bool(state.get("stopped")),
            "hard_classes": state["hard_classes"], "report": score(best, cache, report, "single", device),
            "val_curve": [(m["step"], m["val_miou"]) for m in read_metrics(last.parent) if "val_miou" in m]}
-    if kind.startswith(("teacher", "online")):  # its own network on fused scans too
+    if arm.startswith(("teacher", "online")):  # its own network on fused scans too
         res["report_fused"] = score(best, cache, report, "fused", device)
     return res
 
@@ -136,7 +139,7 @@ def _stats(values: list[float]) -> dict:
 
 
 def summarise(results: list[dict]) -> dict:
-    """Mean +- std per kind, and paired (same seed) differences, in IoU percentage points."""
+    """Mean +- std per arm, and paired (same seed) differences, in IoU percentage points."""
     hard = tuple(results[0]["hard_classes"])
     keys = ["miou", "hard_miou", *CLASS_NAMES[1:]]
 
@@ -144,26 +147,26 @@ def summarise(results: list[dict]) -> dict:
         rep = r["report"]
         return 100 * (rep[key] if key in ("miou", "hard_miou") else rep["iou"][key])
 
-    by = {(r["kind"], r["seed"]): r for r in results}
+    by = {(arm_of(r), r["seed"]): r for r in results}
     seeds = sorted({r["seed"] for r in results})
-    present = {r["kind"] for r in results}
-    order = [variant_kind(v) for v in VARIANTS]
-    derived = sorted((k for k in present if k not in KINDS),
+    present = {arm_of(r) for r in results}
+    order = [variant_arm(v) for v in VARIANTS]
+    derived = sorted((k for k in present if k not in ARMS),
                      key=lambda k: (order.index(k) if k in order else len(order), k))
-    out = {"seeds": seeds, "hard_classes": list(hard), "kinds": {}, "paired": {}, "derived": {}}
-    for kind in (*KINDS, *derived):
-        rs = [by[(kind, s)] for s in seeds if (kind, s) in by]
+    out = {"seeds": seeds, "hard_classes": list(hard), "arms": {}, "paired": {}, "derived": {}}
+    for arm in (*ARMS, *derived):
+        rs = [by[(arm, s)] for s in seeds if (arm, s) in by]
         if rs:
-            out["kinds"][kind] = {k: _stats([val(r, k) for r in rs]) for k in keys}
-            out["kinds"][kind]["stopped_at"] = _stats([r["stopped_at"] for r in rs])
-            if kind.startswith(("teacher", "online")):  # fused scans too (a teacher's input)
-                out["kinds"][kind]["fused"] = {k: _stats([100 * r["report_fused"][k] for r in rs])
+            out["arms"][arm] = {k: _stats([val(r, k) for r in rs]) for k in keys}
+            out["arms"][arm]["stopped_at"] = _stats([r["stopped_at"] for r in rs])
+            if arm.startswith(("teacher", "online")):  # fused scans too (a teacher's input)
+                out["arms"][arm]["fused"] = {k: _stats([100 * r["report_fused"][k] for r in rs])
                                                for k in ("miou", "hard_miou")}
     # m2skd - teacher: the teacher deployed on single scans is a control too (training on
     # fused scans alone may be what helps, distillation or not)
     pairs = [("m2skd", "baseline"), ("m2skd", "s2skd"), ("m2skd", "teacher"), ("s2skd", "baseline"),
              ("online", "baseline"), ("online-nokd", "baseline"), ("online", "online-nokd"), ("online", "m2skd")]
-    for d in derived:  # an ablation or a tagged run (KIND-TAG) against the run it changes
+    for d in derived:  # an ablation or a tagged run (ARM-TAG) against the run it changes
         base, _, tag = d.partition("-")
         ref = {"reference": base, "baseline": None}
         if base == "m2skd":  # and against the baseline of the same tag when there is one
@@ -205,30 +208,30 @@ def markdown(summary: dict) -> str:
     def f(d: dict) -> str:
         return f"{d['mean']:.1f} ± {d['std']:.1f}"
 
-    kinds = [k for k in KINDS if k in summary["kinds"]]
-    if not kinds:  # an invocation that trained only tagged runs or ablations
+    arms = [k for k in ARMS if k in summary["arms"]]
+    if not arms:  # an invocation that trained only tagged runs or ablations
         return ablation_markdown(summary)
-    pairs = [p for p in summary["paired"] if p.split(" - ")[0] in KINDS]
+    pairs = [p for p in summary["paired"] if p.split(" - ")[0] in ARMS]
     hard = [CLASS_NAMES[c] for c in class_ids(summary["hard_classes"])]
-    head = "| seeds " + ",".join(map(str, summary["seeds"])) + " | " + " | ".join(kinds) + " | " + " | ".join(
+    head = "| seeds " + ",".join(map(str, summary["seeds"])) + " | " + " | ".join(arms) + " | " + " | ".join(
         f"{p} (paired)" for p in pairs) + " |"
-    lines = [head, "|---" * (1 + len(kinds) + len(pairs)) + "|"]
+    lines = [head, "|---" * (1 + len(arms) + len(pairs)) + "|"]
     for key in ["miou", "hard_miou", *hard]:
         label = {"miou": "**mIoU**", "hard_miou": "**hard-class mIoU**"}.get(key, key)
-        row = [f(summary["kinds"][k][key]) for k in kinds]
+        row = [f(summary["arms"][k][key]) for k in arms]
         row += [f"{f(summary['paired'][p][key])} ({summary['paired'][p][key]['positive']}/"
                 f"{len(summary['paired'][p][key]['values'])} > 0)" for p in pairs]
         lines.append(f"| {label} | " + " | ".join(row) + " |")
     lines.append("| steps to the val plateau | " + " | ".join(
-        f"{summary['kinds'][k]['stopped_at']['mean']:.0f}" for k in kinds) + " |" + " |" * len(pairs))
-    fused = [k for k in kinds if "fused" in summary["kinds"][k]]
+        f"{summary['arms'][k]['stopped_at']['mean']:.0f}" for k in arms) + " |" + " |" * len(pairs))
+    fused = [k for k in arms if "fused" in summary["arms"][k]]
     if fused:
         def pair(k: str) -> str:
             if k not in fused:
                 return ""
-            f_ = summary["kinds"][k]["fused"]
+            f_ = summary["arms"][k]["fused"]
             return f"{f_['miou']['mean']:.1f} / {f_['hard_miou']['mean']:.1f}"
-        lines.append("| fused input: mIoU / hard | " + " | ".join(pair(k) for k in kinds) + " |" + " |" * len(pairs))
+        lines.append("| fused input: mIoU / hard | " + " | ".join(pair(k) for k in arms) + " |" + " |" * len(pairs))
     return "\n".join(lines) + "\n" + gap_markdown(summary) + ablation_markdown(summary)
 
 
@@ -261,14 +264,14 @@ def ablation_markdown(summary: dict) -> str:
     lines = ["", "| run (− its reference) | seeds | mIoU | hard-class mIoU | − reference, mIoU (paired) | "
              "− reference, hard (paired) | − baseline, hard (paired) | steps to the val plateau |", "|---" * 8 + "|"]
     for d, ref in derived.items():
-        k, paired = summary["kinds"][d], summary["paired"]
+        k, paired = summary["arms"][d], summary["paired"]
         # a reference run may be missing from this invocation's results (the tables from
         # `--rebuild` of the recorded folder have every run): its columns stay empty
         vs_r = paired.get(f"{d} - {ref['reference']}", {})
         vs_b = paired.get(f"{d} - {ref['baseline']}", {}).get("hard_miou")
         notes = [f"− {r}" for r in ref.values() if r]
-        if "fused" in k and ref["reference"] in summary["kinds"]:
-            base = summary["kinds"][ref["reference"]]["fused"]
+        if "fused" in k and ref["reference"] in summary["arms"]:
+            base = summary["arms"][ref["reference"]]["fused"]
             notes.append(f"fused input {k['fused']['miou']['mean']:.1f} / {k['fused']['hard_miou']['mean']:.1f} "
                          f"hard, {ref['reference']}'s {base['miou']['mean']:.1f} / {base['hard_miou']['mean']:.1f}")
         name = f"{d} ({'; '.join(notes)})"
@@ -298,13 +301,13 @@ def plot_curves(results: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    colours = dict(zip(KINDS, ("tab:grey", "tab:green", "tab:orange", "tab:blue", "tab:red", "tab:purple"),
+    colours = dict(zip(ARMS, ("tab:grey", "tab:green", "tab:orange", "tab:blue", "tab:red", "tab:purple"),
                        strict=True))
     for r in results:
-        if r["val_curve"] and r["kind"] in colours:  # the ablations have their own table, no curves
+        if r["val_curve"] and arm_of(r) in colours:  # the ablations have their own table, no curves
             steps, vals = zip(*r["val_curve"], strict=True)
-            ax.plot(steps, [100 * v for v in vals], color=colours[r["kind"]], alpha=0.8,
-                    label=r["kind"] if r["seed"] == min(x["seed"] for x in results) else None)
+            ax.plot(steps, [100 * v for v in vals], color=colours[arm_of(r)], alpha=0.8,
+                    label=arm_of(r) if r["seed"] == min(x["seed"] for x in results) else None)
     ax.set_xlabel("step")
     ax.set_ylabel("val mIoU (%)")
     ax.legend()
@@ -343,11 +346,11 @@ def _names(text: str, allowed: tuple[str, ...], option: str) -> tuple[str, ...]:
 @click.option("--patience", type=int, default=6, show_default=True)
 @click.option("--lanes", type=int, help="runs side by side [default: 2 on >= 2 cores]")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--kinds", default=",".join(DEFAULT_KINDS), show_default=True,
-              help=f"which arms to train per seed, of {', '.join(KINDS)}")
-@click.option("--tag", default="", help="appended to the run names (kind-TAG_sN), e.g. win44 for runs on a cache "
+@click.option("--arms", default=",".join(DEFAULT_ARMS), show_default=True,
+              help=f"which arms to train per seed, of {', '.join(ARMS)}")
+@click.option("--tag", default="", help="appended to the run names (ARM-TAG_sN), e.g. win44 for runs on a cache "
               "fused with another window, beside the main runs")
-@click.option("--extend", type=int, help="continue copies (KIND-long) of the --kinds runs that teach none of "
+@click.option("--extend", type=int, help="continue copies (ARM-long) of the --arms runs that teach none of "
               "them, without early stopping, to this step")
 @click.option("--variants", default="", help="ablations of the M2SKD student, comma-separated, or all: "
               + ", ".join(VARIANTS))
@@ -356,7 +359,7 @@ def _names(text: str, allowed: tuple[str, ...], option: str) -> tuple[str, ...]:
               help="no training: rebuild the tables from per-run results recorded in this folder")
 def main(cache: Path, out: Path, runs: Path | None, model: str, seeds: str, train_seqs: str, val_seqs: str,
          report_seqs: str, max_steps: int, val_every: int, patience: int, lanes: int | None, device: str,
-         kinds: str, tag: str, extend: int | None, variants: str, record: Path | None,
+         arms: str, tag: str, extend: int | None, variants: str, record: Path | None,
          rebuild: Path | None) -> None:
     """M2SKD, a single-scan-teacher student and the baseline, each to its val plateau, several seeds."""
     t0 = time.perf_counter()
@@ -367,7 +370,7 @@ def main(cache: Path, out: Path, runs: Path | None, model: str, seeds: str, trai
         _plot(results, out / "val_curves.png")
         return
     seed_list = [int(s) for s in seeds.split(",") if s.strip()]
-    kind_list = _names(kinds, KINDS, "--kinds")
+    arm_list = _names(arms, ARMS, "--arms")
     tag = f"-{tag}" if tag else ""
     chosen = tuple(VARIANTS) if variants == "all" else _names(variants, tuple(VARIANTS), "--variants")
     cfg = TrainConfig.preset("tiny", model=model).override(
@@ -391,7 +394,7 @@ def main(cache: Path, out: Path, runs: Path | None, model: str, seeds: str, trai
             record.mkdir(parents=True, exist_ok=True)
             _write(record / f"{name}.json", json.dumps(results[name], indent=1))
 
-    jobs = jobs_for(cfg, cache, runs or out / "runs", seed_list, max_steps, chosen, kind_list, tag)
+    jobs = jobs_for(cfg, cache, runs or out / "runs", seed_list, max_steps, chosen, arm_list, tag)
     run_jobs(extend_jobs(jobs, extend) if extend else jobs, lanes, device, on_done)
     results = [results[k] for k in sorted(results)]
     report(results, out)

@@ -37,7 +37,7 @@ class Job:
     steps: int
     seed: int
     teacher: str | None = None  # name of the job whose best (or last) checkpoint is the teacher
-    extra: dict = field(default_factory=dict)
+    tags: dict = field(default_factory=dict)  # recorded in the run's config.json
 
 
 def check_cache(cache: Path, *splits: tuple[str, ...]) -> None:
@@ -57,7 +57,7 @@ def _lane_init(threads: int) -> None:
 def _run(job: Job, teacher_ckpt: Path | None, device: str, progress: bool) -> Path:
     t0 = time.perf_counter()
     ckpt = train(RunSpec(kind=job.kind, cfg=job.cfg, cache=job.cache, out=job.out, steps=job.steps, seed=job.seed,
-                         resume="auto", device=device, teacher=teacher_ckpt, progress=progress, extra=job.extra))
+                         resume="auto", device=device, teacher=teacher_ckpt, progress=progress, tags=job.tags))
     console.print(f"{job.out.name}: done ({(time.perf_counter() - t0) / 60:.1f} min)")
     return ckpt
 

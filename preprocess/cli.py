@@ -12,14 +12,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemaini
 from rich.table import Table
 
 from m2skd.common.cli import config_options, fail, knob_values
-from m2skd.common.kitti_io import KittiFormatError, parse_sequences
+from m2skd.common.kitti_io import KittiFormatError
 from m2skd.common.labels import UnknownLabelError
 from m2skd.common.outputs import OutputError
 from m2skd.common.progress import progress
 from m2skd.common.shards import ShardError
+from m2skd.common.splits import parse_sequences
 
 from .config import FusionConfig, parse_window
-from .pipeline import FusionError, fused_stats, run_fusion
+from .pipeline import FusionError, run_fusion
+from .summary import fused_stats
 
 console = Console(stderr=True)
 

@@ -17,6 +17,7 @@ from m2skd.common.cli import config_options, fail, knob_values
 from m2skd.common.labels import CLASS_NAMES, HARD_CLASS_IDS, NUM_CLASSES, raw_to_train
 from m2skd.common.outputs import OutputError, ensure_writable_dir
 from m2skd.common.progress import progress
+from m2skd.common.splits import parse_sequences
 
 from .config import SynthConfig
 from .sequence import ForeignSequenceError, check_own_folder, generate_sequence
@@ -68,7 +69,7 @@ def main(out_dir: Path, sequences: str, preset: str, labels: bool | None, summar
     Deterministic per seed; an interrupted run resumes where it stopped.
     """
     try:
-        names = kitti_io.parse_sequences(sequences)
+        names = parse_sequences(sequences)
         cfg = SynthConfig.preset(preset).override(**knob_values(SynthConfig, options))
     except ValueError as e:
         raise click.UsageError(str(e)) from None

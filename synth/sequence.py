@@ -22,6 +22,7 @@ import numpy as np
 from m2skd.common import kitti_io
 from m2skd.common.atomic import atomic_path
 from m2skd.common.geometry import camera_poses
+from m2skd.common.splits import TEST_SEQUENCES
 
 from . import raycast
 from . import world as synth_world
@@ -29,7 +30,6 @@ from .config import SynthConfig, kitti_calib_matrices
 from .world import BOX, CYLINDER
 
 # SemanticKITTI's test split has no labels; the generator mirrors that by default.
-TEST_SEQUENCES = {f"{i:02d}" for i in range(11, 22)}
 
 
 @dataclass

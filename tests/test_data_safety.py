@@ -121,7 +121,7 @@ def test_resume_refuses_another_cache(fused_cache, synth_root, tmp_path):
     out = tmp_path / "run"
     train(RunSpec(kind="teacher", cfg=cfg, cache=fused_cache, out=out, steps=1, progress=False))
     with pytest.raises(TrainError, match=r"cache fused otherwise.*\['person', 'bicycle'\]"):
-        train(RunSpec(kind="teacher", cfg=cfg, cache=other, out=out, steps=2, resume=True, progress=False))
+        train(RunSpec(kind="teacher", cfg=cfg, cache=other, out=out, steps=2, resume="yes", progress=False))
     # and eval --view fused refuses a checkpoint fused with other hard classes than the cache
     ckpt = out / "last.pt"
     r = _cli("eval", "--ckpt", str(ckpt), "--cache", str(other), "--view", "fused", "--quiet", "--device", "cpu")
@@ -249,7 +249,7 @@ def test_a_disk_that_fills_mid_write_is_one_line_and_leaves_no_partial_file(synt
         monkeypatch.setattr("m2skd.train.checkpoint.torch.save", save)
         with pytest.raises(OutputError, match=r"last.pt: the disk filled up .* previous checkpoint is intact"):
             train(RunSpec(kind="baseline", cfg=tiny_train_config(), cache=fused_cache, out=tmp_path / "run",
-                          steps=4, seed=0, progress=False, device="cpu", resume=True))
+                          steps=4, seed=0, progress=False, device="cpu", resume="yes"))
         assert ckpt.read_bytes() == before and not list(ckpt.parent.glob(".*.tmp"))
     monkeypatch.setattr("m2skd.train.checkpoint.torch.save", torch.save)
 

@@ -16,12 +16,12 @@ def test_harness_trains_the_controls_and_pairs_them(fused_cache, tmp_path):
     out, record = tmp_path / "exp", tmp_path / "record"
     args = ["--cache", str(fused_cache), "--out", str(out), "--seeds", "0,1", "--train-seqs", "00", "--val-seqs", "08",
             "--report-seqs", "08", "--max-steps", "4", "--val-every", "2", "--patience", "1", "--lanes", "1",
-            "--device", "cpu", "--record", str(record), "--variants", "aff_only", "--kinds", ",".join(evidence.KINDS)]
+            "--device", "cpu", "--record", str(record), "--variants", "aff_only", "--arms", ",".join(evidence.ARMS)]
     r = CliRunner().invoke(evidence.main, args, catch_exceptions=False)
     assert r.exit_code == 0, r.output
     res = json.loads((out / "results.json").read_text())
     runs = {x["name"]: x for x in res["runs"]}
-    assert set(runs) == {f"{k}_s{s}" for k in (*evidence.KINDS, "m2skd-aff_only") for s in (0, 1)}
+    assert set(runs) == {f"{k}_s{s}" for k in (*evidence.ARMS, "m2skd-aff_only") for s in (0, 1)}
     # the students distilled from the right teachers: their config says which view their teacher read
     for s in (0, 1):
         s2 = json.loads((out / "runs" / f"s2skd_s{s}" / "config.json").read_text())
@@ -74,8 +74,10 @@ def test_tagged_runs_and_ablations_pair_with_the_right_runs(tmp_path):
     ablation = jobs["m2skd-aff_only-win44_s3"].cfg.distill
     assert ablation.w_feat == 0 == ablation.w_logit and ablation.w_aff > 0
 
-    def run(kind, seed, miou, hard, fused=None):
-        r = {"name": f"{kind}_s{seed}", "kind": kind, "seed": seed, "stopped_at": 100, "hard_classes": ["person"],
+    def run(arm, seed, miou, hard, fused=None):
+        # seed 0 as recorded before the word "arm" ("kind"), seed 1 as now: both are read
+        r = {"name": f"{arm}_s{seed}", "kind" if seed == 0 else "arm": arm, "seed": seed, "stopped_at": 100,
+             "hard_classes": ["person"],
              "report": {"miou": miou, "hard_miou": hard, "iou": dict.fromkeys(CLASS_NAMES[1:], hard)}}
         if fused is not None:
             r["report_fused"] = {"miou": fused, "hard_miou": fused}
@@ -89,7 +91,7 @@ def test_tagged_runs_and_ablations_pair_with_the_right_runs(tmp_path):
     d = s["paired"]["m2skd-win44 - m2skd"]["hard_miou"]  # (20 - 15, 12 - 14) points
     assert d["values"] == [5.0, -2.0] and d["mean"] == pytest.approx(1.5) and d["positive"] == 1
     assert s["paired"]["m2skd-win44 - baseline"]["miou"]["values"] == [5.0, -2.0]
-    assert s["kinds"]["teacher-win44"]["fused"]["miou"]["mean"] == pytest.approx(47.0)
+    assert s["arms"]["teacher-win44"]["fused"]["miou"]["mean"] == pytest.approx(47.0)
     table = evidence.markdown(s)
     # mIoU 35, 30 against M2SKD's 31, 33: +4, -3; hard 20, 12 against 15, 14: +5, -2
     assert ("| m2skd-win44 (− m2skd; − baseline) | 2 | 32.5 ± 3.5 | 16.0 ± 5.7 | +0.5 ± 4.9 (1/2 > 0) | "
@@ -113,7 +115,7 @@ def test_extend_continues_copies_of_the_students_and_keeps_the_teachers(fused_ca
 
     cfg = tiny_train_config(val_every=1, patience=1)
     runs = tmp_path / "runs"
-    jobs = evidence.jobs_for(cfg, fused_cache, runs, [0], 2, kinds=("baseline", "teacher", "m2skd"))
+    jobs = evidence.jobs_for(cfg, fused_cache, runs, [0], 2, arms=("baseline", "teacher", "m2skd"))
     train(RunSpec(kind="baseline", cfg=cfg, cache=fused_cache, out=runs / "baseline_s0", steps=2, seed=0,
                   progress=False, device="cpu"))
     longer = evidence.extend_jobs(jobs, 5)

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from m2skd.train.checkpoint import load_checkpoint
+from m2skd.train.checkpoint import load_checkpoint, load_model
 from m2skd.train.dataset import ShardDataset
 from m2skd.train.distill import TERMS, Term, only, term_weights
-from m2skd.train.evaluate import evaluate, load_model
+from m2skd.train.evaluate import evaluate
 from m2skd.train.kinds import KINDS, RunKind
 from m2skd.train.models import BACKBONES, ModelOutput
 from m2skd.train.models.registry import BackboneEntry
@@ -82,7 +82,8 @@ def test_a_new_distillation_term_is_one_function_and_one_table_entry(fused_cache
 def test_a_new_run_kind_is_one_entry_and_one_step(fused_cache, tmp_path, monkeypatch):
     def both_views_step(run, batch, gen):  # segmentation on the single and the fused view
         fused, single = (b.to(run.device) for b in batch)
-        return {"seg": _seg(run, run.net(single), single) + _seg(run, run.net(fused), fused)}, single.batch_size
+        seg = _seg(run, run.step_net(single), single) + _seg(run, run.step_net(fused), fused)
+        return {"seg": seg}, single.batch_size
 
     monkeypatch.setitem(KINDS, "both", RunKind("both", "pair", "single", False, False, both_views_step,
                                                "Segmentation on both views."))

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from m2skd.common import kitti_io as K
+from m2skd.common.splits import parse_sequences
 from m2skd.synth.config import kitti_calib_matrices
 
 from .conftest import real_path
@@ -89,13 +90,13 @@ def test_calib_without_tr(tmp_path):
 
 
 def test_parse_sequences():
-    assert K.parse_sequences("00-03") == ["00", "01", "02", "03"]
-    assert K.parse_sequences("08") == ["08"]
-    assert K.parse_sequences("00,02,08") == ["00", "02", "08"]
-    assert K.parse_sequences("8,00-01,1") == ["08", "00", "01"]
+    assert parse_sequences("00-03") == ["00", "01", "02", "03"]
+    assert parse_sequences("08") == ["08"]
+    assert parse_sequences("00,02,08") == ["00", "02", "08"]
+    assert parse_sequences("8,00-01,1") == ["08", "00", "01"]
     for bad in ("a", "05-02", "", "1-2-3"):
         with pytest.raises(ValueError):
-            K.parse_sequences(bad)
+            parse_sequences(bad)
 
 
 def test_sequence_frames_detects_a_gap(tmp_path):

@@ -168,7 +168,7 @@ def test_online_run_resumes_bit_identically_and_deploys_like_a_baseline(fused_ca
     cfg = {"max_points_per_cell": 8, "kd_warmup": 3, "fused_loss": "all"}
     train(_spec(fused_cache, tmp_path / "full", steps=4, cfg=cfg))
     train(_spec(fused_cache, tmp_path / "part", steps=2, cfg=cfg))
-    train(_spec(fused_cache, tmp_path / "part", steps=4, cfg=cfg, resume=True))
+    train(_spec(fused_cache, tmp_path / "part", steps=4, cfg=cfg, resume="yes"))
     a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "part" / "last.pt")
     assert a["kind"] == "online" and a["step"] == b["step"] == 4
     for k, v in a["model"].items():
@@ -204,13 +204,13 @@ def test_online_refuses_a_teacher(fused_cache, tmp_path):
 
 def test_the_student_trains_against_a_frozen_teacher(fused_cache, tmp_path):
     """The teacher the trainer builds: eval mode, no gradients, unchanged by the student's steps."""
-    from m2skd.train.trainer import _Step
+    from m2skd.train.optimizer_step import OptimizerStep
 
     t = train(_spec(fused_cache, tmp_path / "t", kind="teacher", steps=1))
     run = start_run(_spec(fused_cache, tmp_path / "s", kind="student", teacher=t))
     before = {k: v.clone() for k, v in run.teacher.state_dict().items()}
     assert not run.teacher.training and not any(p.requires_grad for p in run.teacher.parameters())
-    step = _Step(run)
+    step = OptimizerStep(run)
     for batch, _ in zip(run.loader(), range(2), strict=False):
         step(batch)
     assert all(torch.equal(v, run.teacher.state_dict()[k]) for k, v in before.items())  # BN statistics too

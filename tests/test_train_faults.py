@@ -39,17 +39,17 @@ def test_resume_refuses_what_it_would_not_honour(fused_cache, baseline_ckpt, tmp
     out = baseline_ckpt.parent
     before = (out / "config.json").read_text()
     with pytest.raises(TrainError, match=r"resuming with other settings.*lr: run 0\.001 vs now 0\.5"):
-        train(_spec(fused_cache, out, steps=4, resume=True, cfg={"lr": 0.5}))
+        train(_spec(fused_cache, out, steps=4, resume="yes", cfg={"lr": 0.5}))
     with pytest.raises(TrainError, match="past the 1 steps asked"):
-        train(_spec(fused_cache, out, steps=1, resume=True))
+        train(_spec(fused_cache, out, steps=1, resume="yes"))
     with pytest.raises(TrainError, match="--resume and --force contradict"):
-        train(_spec(fused_cache, out, steps=4, resume=True, force=True))
+        train(_spec(fused_cache, out, steps=4, resume="yes", force=True))
     with pytest.raises(TrainError, match="nothing to resume"):
-        train(_spec(fused_cache, tmp_path / "fresh", steps=4, resume=True))
+        train(_spec(fused_cache, tmp_path / "fresh", steps=4, resume="yes"))
     assert (out / "config.json").read_text() == before  # nothing recorded that was not used
     assert not (tmp_path / "fresh").exists()
     # what changes neither the result nor its order may change
-    train(_spec(fused_cache, out, steps=3, resume=True, cfg={"log_every": 5}))
+    train(_spec(fused_cache, out, steps=3, resume="yes", cfg={"log_every": 5}))
 
 
 def test_a_run_saved_before_a_knob_existed_resumes_with_its_default(fused_cache, tmp_path):
@@ -61,8 +61,8 @@ def test_a_run_saved_before_a_knob_existed_resumes_with_its_default(fused_cache,
     del state["config"]["distill"]["kd_where"]
     torch.save(state, out / "last.pt")
     with pytest.raises(TrainError, match=r"kd_where: run all vs now correct"):
-        train(_spec(fused_cache, out, steps=3, resume=True, cfg={"kd_where": "correct"}))
-    train(_spec(fused_cache, out, steps=3, resume=True))
+        train(_spec(fused_cache, out, steps=3, resume="yes", cfg={"kd_where": "correct"}))
+    train(_spec(fused_cache, out, steps=3, resume="yes"))
     assert torch.load(out / "last.pt", weights_only=False)["step"] == 3
 
 
@@ -80,8 +80,8 @@ def test_a_run_saved_before_a_default_changed_keeps_its_old_behaviour(fused_cach
     cfg = checkpoint_config(state, out / "last.pt")
     assert (cfg.optim.seg_on, cfg.augment.scale_z, cfg.model.context_bn1) == ("point", True, False)
     with pytest.raises(TrainError, match=r"seg_on: run point vs now voxel"):
-        train(_spec(fused_cache, out, steps=3, resume=True))
-    train(_spec(fused_cache, out, steps=3, resume=True, cfg={"seg_on": "point", "scale_z": True,
+        train(_spec(fused_cache, out, steps=3, resume="yes"))
+    train(_spec(fused_cache, out, steps=3, resume="yes", cfg={"seg_on": "point", "scale_z": True,
                                                               "context_bn1": False}))
 
 
@@ -222,7 +222,7 @@ def test_every_run_keeps_a_text_log_of_what_it_said(fused_cache, tmp_path, monke
     out = tmp_path / "run"
     with pytest.warns(UserWarning):
         train(_spec(fused_cache, out, steps=4, cfg={"val_every": 2, "checkpoint_every": 2}))
-    train(_spec(fused_cache, out, steps=5, cfg={"val_every": 2, "checkpoint_every": 2}, resume=True))
+    train(_spec(fused_cache, out, steps=5, cfg={"val_every": 2, "checkpoint_every": 2}, resume="yes"))
     log = (out / "train.log").read_text()
     lines = [ln.split(" ", 2)[2] for ln in log.splitlines()]  # without the date and time
     config = json.loads(next(ln for ln in lines if ln.startswith("resolved config: "))[len("resolved config: "):])
@@ -244,17 +244,17 @@ def test_a_switched_off_terms_knobs_may_change_on_resume(fused_cache, tmp_path):
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     train(_spec(fused_cache, whole, kind="online", steps=3, cfg=off))
     train(_spec(fused_cache, broken, kind="online", steps=2, cfg=off))
-    train(_spec(fused_cache, broken, kind="online", steps=3, resume=True,
+    train(_spec(fused_cache, broken, kind="online", steps=3, resume="yes",
                 cfg={**off, "feat_level": "half", "feat_variant": "released"}))
     a, b = (torch.load(p / "last.pt", weights_only=False)["model"] for p in (whole, broken))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     on = tmp_path / "on"
     train(_spec(fused_cache, on, kind="online", steps=2, cfg={"w_feat": 0.1}))
     with pytest.raises(TrainError, match=r"feat_level: run last vs now half"):
-        train(_spec(fused_cache, on, kind="online", steps=3, resume=True, cfg={"w_feat": 0.1, "feat_level": "half"}))
+        train(_spec(fused_cache, on, kind="online", steps=3, resume="yes", cfg={"w_feat": 0.1, "feat_level": "half"}))
     # affinity on features reads the level too, even with L_feat off
     aff = tmp_path / "aff"
     train(_spec(fused_cache, aff, kind="online", steps=2, cfg={"w_feat": 0.0, "aff_level": "instance"}))
     with pytest.raises(TrainError, match=r"feat_level: run last vs now half"):
-        train(_spec(fused_cache, aff, kind="online", steps=3, resume=True,
+        train(_spec(fused_cache, aff, kind="online", steps=3, resume="yes",
                     cfg={"w_feat": 0.0, "aff_level": "instance", "feat_level": "half"}))

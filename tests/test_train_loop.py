@@ -14,9 +14,9 @@ import torch
 from m2skd.common.labels import raw_to_train
 from m2skd.common.shards import ShardError
 from m2skd.train.batch import collate
-from m2skd.train.checkpoint import CheckpointError, load_checkpoint
+from m2skd.train.checkpoint import CheckpointError, load_checkpoint, load_model
 from m2skd.train.dataset import RawDataset, ShardDataset
-from m2skd.train.evaluate import evaluate, load_model
+from m2skd.train.evaluate import evaluate
 from m2skd.train.losses import segmentation_loss
 from m2skd.train.metrics import Confusion, predict
 from m2skd.train.models import build_model
@@ -81,7 +81,7 @@ def test_resume_gives_the_weights_of_an_unbroken_run(fused_cache, tmp_path, mode
     train(_spec(fused_cache, tmp_path / "full", steps=4, model=model, cfg=extra, device="cpu"))
     train(_spec(fused_cache, tmp_path / "part", steps=2, model=model, cfg=extra, device="cpu"))
     assert load_checkpoint(tmp_path / "part" / "last.pt")["step"] == 2
-    train(_spec(fused_cache, tmp_path / "part", steps=4, resume=True, model=model, cfg=extra, device="cpu"))
+    train(_spec(fused_cache, tmp_path / "part", steps=4, resume="yes", model=model, cfg=extra, device="cpu"))
     a = load_checkpoint(tmp_path / "full" / "last.pt")
     b = load_checkpoint(tmp_path / "part" / "last.pt")
     assert a["step"] == b["step"] == 4
@@ -270,10 +270,10 @@ def test_validation_keeps_the_best_checkpoint_and_stops_on_a_plateau(fused_cache
     assert last["step"] == stop and last["best"]["val_miou"] == pytest.approx(vals[best])
     # resumed with the same patience it stays stopped; with none it runs on to the steps
     # asked and ends where a run that never had patience ends (on the CPU, bit for bit)
-    train(_spec(fused_cache, tmp_path / "v", kind="baseline", steps=12, cfg=cfg, resume=True, device="cpu"))
+    train(_spec(fused_cache, tmp_path / "v", kind="baseline", steps=12, cfg=cfg, resume="yes", device="cpu"))
     assert load_checkpoint(tmp_path / "v" / "last.pt")["step"] == stop
     longer = {**cfg, "patience": 0}
-    train(_spec(fused_cache, tmp_path / "v", kind="baseline", steps=12, cfg=longer, resume=True, device="cpu"))
+    train(_spec(fused_cache, tmp_path / "v", kind="baseline", steps=12, cfg=longer, resume="yes", device="cpu"))
     train(_spec(fused_cache, tmp_path / "u", kind="baseline", steps=12, cfg=longer, device="cpu"))
     a, b = (load_checkpoint(tmp_path / r / "last.pt") for r in ("v", "u"))
     assert a["step"] == b["step"] == 12 and not a["stopped"]
@@ -285,7 +285,7 @@ def test_resume_with_validation_matches_an_unbroken_run(fused_cache, tmp_path):
     cfg = {"val_every": 2}  # on the CPU, deterministic (see above)
     train(_spec(fused_cache, tmp_path / "full", kind="baseline", steps=4, cfg=cfg, device="cpu"))
     train(_spec(fused_cache, tmp_path / "part", kind="baseline", steps=2, cfg=cfg, device="cpu"))
-    train(_spec(fused_cache, tmp_path / "part", kind="baseline", steps=4, resume=True, cfg=cfg, device="cpu"))
+    train(_spec(fused_cache, tmp_path / "part", kind="baseline", steps=4, resume="yes", cfg=cfg, device="cpu"))
     a, b = (load_checkpoint(tmp_path / r / "best.pt") for r in ("full", "part"))
     assert a["step"] == b["step"]
     for k, v in a["model"].items():

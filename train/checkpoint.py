@@ -14,6 +14,7 @@ from m2skd.common.labels import CLASS_NAMES
 from m2skd.common.outputs import check_free_space
 
 from .config import TrainConfig
+from .models import build_model
 
 # 2: nested TrainConfig, the cache's hard classes saved beside it
 FORMAT = "m2skd-checkpoint-2"
@@ -25,14 +26,14 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(path: str | Path, *, kind: str, step: int, total_steps: int, cfg: TrainConfig,
                     hard_classes: tuple[str, ...], model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
-                    seed: int, extra: dict | None = None) -> None:
+                    seed: int, extra_state: dict | None = None) -> None:
     state = {
         "format": FORMAT, "kind": kind, "step": step, "total_steps": total_steps, "seed": seed,
         "config": cfg.to_dict(), "classes": list(CLASS_NAMES), "hard_classes": list(hard_classes),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "torch_rng": torch.get_rng_state(),
-        **(extra or {}),
+        **(extra_state or {}),
     }
     path = Path(path)
     check_checkpoint_space(path, model)
@@ -98,3 +99,14 @@ def check_compatible(state: dict, cfg: TrainConfig, path: str | Path, role: str)
 def write_config(out: str | Path, payload: dict) -> None:
     with atomic_path(Path(out) / "config.json") as tmp:
         tmp.write_text(json.dumps(payload, indent=1))
+
+
+def load_model(ckpt: str | Path, device: torch.device) -> tuple[torch.nn.Module, TrainConfig, dict]:
+    """The checkpoint's network in eval mode, its config, and the checkpoint (its
+    `hard_classes` are the ones the run trained with)."""
+    state = load_checkpoint(ckpt)
+    cfg = checkpoint_config(state, ckpt)
+    model = build_model(cfg.model, device)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, cfg, state

@@ -18,10 +18,11 @@ import click
 from rich.console import Console
 
 from m2skd.common.cli import config_options, fail, knob_values
-from m2skd.common.kitti_io import KittiFormatError, parse_sequences
+from m2skd.common.kitti_io import KittiFormatError
 from m2skd.common.labels import UnknownLabelError
 from m2skd.common.outputs import OutputError, ensure_writable_dir, exclusive, refuse_inputs
 from m2skd.common.shards import ShardError
+from m2skd.common.splits import parse_sequences
 from m2skd.common.views import VIEWS
 
 from .checkpoint import CheckpointError
@@ -108,14 +109,15 @@ def run_options(skip: tuple[str, ...] = ()):
 
 
 def _run(kind: str, teacher: Path | None = None, **kw) -> None:
-    from .trainer import RunSpec, TrainError, TrainInterrupted, estimate, train
+    from .estimate import estimate
+    from .trainer import RunSpec, TrainError, TrainInterrupted, train
 
     try:
         cfg = TrainConfig.preset(kw["preset"], model=kw["model"]).override(**knob_values(TrainConfig, kw))
         out = kw["out"] or Path("data_cache/runs") / f"{kind}_{kw['model']}_{kw['preset']}_s{kw['seed']}"
         spec = RunSpec(kind=kind, cfg=cfg, cache=kw["cache"], out=out, steps=kw["steps"], epochs=kw["epochs"],
-                       seed=kw["seed"], resume=kw["resume"], force=kw["force"], device=kw["device"],
-                       teacher=teacher, progress=not kw["quiet"], extra={"preset": kw["preset"]})
+                       seed=kw["seed"], resume="yes" if kw["resume"] else "no", force=kw["force"], device=kw["device"],
+                       teacher=teacher, progress=not kw["quiet"], tags={"preset": kw["preset"]})
         if kw["dry_run"]:
             est = estimate(spec)
         else:
@@ -183,7 +185,8 @@ def eval_cmd(ckpt: Path, data: Path | None, cache: Path | None, split: str, sequ
              json_path: Path | None, predictions: Path | None, device: str, batch_size: int, workers: int,
              quiet: bool) -> None:
     """Per-class IoU, mIoU and hard-class mIoU of a checkpoint on single (or fused) scans."""
-    from .evaluate import dataset_for, evaluate, load_model, print_table
+    from .evaluate import score_checkpoint
+    from .report import print_table
     from .runtime import pick_device
 
     try:
@@ -197,23 +200,15 @@ def eval_cmd(ckpt: Path, data: Path | None, cache: Path | None, split: str, sequ
         for path in (json_path.parent if json_path else None, predictions):
             if path is not None:
                 ensure_writable_dir(path)
-        dev = pick_device(device)
-        model, cfg, state = load_model(ckpt, dev)
-        seqs = tuple(parse_sequences(sequences)) if sequences else (
-            cfg.data.val_sequences if split == "val" else cfg.data.train_sequences)
-        ds = dataset_for(cfg, data=data, cache=cache, sequences=seqs, view=view)
-        if view == "fused" and tuple(ds.hard_classes) != tuple(state["hard_classes"]):
-            raise CheckpointError(f"{cache}: fused with hard classes {list(ds.hard_classes)}, the checkpoint {ckpt} "
-                                  f"with {state['hard_classes']}: its fused input would not be what it learnt on; "
-                                  "use the cache it was trained on")
-        conf = evaluate(model, ds, dev, view=view, batch_size=batch_size, workers=workers, predictions=predictions,
-                        progress=not quiet)
+        result, state = score_checkpoint(ckpt, pick_device(device), cache=cache, data=data, split=split, view=view,
+                                         sequences=tuple(parse_sequences(sequences)) if sequences else None,
+                                         batch_size=batch_size, workers=workers, predictions=predictions,
+                                         progress=not quiet)
     except ERRORS as e:
         fail(str(e))
-    hard = tuple(state["hard_classes"])
-    result = conf.summary(hard)
-    result.update(checkpoint=str(ckpt), kind=state["kind"], step=state["step"], sequences=list(seqs), view=view)
-    print_table({f"{state['kind']} ({view})": result}, hard,
+    seqs = state["sequences"]
+    result.update(checkpoint=str(ckpt), kind=state["kind"], step=state["step"], sequences=seqs, view=view)
+    print_table({f"{state['kind']} ({view})": result}, tuple(state["hard_classes"]),
                 title=f"{ckpt} on {','.join(seqs)} ({result['points']:,} points)")
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -238,7 +233,7 @@ def predict_cmd(ckpt: Path, data: Path, sequences: str, out: Path, make_zip: boo
                 force: bool, quiet: bool) -> None:
     """Predictions for the benchmark server: OUT/sequences/XX/predictions/NNNNNN.label in raw
     ids, checked as its validator checks them, and the zip it takes. Resumes where it stopped."""
-    from .evaluate import load_model
+    from .checkpoint import load_model
     from .predict import PredictionFolderError, check_predictions, check_zip, claim_folder, predict_sequences, write_zip
     from .runtime import pick_device
 

@@ -16,16 +16,12 @@ from typing import Any
 
 from m2skd.common.config import Config, knob
 from m2skd.common.geometry import PolarGrid
-from m2skd.common.kitti_io import parse_sequences
+from m2skd.common.splits import TRAIN_SEQUENCES, VAL_SEQUENCES, parse_sequences
 
 from .models.registry import BACKBONES, backbone
 
 MODELS = tuple(BACKBONES)  # the registered backbones (models/registry.py)
 DEFAULT_MODEL = "polarnet"
-
-# SemanticKITTI's split (docs/kitti.md): train 00-07, 09, 10; val 08; test 11-21.
-TRAIN_SEQUENCES = ("00", "01", "02", "03", "04", "05", "06", "07", "09", "10")
-VAL_SEQUENCES = ("08",)
 
 
 def _sequences(spec: str) -> tuple[str, ...]:

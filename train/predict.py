@@ -19,13 +19,12 @@ import torch
 
 from m2skd.common import kitti_io
 from m2skd.common.atomic import atomic_path
-from m2skd.common.labels import LEARNING_MAP_INV
+from m2skd.common.labels import LEARNING_MAP_INV, train_to_raw
 from m2skd.common.progress import progress
 
 from .batch import collate
 from .config import TrainConfig
 from .dataset import RawDataset
-from .evaluate import write_predictions
 from .metrics import predict
 
 VALID_RAW_IDS = frozenset(LEARNING_MAP_INV[1:])  # a prediction is never 'unlabelled'
@@ -36,6 +35,16 @@ MADE_BY = "predicted_by.json"  # which checkpoint (its sha256) wrote a folder's 
 
 class PredictionFolderError(ValueError):
     """An output folder holding another model's predictions."""
+
+
+def write_predictions(root: Path, batch, pred: np.ndarray) -> None:
+    """ROOT/sequences/XX/predictions/NNNNNN.label in raw ids for each scan's own points."""
+    start = 0
+    for size, n, (seq, frame) in zip(batch.sizes, batch.n_original, batch.meta, strict=True):
+        raw = train_to_raw(pred[start:start + n])
+        path = kitti_io.Sequence(root, seq).prediction_path(frame)
+        kitti_io.write_label(path, raw, np.zeros_like(raw))
+        start += size
 
 
 def claim_folder(out: Path, ckpt: Path, force: bool) -> None:

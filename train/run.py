@@ -42,12 +42,12 @@ class RunSpec:
     steps: int | None = None
     epochs: int | None = None
     seed: int = 0
-    resume: bool | str = False  # True: continue OUT/last.pt (must exist); "auto": continue it if present
+    resume: str = "no"  # `RESUME`: "no" start afresh; "yes" continue OUT/last.pt (must exist); "auto" if present
     force: bool = False
     device: str = "auto"
     teacher: Path | None = None
     progress: bool = True
-    extra: dict = field(default_factory=dict)
+    tags: dict = field(default_factory=dict)  # recorded in OUT/config.json beside the config (preset, arm)
     on_finish: Callable[[Run], None] | None = None  # called with every rank's finished run (tests)
 
 
@@ -61,7 +61,7 @@ class Run:
     dataset: ShardDataset
     total: int
     model: torch.nn.Module
-    net: torch.nn.Module  # what a step calls: the model (both views for `online`), in DDP under torchrun
+    step_net: torch.nn.Module  # what a step calls: the model (both views for `online`), in DDP under torchrun
     optimizer: torch.optim.Optimizer
     teacher: torch.nn.Module | None = None
     teacher_view: str | None = None  # the teacher's input: "fused" (M2SKD) or "single" (a single-scan teacher)
@@ -117,7 +117,7 @@ class Run:
         save_checkpoint(path or self.ckpt_path, kind=spec.kind, step=self.step, total_steps=self.total,
                         cfg=spec.cfg, hard_classes=self.dataset.hard_classes, model=self.model,
                         optimizer=self.optimizer, seed=spec.seed,
-                        extra={"distiller": self.distiller.state_dict() if self.distiller is not None else None,
+                        extra_state={"distiller": self.distiller.state_dict() if self.distiller is not None else None,
                                "teacher": str(spec.teacher) if spec.teacher else None,
                                "teacher_view": self.teacher_view, "best": self.best,
                                "cache_identity": self.dataset.identity,
@@ -130,8 +130,10 @@ class Run:
                 "teacher": str(spec.teacher) if spec.teacher else None, "teacher_view": self.teacher_view,
                 "device": str(self.device),
                 "world_size": self.dist.world, "hard_classes": list(self.dataset.hard_classes),
-                "config": spec.cfg.to_dict(), **spec.extra}
+                "config": spec.cfg.to_dict(), **spec.tags}
 
+
+RESUME = ("no", "yes", "auto")
 
 # Knobs a resumed run may change: they change neither what is computed nor in what order
 RESUMABLE = {"workers", "log_every", "checkpoint_every", "val_every", "patience", "tensorboard"}
@@ -143,11 +145,13 @@ def check_spec(spec: RunSpec) -> None:
     kind = KINDS[spec.kind]
     ckpt = Path(spec.out) / CHECKPOINT
     refuse_inputs(spec.out, "--out", {"teacher checkpoint": spec.teacher, "fused cache": spec.cache})
-    if spec.resume and spec.force:
+    if spec.resume not in RESUME:
+        raise TrainError(f"resume={spec.resume!r}: choose from {RESUME}")
+    if spec.resume != "no" and spec.force:
         raise TrainError("--resume and --force contradict each other: continue the run, or start it over")
-    if spec.resume is True and not ckpt.exists():
+    if spec.resume == "yes" and not ckpt.exists():
         raise TrainError(f"{ckpt}: nothing to resume (no checkpoint); drop --resume to start a new run there")
-    if ckpt.exists() and not (spec.resume or spec.force):
+    if ckpt.exists() and spec.resume == "no" and not spec.force:
         raise TrainError(f"{ckpt} exists: pass --resume to continue that run or --force to start over")
     if kind.teacher and spec.teacher is None:
         raise TrainError(f"a {kind.name} run needs --teacher PATH (a checkpoint from `m2skd-train teacher`)")
@@ -279,9 +283,9 @@ def start_run(spec: RunSpec) -> Run:
     net = TwoViews(model) if kind.two_views else model
     run = Run(spec, device, dist, dataset, total, model, net, torch.optim.Adam(params, lr=cfg.optim.lr),
               teacher, teacher_view, distiller, val)
-    if spec.resume and run.ckpt_path.exists():
+    if spec.resume != "no" and run.ckpt_path.exists():
         _resume(run)
     if dist.world > 1:
-        run.net = torch.nn.parallel.DistributedDataParallel(
+        run.step_net = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None)
     return run

@@ -37,7 +37,7 @@ def _seg(run: Run, out: ModelOutput, b: Batch) -> torch.Tensor:
 
 def seg_step(run: Run, batch: Batch, gen: torch.Generator) -> tuple[Losses, int]:
     b = batch.to(run.device)
-    return {"seg": _seg(run, run.net(b), b)}, b.batch_size
+    return {"seg": _seg(run, run.step_net(b), b)}, b.batch_size
 
 
 def _uses(run: Run) -> dict[str, bool]:
@@ -51,7 +51,7 @@ def student_step(run: Run, batch: tuple[Batch, Batch] | Batch, gen: torch.Genera
         fused, single = (b.to(run.device) for b in batch)
     with torch.no_grad():
         t_out = run.teacher(fused)
-    s_out = run.net(single)
+    s_out = run.step_net(single)
     losses = {"seg": _seg(run, s_out, single)}
     losses.update(run.distiller(fused, t_out, single, s_out, _uses(run), gen))
     return losses, single.batch_size
@@ -75,7 +75,7 @@ def detached(out: ModelOutput) -> ModelOutput:
 
 def online_step(run: Run, batch: tuple[Batch, Batch], gen: torch.Generator) -> tuple[Losses, int]:
     fused, single = (b.to(run.device) for b in batch)
-    s_out, f_out = run.net(single, fused)
+    s_out, f_out = run.step_net(single, fused)
     cfg = run.spec.cfg
     losses = {"seg": _seg(run, s_out, single)}
     if cfg.distill.fused_loss != "off" and cfg.distill.w_fused > 0:  # the only gradient through the fused view

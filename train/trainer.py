@@ -3,7 +3,7 @@
 Data order and augmentation are a pure function of (seed, step) (`sampler.py`), the
 torch RNG is saved with every checkpoint, so `--resume` ends with the same weights as
 an unbroken run. The parts are built in `run.py`, the per-kind losses in `steps.py`,
-the logging in `run_log.py`; this module only wires them into the loop.
+the logging in `run_log.py`; one optimiser step in `optimizer_step.py`; this module only wires them into the loop.
 """
 
 from __future__ import annotations
@@ -11,24 +11,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import resource
 import signal
 import threading
-import time
-from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from m2skd.common.outputs import exclusive
 
 from .checkpoint import check_checkpoint_space, write_config
-from .distill import step_weights
 from .evaluate import evaluate
+from .optimizer_step import OptimizerStep
 from .run import Run, RunSpec, TrainError, check_spec, start_run
 from .run_log import RunLog, TextLog, read_metrics
-from .steps import weighted_total
 
 __all__ = ["RunSpec", "TrainError", "TrainInterrupted", "read_metrics", "train"]
 
@@ -98,7 +93,7 @@ def _train(spec: RunSpec) -> Path:
 
 def _loop(run: Run, text: TextLog) -> Path:
     spec, cfg, out = run.spec, run.spec.cfg, Path(run.spec.out)
-    step = _Step(run)
+    step = OptimizerStep(run)
     run.model.train()
     if run.stopped:  # a run that stopped early (--patience) has nothing left to do
         return run.ckpt_path
@@ -137,63 +132,6 @@ def _batches(run: Run, interrupt: _DeferredInterrupt):
             if interrupt.hit:
                 return
             raise
-
-
-class _Step:
-    """One optimiser step of a run: the kind's losses, AMP where asked (CUDA), NaN guard."""
-
-    def __init__(self, run: Run) -> None:
-        self.run = run
-        self.amp = run.spec.cfg.runtime.amp and run.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.step_fn = run.kind.step
-        self.gen = torch.Generator(device=run.device)
-
-    def __call__(self, batch) -> tuple[dict[str, float], int]:
-        run = self.run
-        self.gen.manual_seed(run.spec.seed * 1_000_003 + run.step)
-        with torch.autocast(run.device.type, dtype=torch.float16, enabled=self.amp):
-            losses, n_scans = self.step_fn(run, batch, self.gen)
-            total = weighted_total(losses, step_weights(run.spec.cfg.distill, run.step))
-        if not torch.isfinite(total):
-            raise TrainError(f"step {run.step + 1}: loss is {float(total)} "
-                             f"({ {k: float(v) for k, v in losses.items()} }); lower --lr or check the cache")
-        run.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(total).backward()
-        self.scaler.step(run.optimizer)
-        self.scaler.update()
-        run.step += 1
-        return {**{k: float(v.detach()) for k, v in losses.items()}, "total": float(total.detach())}, n_scans
-
-
-def estimate(spec: RunSpec, steps: int = 6, warmup: int = 2) -> dict:
-    """Time `steps` real steps of the run on its device (after `warmup`), writing nothing,
-    and extrapolate: seconds a step, scans a second, minutes an epoch, hours the run."""
-    run = start_run(replace(spec, resume=False, force=True))
-    step = _Step(run)
-    run.model.train()
-    if run.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(run.device)
-    times, t0, scans = [], time.perf_counter(), 0
-    for i, batch in enumerate(run.loader()):
-        _, n = step(batch)
-        if run.device.type == "cuda":
-            torch.cuda.synchronize(run.device)
-        now = time.perf_counter()
-        if i >= warmup:
-            times.append(now - t0)
-            scans += n
-        t0 = now
-        if i + 1 >= warmup + steps:
-            break
-    s_step = float(np.median(times))
-    per_epoch = max(1, len(run.dataset) // (spec.cfg.optim.batch_size * run.dist.world))
-    peak = (torch.cuda.max_memory_allocated(run.device) if run.device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"device": str(run.device), "s_per_step": s_step, "scans_per_s": scans / max(sum(times), 1e-9),
-            "scans": len(run.dataset), "steps_per_epoch": per_epoch, "epoch_min": per_epoch * s_step / 60,
-            "run_steps": run.total, "run_h": run.total * s_step / 3600, "peak_mib": peak / 2**20,
-            "peak_kind": "GPU allocated" if run.device.type == "cuda" else "process RSS"}
 
 
 def _validate(run: Run) -> dict[str, float]:
