@@ -74,6 +74,17 @@ def check_knob(f: dataclasses.Field, value: Any) -> None:
             raise ValueError(f"{flag(f.name)} must be {want}, got {shown}")
 
 
+def differences(a: dict, b: dict, skip: set[str] | frozenset[str] = frozenset()) -> dict[str, tuple[Any, Any]]:
+    """The keys whose values differ between two flat dicts (a key missing on one side is
+    None there), but those in `skip`: {key: (a's, b's)}."""
+    return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k) and k not in skip}
+
+
+def worded(diff: dict[str, tuple[Any, Any]], a: str, b: str) -> str:
+    """`differences` in one line: "key: A x vs B y, ..." (a, b: what the two sides are)."""
+    return ", ".join(f"{k}: {a} {x} vs {b} {y}" for k, (x, y) in diff.items())
+
+
 def digest(payload: dict) -> str:
     """Stable short hash of a JSON-able dict (caches and resume checks)."""
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

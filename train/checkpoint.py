@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from m2skd.common.atomic import atomic_path
+from m2skd.common.config import differences, worded
 from m2skd.common.labels import CLASS_NAMES
 from m2skd.common.outputs import check_free_space
 
@@ -87,13 +88,11 @@ def checkpoint_config(state: dict, path: str | Path) -> TrainConfig:
 
 def check_compatible(state: dict, cfg: TrainConfig, path: str | Path, role: str) -> None:
     """Refuse weights whose network shape differs from `cfg` (other backbone, preset or grid)."""
-    saved = checkpoint_config(state, path).model.shape_dict()
-    want = cfg.model.shape_dict()
-    diff = {k: (saved[k], want[k]) for k in want if saved[k] != want[k]}
+    diff = differences(checkpoint_config(state, path).model.shape_dict(), cfg.model.shape_dict())
     if diff:
-        lines = ", ".join(f"{k}: checkpoint {a} vs run {b}" for k, (a, b) in diff.items())
-        raise CheckpointError(f"{path}: the {role} checkpoint is a different network ({lines}); "
-                              "use the same --model and --preset it was trained with")
+        raise CheckpointError(f"{path}: the {role} checkpoint is a different network "
+                              f"({worded(diff, 'checkpoint', 'run')}); use the same --model and --preset it was "
+                              "trained with")
 
 
 def write_config(out: str | Path, payload: dict) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from m2skd.common.config import differences, worded
 from m2skd.common.outputs import refuse_inputs
 
 from .batch import collate
@@ -213,9 +214,9 @@ def _resume(run: Run) -> None:
                          f"at least {state['step']} or start over with --force")
     changed = _changed_knobs(state["config"], spec.cfg.to_dict())
     if changed:
-        diff = ", ".join(f"{k}: run {a} vs now {b}" for k, (a, b) in changed.items())
-        raise TrainError(f"{path}: resuming with other settings than the run has ({diff}); a resumed run continues "
-                         "as it was: drop those options, or start a new run (--force or another --out)")
+        raise TrainError(f"{path}: resuming with other settings than the run has ({worded(changed, 'run', 'now')}); "
+                         "a resumed run continues as it was: drop those options, or start a new run (--force or "
+                         "another --out)")
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.best, run.bad_validations = state["best"], state["bad_validations"]
@@ -246,7 +247,7 @@ def _changed_knobs(saved: dict, now: dict) -> dict[str, tuple]:
     # saved before that preset named its unused feature level.
     a, b = {**_leaves(TrainConfig().to_dict()), **_leaves(with_legacy(saved))}, _leaves(now)
     idle = RESUMABLE | (idle_knobs(a) & idle_knobs(b))
-    return {k: (a.get(k), b.get(k)) for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in idle}
+    return differences(a, b, skip=idle)
 
 
 def start_run(spec: RunSpec) -> Run:
