@@ -156,6 +156,126 @@ def _hit_primitive(kind, ox, oy, oz, dx, dy, dz, cx, cy, cz, hx, hy, hz, cyaw, s
     return t, (sx + t * ex) / hx, (sy + t * ey) / hy, (sz + t * ez) / hz
 
 
+# ---------------------------------------------------------------- the ground (terrain.py's relief)
+# Kept here with the kernels that call them: numba's cache of a function is not rebuilt
+# when a function it calls changes in another file.
+
+GROUND_STEP = 0.25  # metres between a terrain.Profile's samples along x
+# The ray caster's smallest step along a ray, growing with range: where the ground is near
+# a ray may still clip a crest shorter than this between two samples (measured against a
+# brute-force walk: tests/test_relief.py)
+MIN_STEP, STEP_GROWTH = 0.1, 0.02
+
+
+@nb.njit(cache=True, inline="always")
+def _cross(a, bank, road_half, kerb_at, sidewalk_outer, p):
+    """Height across the road at |d| = a relative to the crown; the kerb at `kerb_at`."""
+    camber, kerb, ditch_depth, ditch_width, bank_cap = p[0], p[1], p[2], p[3], p[4]
+    if a < road_half:
+        return -camber * a
+    edge = -camber * road_half
+    if a < kerb_at:
+        return edge
+    if a < sidewalk_outer:
+        return edge + kerb
+    e = a - sidewalk_outer
+    z = edge + kerb
+    if e < ditch_width:
+        return z - ditch_depth * math.sin(math.pi * e / ditch_width)
+    rise = bank * (e - ditch_width)
+    if rise > bank_cap:
+        rise = bank_cap
+    elif rise < -bank_cap:
+        rise = -bank_cap
+    return z + rise
+
+
+@nb.njit(cache=True)
+def ground_heights(x, y, x0, table, section, params, out):
+    for i in range(x.shape[0]):
+        out[i] = ground_height(x[i], y[i], x0, table, section, params)
+
+
+@nb.njit(cache=True, inline="always")
+def ground_height(x, y, x0, table, section, params):
+    """Ground height at world (x, y) from a `Profile`'s arrays (x outside the table: its end)."""
+    f = (x - x0) / GROUND_STEP
+    n = table.shape[0]
+    if f < 0.0:
+        f = 0.0
+    elif f > n - 1.001:
+        f = n - 1.001
+    i = int(f)
+    w = f - i
+    crown = table[i, 0] + w * (table[i + 1, 0] - table[i, 0])
+    cy = table[i, 1] + w * (table[i + 1, 1] - table[i, 1])
+    ch = table[i, 2] + w * (table[i + 1, 2] - table[i, 2])
+    d = (y - cy) * ch
+    if d >= 0.0:
+        bank = table[i, 3] + w * (table[i + 1, 3] - table[i, 3])
+    else:
+        bank = table[i, 4] + w * (table[i + 1, 4] - table[i, 4])
+    kerb_at = section[1] if table[i if w < 0.5 else i + 1, 5] > 0.5 else section[0]
+    return crown + _cross(abs(d), bank, section[0], kerb_at, section[2], params)
+
+
+@nb.njit(cache=True)
+def ground_hit(ox, oy, oz, dx, dy, dz, t_max, x0, table, section, params, max_slope, z_max):
+    """Distance along the ray (unit direction) to the ground, or inf if it is not met
+    before `t_max`; the ground's height is `ground_height`.
+
+    Steps along the ray no longer than what the smooth part's slope allows to be missed
+    at that range (`_max_step`), a secant step where the ground comes near, then bisection
+    once the ray is under it (which also finds a kerb's face)."""
+    if dz >= 0.0 and oz > z_max:  # climbing above the highest ground there is
+        return np.inf
+    dxy = math.sqrt(dx * dx + dy * dy)
+    t = 0.0
+    gap = oz - ground_height(ox, oy, x0, table, section, params)
+    if gap <= 0.0:
+        return 0.0
+    kerb = params[1]
+    while t < t_max:
+        # the gap can close at most at (slope * dxy - dz) a metre of ray, and by a kerb's
+        # height at once: a step that leaves more than that cannot pass the ground
+        closing = max_slope * dxy - dz
+        dt = MIN_STEP + STEP_GROWTH * t
+        if closing > 0.0:
+            safe = (gap - kerb) / closing
+            if safe > dt:
+                dt = safe
+        t_next = min(t + dt, t_max)
+        gap_next = oz + t_next * dz - ground_height(ox + t_next * dx, oy + t_next * dy, x0, table, section, params)
+        if gap_next <= 0.0:
+            lo, hi = t, t_next
+            for _ in range(20):
+                mid = 0.5 * (lo + hi)
+                g = oz + mid * dz - ground_height(ox + mid * dx, oy + mid * dy, x0, table, section, params)
+                if g > 0.0:
+                    lo = mid
+                else:
+                    hi = mid
+                if hi - lo < 0.002:
+                    break
+            return hi
+        if t_next >= t_max or (dz >= 0.0 and oz + t_next * dz > z_max):
+            break
+        t, gap = t_next, gap_next
+    return np.inf
+
+
+@nb.njit(cache=True, inline="always")
+def ground_normal(x, y, x0, table, section, params):
+    """The ground's normal at (x, y) by central differences over 4 cm (at a kerb: mostly
+    horizontal, facing the road)."""
+    e = 0.02
+    gx = (ground_height(x + e, y, x0, table, section, params) - ground_height(x - e, y, x0, table, section, params))
+    gy = (ground_height(x, y + e, x0, table, section, params) - ground_height(x, y - e, x0, table, section, params))
+    nx, ny, nz = -gx / (2 * e), -gy / (2 * e), 1.0
+    n = math.sqrt(nx * nx + ny * ny + nz * nz)
+    return nx / n, ny / n, nz / n
+
+
 # The ego vehicle's roof around the sensor (sensor frame, metres): rays that hit it give
 # no return, which is the blind ring of missing ground points around a real KITTI scan.
 EGO_ROOF = np.array([-1.0, 0.8, -0.75, 0.75, -0.3])  # x min, x max, y min, y max, roof z
@@ -172,12 +292,15 @@ def _blocked_by_ego(sdx, sdy, sdz, roof):
 
 
 @nb.njit(parallel=True, cache=True)
-def cast_scan(origins, rot, elev, azim, kind, centre, half, yaw, starts, bucket, max_range, roof):
+def cast_scan(origins, rot, elev, azim, kind, centre, half, yaw, starts, bucket, max_range, roof,
+              x0, table, section, params, max_slope, z_max):
     """Cast every (beam, column) ray; return range, hit primitive (-1 ground, -2 none), |cos incidence|.
 
     origins (C, 3): the sensor's position when it fires column c (it moves during the
     sweep: KITTI's scans are not motion-compensated); rot (3, 3) sensor -> world; elev (B,),
     azim (C,) in the sensor frame; rays blocked by the ego roof (`roof`) give no return.
+    The ground is the relief of a `terrain.Profile` (x0 ... z_max: its arrays and bounds),
+    searched only up to the nearest object the ray meets.
     """
     nb_, nc = elev.shape[0], azim.shape[0]
     rng = np.zeros((nb_, nc), np.float64)
@@ -199,10 +322,6 @@ def cast_scan(origins, rot, elev, azim, kind, centre, half, yaw, starts, bucket,
             best = max_range
             who = -2
             bnx = bny = bnz = 0.0
-            if dz < -1e-9:  # ground plane z = 0
-                t = -origin[2] / dz
-                if t < best:
-                    best, who, bnx, bny, bnz = t, -1, 0.0, 0.0, 1.0
             for k in range(starts[c], starts[c + 1]):
                 p = bucket[k]
                 t, nx, ny, nz = _hit_primitive(kind[p], origin[0], origin[1], origin[2], dx, dy, dz,
@@ -214,6 +333,11 @@ def cast_scan(origins, rot, elev, azim, kind, centre, half, yaw, starts, bucket,
                     bnx = cyaw[p] * nx - syaw[p] * ny
                     bny = syaw[p] * nx + cyaw[p] * ny
                     bnz = nz
+            t = ground_hit(origin[0], origin[1], origin[2], dx, dy, dz, best, x0, table, section, params,
+                           max_slope, z_max)
+            if t < best:
+                best, who = t, -1
+                bnx, bny, bnz = ground_normal(origin[0] + t * dx, origin[1] + t * dy, x0, table, section, params)
             if who != -2:
                 norm = math.sqrt(bnx * bnx + bny * bny + bnz * bnz) + 1e-12
                 rng[b, c] = best

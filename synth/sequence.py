@@ -27,9 +27,11 @@ from m2skd.common.splits import TEST_SEQUENCES
 from . import raycast
 from . import world as synth_world
 from .config import SynthConfig, kitti_calib_matrices
-from .world import BOX, CYLINDER
+from .shapes import GLASS, GLASS_LOSS, NO_RETURN, REMISSION, kind_radius
 
 # SemanticKITTI's test split has no labels; the generator mirrors that by default.
+# The ego vehicle (a VW Passat wagon, KITTI's recording car): about 2.7 m wheelbase, 1.55 m track.
+HALF_WHEELBASE, HALF_TRACK = 1.35, 0.78
 
 
 @dataclass
@@ -64,12 +66,23 @@ class SequenceSim:
         self.lidar_poses = np.linalg.inv(self.world_poses[0]) @ self.world_poses
 
     def _world_pose(self, frame: int) -> np.ndarray:
+        """The sensor's pose: the ego vehicle on the road surface, pitched by the grade and
+        rolled by the camber under its wheels, the sensor SENSOR_HEIGHT up its own z."""
         u = self.speed * frame * self.cfg.period
         x, y, h = synth_world.road_to_world(u, synth_world.EGO_LANE)
+        ground = self.world.ground_height
+        at, fwd, left = np.array([x, y]), np.array([np.cos(h), np.sin(h)]), np.array([-np.sin(h), np.cos(h)])
+
+        def rise(v: np.ndarray, half: float) -> float:  # slope along v between two wheels
+            return float(ground(*(at + half * v)) - ground(*(at - half * v))) / (2 * half)
+        ex = np.array([*fwd, rise(fwd, HALF_WHEELBASE)])  # pitch: over the wheelbase
+        ey = np.array([*left, rise(left, HALF_TRACK)])  # roll: over the track
+        ex /= np.linalg.norm(ex)
+        ez = np.cross(ex, ey)
+        ez /= np.linalg.norm(ez)
         m = np.eye(4)
-        c, s = np.cos(h), np.sin(h)
-        m[:2, :2] = [[c, -s], [s, c]]
-        m[:3, 3] = [x, y, synth_world.SENSOR_HEIGHT]
+        m[:3, :3] = np.stack([ex, np.cross(ez, ex), ez], 1)
+        m[:3, 3] = np.array([x, y, float(ground(x, y))]) + synth_world.SENSOR_HEIGHT * ez
         return m
 
     def scan(self, frame: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -82,17 +95,18 @@ class SequenceSim:
         origins = origin + np.outer(self.column_dt, pose[:3, 0] * self.speed)
         rel = prims["centre"][:, :2] - origin[:2]
         half = prims["half"]
-        radius = np.where(prims["kind"] == BOX, np.hypot(half[:, 0], half[:, 1]),
-                          np.where(prims["kind"] == CYLINDER, half[:, 0], half[:, :2].max(1)))
+        radius = kind_radius(prims["kind"], half)
         near = np.hypot(rel[:, 0], rel[:, 1]) - radius < cfg.max_range
         idx = np.flatnonzero(near)
         yaw_sensor = float(np.arctan2(pose[1, 0], pose[0, 0]))
         starts, bucket = raycast.build_column_buckets(
             rel[idx, 0].copy(), rel[idx, 1].copy(), radius[idx].copy(), yaw_sensor, cfg.columns, cfg.max_range
         )
+        ground = self.world.profile
         rng_m, hit, cosi = raycast.cast_scan(
             origins, pose[:3, :3].copy(), self.elev, self.azim, prims["kind"][idx], prims["centre"][idx],
             half[idx], prims["yaw"][idx], starts, bucket, cfg.max_range, raycast.EGO_ROOF,
+            ground.x0, ground.table, ground.section, ground.params, ground.max_slope, ground.z_max,
         )
         noise = np.random.default_rng([cfg.seed, int(self.name), frame, 7])
         shape = rng_m.shape
@@ -114,7 +128,11 @@ class SequenceSim:
         sem[on_obj] = prims["raw"][prim_of[on_obj]]
         inst[on_obj] = prims["instance"][prim_of[on_obj]]
         rem_base[on_obj] = prims["remission"][prim_of[on_obj]]
-        world_xyz = xyz @ pose[:3, :3].T + origins[c_i]
+        # the ground's label where the ray met it (without the range noise: a kerb's face
+        # stays sidewalk, the road in front of it road)
+        true = rng_m[b_i, c_i]
+        dirs = np.stack([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)], 1)
+        world_xyz = (dirs * true[:, None]) @ pose[:3, :3].T + origins[c_i]
         g = ~on_obj
         sem[g] = self.world.ground_raw_ids(world_xyz[g, 0], world_xyz[g, 1])
         rem_base[g] = _ground_remission(sem[g])
@@ -127,18 +145,20 @@ class SequenceSim:
 
 # Range noise grows with range: 2 cm (SynthConfig.range_noise) plus 1 mm a metre.
 RANGE_NOISE_PER_M = 0.001
-_ROAD_REMISSION = synth_world.REMISSION["road"]  # ground returns: drop decided as for asphalt
+_ROAD_REMISSION = REMISSION["road"]  # ground returns: drop decided as for asphalt
 # Per-laser intensity gain: the HDL-64E's 64 lasers each answer a surface a little
 # differently (each has its own calibration); fixed, as a sensor is.
 LASER_GAIN = np.random.default_rng(64).uniform(0.8, 1.2, 64)
 
 
 def _drop_probability(cfg: SynthConfig, rng_m: np.ndarray, base: np.ndarray, cosi: np.ndarray) -> np.ndarray:
-    """Chance a return is lost: a floor, more at range, on dark surfaces (glass, black
-    paint) and at grazing incidence."""
+    """Chance a return is lost (above 1: certainly): a floor, more at range, on dark
+    surfaces (glass, black paint) and at grazing incidence, most on vehicle glass, always
+    on a building's windows."""
     dark = np.clip((0.12 - base) / 0.12, 0.0, 1.0)
     grazing = np.clip((0.15 - cosi) / 0.15, 0.0, 1.0)
-    return cfg.dropout + 0.25 * (rng_m / cfg.max_range) ** 2 + 0.7 * dark + 0.6 * grazing
+    return (cfg.dropout + 0.25 * (rng_m / cfg.max_range) ** 2 + 0.7 * dark + 0.6 * grazing
+            + GLASS_LOSS * (base == GLASS) + (base <= NO_RETURN))
 
 
 def _remission_lut() -> np.ndarray:
@@ -146,7 +166,7 @@ def _remission_lut() -> np.ndarray:
 
     lut = np.zeros(1 << 16)
     for r in RAW_LABELS:
-        lut[r.raw_id] = synth_world.REMISSION.get(r.name, 0.0)
+        lut[r.raw_id] = REMISSION.get(r.name, 0.0)
     return lut
 
 

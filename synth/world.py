@@ -1,11 +1,12 @@
 """A procedurally built street world for the synthetic SemanticKITTI stand-in.
 
-The world is a curved road with lanes, parking strips, sidewalks and terrain on the
-ground plane z = 0, lined with buildings, fences, trees, poles and signs, parked and
-moving vehicles, pedestrians and riders. Every object is a handful of primitives
-(yaw-rotated boxes, vertical cylinders, ellipsoids) in its own frame; objects that move
-follow the road at constant speed. The ray caster (`raycast.py`) intersects the
-primitives and labels the ground by its position relative to the road.
+The world is a curved road with lanes, parking strips, sidewalks and terrain on ground
+with relief (`terrain.py`: grade, camber, kerbs, ditches, banks), lined with buildings,
+fences, trees, poles and signs, parked and moving vehicles, pedestrians and riders.
+Every object is a handful of primitives (yaw-rotated boxes, vertical cylinders,
+ellipsoids) in its own frame, standing on the ground where its anchor is; objects that
+move follow the road at constant speed. The ray caster (`raycast.py`) intersects the
+primitives and the relief, and labels the ground by its position relative to the road.
 
 Each sequence is one street type (`STREETS`: residential, city, country road, highway,
 as KITTI's drives are), with the objects such a street has. Object densities are per
@@ -22,24 +23,33 @@ import numpy as np
 
 from m2skd.common.labels import RAW_BY_NAME
 
-BOX, CYLINDER, ELLIPSOID = 0, 1, 2
+from . import terrain
+from .shapes import (
+    BOX,
+    CYLINDER,
+    ELLIPSOID,
+    REMISSION,
+    bicycle_parts,
+    box,
+    building_parts,
+    car_parts,
+    cyl,
+    ell,
+    motorcycle_parts,
+    other_vehicle_parts,
+    person_parts,
+    rider_parts,
+    tree_parts,
+    truck_parts,
+)
+from .terrain import Relief, Section
+
+__all__ = ["BOX", "CYLINDER", "ELLIPSOID", "REMISSION", "World", "build_world"]
 
 LANE_WIDTH = 3.5
 EGO_LANE = -LANE_WIDTH / 2  # right-hand traffic, ego drives in the inner lane towards +u
 SENSOR_HEIGHT = 1.73  # KITTI's HDL-64E above the ground (Geiger et al., 2013)
-
-# Remission base value per raw id (KITTI remission lies in 0..1); the ray caster
-# scales it by the incidence angle and adds noise.
-REMISSION = {
-    "road": 0.3, "lane-marking": 0.7, "parking": 0.32, "sidewalk": 0.36, "other-ground": 0.34,
-    "terrain": 0.42, "building": 0.36, "fence": 0.33, "vegetation": 0.42, "trunk": 0.34,
-    "pole": 0.38, "traffic-sign": 0.9, "car": 0.2, "truck": 0.25, "other-vehicle": 0.25,
-    "bicycle": 0.28, "motorcycle": 0.25, "person": 0.32, "bicyclist": 0.32, "motorcyclist": 0.28,
-    "other-structure": 0.33, "other-object": 0.38,
-}
-
-GLASS = 0.04  # remission of windows: near zero, as dark and specular surfaces are
-DARK_PAINT = 0.06
+FOUNDATION = 3.0  # metres a building reaches below its anchor's ground (it stands on a slope whole)
 
 # Road shape: y = AMP * sin(K * x), gentle enough that x approximates arc length.
 AMP = 12.0
@@ -77,7 +87,11 @@ class World:
     instance: np.ndarray  # uint16 instance id (0 for stuff)
     heading_offset: np.ndarray  # object yaw relative to the road heading
     street: StreetType
-    seed: int  # fixes the ground pattern (parking stretches, driveways)
+    seed: int  # fixes the ground pattern (parking stretches, driveways) and the relief
+    profile: terrain.Profile  # the ground's height over the stretch of road built
+
+    def ground_height(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return self.profile.height(x, y)
 
     def primitives_at(self, t: float) -> dict[str, np.ndarray]:
         """World-frame primitives at time t (s): centre, half, yaw, labels, remission."""
@@ -86,7 +100,9 @@ class World:
         oyaw = h + self.heading_offset
         c, s = np.cos(oyaw[self.obj]), np.sin(oyaw[self.obj])
         lx, ly = self.local[:, 0], self.local[:, 1]
-        centre_w = np.stack([ox[self.obj] + c * lx - s * ly, oy[self.obj] + s * lx + c * ly, self.local[:, 2]], 1)
+        oz = self.profile.height(ox, oy)  # every object stands on the ground at its anchor
+        centre_w = np.stack([ox[self.obj] + c * lx - s * ly, oy[self.obj] + s * lx + c * ly,
+                             oz[self.obj] + self.local[:, 2]], 1)
         moving = self.speed[self.obj] != 0
         return {
             "kind": self.kind,
@@ -157,7 +173,7 @@ class _Builder:
         for kind, loc, half, yaw, name, *rem in parts:  # a part may carry its own remission (glass)
             self.prims.append((kind, loc, half, yaw, RAW_BY_NAME[name], rem[0] if rem else REMISSION[name], oid))
 
-    def build(self, street: StreetType, seed: int) -> World:
+    def build(self, street: StreetType, seed: int, x_min: float, x_max: float) -> World:
         p = self.prims
         o = self.objs
         return World(
@@ -174,68 +190,9 @@ class _Builder:
             instance=np.array([q[3] for q in o], np.uint16),
             heading_offset=np.array([q[4] for q in o], np.float64),
             street=street, seed=seed,
+            profile=terrain.Profile(x_min, x_max, street.section, street.relief, seed, centre,
+                                    lambda x: parking_mask(x, seed, street.parking) & (street.parking > 0)),
         )
-
-
-# ---------------------------------------------------------------- object templates
-
-
-def _box(x, y, z0, lx, ly, lz, name, yaw=0.0):
-    """Box standing on height z0 with full sizes lx, ly, lz."""
-    return (BOX, (x, y, z0 + lz / 2), (lx / 2, ly / 2, lz / 2), yaw, name)
-
-
-def _cyl(x, y, z0, r, h, name):
-    return (CYLINDER, (x, y, z0 + h / 2), (r, r, h / 2), 0.0, name)
-
-
-def _ell(x, y, zc, rx, ry, rz, name):
-    return (ELLIPSOID, (x, y, zc), (rx, ry, rz), 0.0, name)
-
-
-def car_parts(rng, name="car"):
-    length, width = rng.uniform(3.9, 4.8), rng.uniform(1.7, 1.9)
-    paint = DARK_PAINT if rng.random() < 0.35 else REMISSION[name]  # a third of cars are dark
-    return [
-        (*_box(0, 0, 0.25, length, width, rng.uniform(0.75, 0.9), name), paint),
-        # the cabin is mostly glass: dark, and many of its returns are lost
-        (*_box(-0.2, 0, 1.05, length * rng.uniform(0.45, 0.6), width * 0.9, rng.uniform(0.4, 0.55), name), GLASS),
-    ]
-
-
-def truck_parts(rng, name="truck"):
-    length = rng.uniform(6.5, 9.0)
-    return [
-        _box(length / 2 - 1.0, 0, 0.3, 2.0, 2.4, 2.6, name),
-        _box(-0.6, 0, 0.5, length - 2.4, 2.5, rng.uniform(2.6, 3.4), name),
-    ]
-
-
-def other_vehicle_parts(rng, name="other-vehicle"):
-    # buses, trailers, caravans: long tall boxes
-    return [_box(0, 0, 0.35, rng.uniform(8.0, 12.0), 2.5, rng.uniform(2.6, 3.1), name)]
-
-
-def bicycle_parts(rng, name="bicycle"):
-    return [
-        _box(0, 0, 0.05, 1.7, 0.08, 0.65, name),
-        _box(0.45, 0, 0.7, 0.12, 0.55, 0.3, name),  # handlebar
-    ]
-
-
-def motorcycle_parts(rng, name="motorcycle"):
-    return [_box(0, 0, 0.1, 2.0, 0.45, 0.75, name), _box(0.3, 0, 0.85, 0.7, 0.7, 0.35, name)]
-
-
-def person_parts(rng, name="person"):
-    h = rng.uniform(1.55, 1.9)
-    body = h - 0.25
-    return [_cyl(0, 0, 0.0, rng.uniform(0.18, 0.24), body, name), _ell(0, 0, body + 0.12, 0.11, 0.11, 0.13, name)]
-
-
-def rider_parts(rng, vehicle, name):
-    parts = [(k, loc, half, yaw, name) for k, loc, half, yaw, *_ in vehicle(rng)]
-    return [*parts, _cyl(-0.1, 0, 0.85, 0.2, 0.75, name), _ell(-0.05, 0, 1.75, 0.12, 0.12, 0.14, name)]
 
 
 # ---------------------------------------------------------------- street types
@@ -262,6 +219,11 @@ class StreetType:
     parked: float  # probability a parking slot holds a car
     traffic: float  # oncoming cars per metre
     guard_rail: bool  # highway: rails at the median and along the verge (fence)
+    relief: Relief = terrain.FLAT
+
+    @property
+    def section(self) -> Section:
+        return Section(self.road_half, self.parking_outer, self.sidewalk_outer)
 
     @property
     def road_half(self) -> float:
@@ -276,15 +238,27 @@ class StreetType:
         return self.parking_outer + self.sidewalk
 
 
+# Relief per street (terrain.py): hills (m) over a wavelength (m), camber, kerb, ditch depth
+# and width, bank slope and cap. Town streets: gentle grades (~2 %), a 2 % camber, kerbs of
+# 13-15 cm (typical kerb upstands); country roads and highways: steeper grades (~5 %),
+# ditches beside the verge and banks of fields and cuttings.
+RELIEF = {
+    "residential": Relief(2.0, 450.0, 0.02, 0.13, 0.0, 1.0, 0.08, 1.5),
+    "city": Relief(1.0, 400.0, 0.02, 0.15, 0.0, 1.0, 0.03, 0.6),
+    "country": Relief(3.0, 550.0, 0.025, 0.0, 0.5, 2.0, 0.3, 3.0),
+    "highway": Relief(3.5, 700.0, 0.025, 0.0, 0.6, 3.0, 0.25, 4.0),
+}
+
 STREETS = {
     "residential": StreetType("residential", 1, 0.7, 0.25, 3.5, 0.85, (2.0, 8.0), (6.0, 12.0), 0.35, (0.0, 0.6),
-                              0.15, 0.2, 0.08, 0.35, 0.3, 0.015, False),
+                              0.15, 0.2, 0.08, 0.35, 0.3, 0.015, False,
+                              RELIEF["residential"]),
     "city": StreetType("city", 1, 0.5, 0.5, 5.0, 0.85, (0.0, 1.0), (9.0, 20.0), 0.4, (0.0, 0.3),
-                       0.08, 0.05, 0.03, 0.0, 0.3, 0.025, False),
+                       0.08, 0.05, 0.03, 0.0, 0.3, 0.025, False, RELIEF["city"]),
     "country": StreetType("country", 1, 0.6, 0.0, 0.0, 0.2, (8.0, 25.0), (4.0, 8.0), 0.3, (2.0, 6.0),
-                          0.15, 0.3, 0.05, 0.65, 0.0, 0.01, False),
+                          0.15, 0.3, 0.05, 0.65, 0.0, 0.01, False, RELIEF["country"]),
     "highway": StreetType("highway", 2, 1.5, 0.0, 0.0, 0.02, (20.0, 40.0), (5.0, 9.0), 0.4, (3.0, 6.0),
-                          0.12, 0.2, 0.0, 0.5, 0.0, 0.03, True),
+                          0.12, 0.2, 0.0, 0.5, 0.0, 0.03, True, RELIEF["highway"]),
 }
 # KITTI odometry's drives, as their sequences are known: 01 a highway, 03, 04, 09, 10
 # country roads with fields and forest, the rest residential, 07 the densest. (KITTI's
@@ -333,7 +307,8 @@ def build_world(rng: np.random.Generator, u_min: float, u_max: float, t_mid: flo
         _parked_cars(b, rng, street, side, u_min, u_max, seed)
     _hard_classes(b, rng, street, u_min, u_max, hard_density)
     _traffic(b, rng, street, u_min, u_max, hard_density)
-    return b.build(street, seed)
+    # the ground is known beyond the objects' stretch, as far as the sensor sees
+    return b.build(street, seed, u_min - 150.0, u_max + 150.0)
 
 
 def _poisson_u(rng: np.random.Generator, u_min: float, u_max: float, per_m: float) -> np.ndarray:
@@ -346,22 +321,25 @@ def _frontage(b: _Builder, rng, st: StreetType, side: float, u_min: float, u_max
     while u < u_max:
         length = rng.uniform(10, 35)
         if rng.random() < st.building:
-            depth, height = rng.uniform(8, 16), rng.uniform(*st.height)
+            depth = rng.uniform(8, 16)
             off = st.sidewalk_outer + rng.uniform(*st.setback)
-            b.add(u + length / 2, side * (off + depth / 2), [_box(0, 0, 0, length, depth, height, "building")])
+            # its facade (the parts' -y) towards the road; founded below the ground: on a bank
+            # the downhill side shows its base, never a gap
+            b.add(u + length / 2, side * (off + depth / 2), building_parts(rng, length, depth, st.height, FOUNDATION),
+                  heading=0.0 if side > 0 else np.pi)
             if st.setback[0] > 1.0 and rng.random() < st.fence:  # a front-garden fence or wall
                 b.add(u + length / 2, side * (st.sidewalk_outer + rng.uniform(0.1, 0.5)),
-                      [_box(0, 0, 0, length, 0.15, rng.uniform(0.8, 1.8), "fence")])
+                      [box(0, 0, 0, length, 0.15, rng.uniform(0.8, 1.8), "fence")])
         elif rng.random() < st.fence:
             b.add(u + length / 2, side * (st.sidewalk_outer + rng.uniform(*st.fence_setback)),
-                  [_box(0, 0, 0, length, 0.12, rng.uniform(1.0, 2.2), "fence")])
+                  [box(0, 0, 0, length, 0.12, rng.uniform(1.0, 2.2), "fence")])
         u += length + rng.uniform(0.5, 6)
     if st.guard_rail:  # the verge rail, and (one side only) the median rail
         for uu in np.arange(u_min, u_max, 40.0):
-            b.add(uu + 20.0, side * (st.road_half + 0.5), [_box(0, 0, 0.4, 40.0, 0.1, 0.45, "fence")])
+            b.add(uu + 20.0, side * (st.road_half + 0.5), [box(0, 0, 0.4, 40.0, 0.1, 0.45, "fence")])
         if side > 0:
             for uu in np.arange(u_min, u_max, 40.0):
-                b.add(uu + 20.0, 0.0, [_box(0, 0, 0.3, 40.0, 0.3, 0.8, "fence")])
+                b.add(uu + 20.0, 0.0, [box(0, 0, 0.3, 40.0, 0.3, 0.8, "fence")])
 
 
 def _greenery(b: _Builder, rng, st: StreetType, side: float, u_min: float, u_max: float) -> None:
@@ -370,16 +348,14 @@ def _greenery(b: _Builder, rng, st: StreetType, side: float, u_min: float, u_max
     for uu in _poisson_u(rng, u_min, u_max, st.trees):
         dd = side * (rng.uniform(near - 1.2, near - 0.3) if st.sidewalk and rng.random() < 0.4
                      else near + rng.uniform(2.0, 25.0))
-        th, r = rng.uniform(1.8, 3.5), rng.uniform(1.8, 3.6)
-        b.add(uu, dd, [_cyl(0, 0, 0, rng.uniform(0.12, 0.3), th + r * 0.5, "trunk"),
-                       _ell(0, 0, th + r * 0.8, r, r, r * rng.uniform(0.7, 1.0), "vegetation")])
+        b.add(uu, dd, tree_parts(rng, rng.uniform(1.8, 3.5), rng.uniform(1.8, 3.6)))
     for uu in _poisson_u(rng, u_min, u_max, st.bushes):
         ry = rng.uniform(1.0, 2.5)  # the bush's half depth: it stands clear of the road
         b.add(uu, side * (near + ry + rng.uniform(0.5, 25.0)),
-              [_ell(0, 0, 0.3, rng.uniform(1.0, 4.0), ry, rng.uniform(0.8, 1.8), "vegetation")])
+              [ell(0, 0, 0.3, rng.uniform(1.0, 4.0), ry, rng.uniform(0.8, 1.8), "vegetation")])
     for uu in _poisson_u(rng, u_min, u_max, st.hedges):
         b.add(uu, side * (near + rng.uniform(0.3, 1.1)),
-              [_ell(0, 0, 0.5, rng.uniform(2.5, 7.0), rng.uniform(0.5, 0.9), rng.uniform(0.7, 1.3), "vegetation")])
+              [ell(0, 0, 0.5, rng.uniform(2.5, 7.0), rng.uniform(0.5, 0.9), rng.uniform(0.7, 1.3), "vegetation")])
     # forest belts: 40 m blocks of dense crowns a few metres behind the verge
     for u0 in np.arange(u_min, u_max, 40.0):
         if rng.random() < st.forest:
@@ -387,23 +363,23 @@ def _greenery(b: _Builder, rng, st: StreetType, side: float, u_min: float, u_max
             for uu in rng.uniform(u0, u0 + 40.0, 10):
                 r = rng.uniform(2.0, 4.0)
                 b.add(uu, side * (start + r + rng.uniform(0.0, 15.0)),
-                      [_cyl(0, 0, 0, 0.15, 1.8, "trunk"), _ell(0, 0, 1.2 + r, r, r, r * 1.1, "vegetation")])
+                      [cyl(0, 0, 0, 0.15, 1.8, "trunk"), ell(0, 0, 1.2 + r, r, r, r * 1.1, "vegetation")])
 
 
 def _street_furniture(b: _Builder, rng, st: StreetType, side: float, u_min: float, u_max: float) -> None:
     kerb = st.parking_outer + 0.3
     for uu in _poisson_u(rng, u_min, u_max, 1 / 28):
-        b.add(uu, side * (kerb + rng.uniform(0, 0.4)), [_cyl(0, 0, 0, rng.uniform(0.07, 0.14), rng.uniform(4, 8),
+        b.add(uu, side * (kerb + rng.uniform(0, 0.4)), [cyl(0, 0, 0, rng.uniform(0.07, 0.14), rng.uniform(4, 8),
                                                               "pole")])
     for uu in _poisson_u(rng, u_min, u_max, 1 / 60):
-        b.add(uu, side * (kerb + rng.uniform(0, 0.4)), [_cyl(0, 0, 0, 0.05, 2.6, "pole"),
-                                                         _box(0, 0, 2.1, 0.05, 0.65, 0.65, "traffic-sign")],
+        b.add(uu, side * (kerb + rng.uniform(0, 0.4)), [cyl(0, 0, 0, 0.05, 2.6, "pole"),
+                                                         box(0, 0, 2.1, 0.05, 0.65, 0.65, "traffic-sign")],
               heading=np.pi / 2)
     # street furniture labelled other-structure / other-object (ignored in training)
     for uu in _poisson_u(rng, u_min, u_max, 1 / 40):
         name = "other-structure" if rng.random() < 0.5 else "other-object"
         b.add(uu, side * (kerb + rng.uniform(0.2, 2.0)),
-              [_box(0, 0, 0, rng.uniform(0.4, 2), rng.uniform(0.4, 1.0), rng.uniform(0.5, 1.5), name)])
+              [box(0, 0, 0, rng.uniform(0.4, 2), rng.uniform(0.4, 1.0), rng.uniform(0.5, 1.5), name)])
 
 
 def _parked_cars(b: _Builder, rng, st: StreetType, side: float, u_min: float, u_max: float, seed: int) -> None:
@@ -436,7 +412,8 @@ def _hard_classes(b: _Builder, rng, st: StreetType, u_min: float, u_max: float, 
     for uu in _poisson_u(rng, u_min, u_max, rate["person"]):  # standing or walking
         side = rng.choice([-1.0, 1.0])
         speed = rng.choice([0.0, rng.uniform(0.8, 1.6) * rng.choice([-1, 1])])
-        b.add(uu, side * (side_walk + rng.uniform(-0.5, 0.5)), person_parts(rng), speed=speed,
+        b.add(uu, side * (side_walk + rng.uniform(-0.5, 0.5)), person_parts(rng, walking=0.5 if speed else 0.0),
+              speed=speed,
               heading=0.0 if speed >= 0 else np.pi, thing=True)
     for kind, parts, lo, hi in (("bicyclist", bicycle_parts, 3, 6), ("motorcyclist", motorcycle_parts, 7, 12)):
         for uu in _poisson_u(rng, u_min, u_max, rate[kind]):

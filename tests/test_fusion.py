@@ -105,8 +105,10 @@ def test_static_and_moving_instances_land_on_the_target(synth_root, tmp_path):
     # static: the poses alone put them on the object, up to sampling and noise (a column
     # of the 900 is 0.4 deg: 0.1-0.2 m at the 15-30 m these objects stand; noise 2-5 cm)
     assert np.median(static_n) < 0.2
-    # moving: off by their motion without the correction, on the object with it
-    assert np.median(moving_n) > 0.4
+    # moving: off by their motion without the correction (a walker's 0.4 s at 0.8-1.6 m/s
+    # to a rider's metres; the nearest point of a moving body lies closer than its
+    # displacement), on the object with it
+    assert np.median(moving_n) > max(0.25, 1.5 * np.median(static_n))
     assert np.median(moving_c) < 0.5 * np.median(moving_n)
 
 
