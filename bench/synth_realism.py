@@ -63,35 +63,61 @@ def matches(ours: float, published: float) -> bool:
 @click.option("--split", default="00-10", show_default=True)
 @click.option("--scans", default=8, show_default=True, help="scans per sequence, spread over 200 frames")
 @click.option("--density", default=1.0, show_default=True, help="hard_density")
+@click.option("--seeds", default="0", show_default=True, help="world seeds, comma-separated: shares are their "
+              "mean, with their range beside (rarity varies with the seed)")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
-def main(split: str, scans: int, density: float, json_path: Path | None) -> None:
-    m = measure(parse_sequences(split), scans, density)
+def main(split: str, scans: int, density: float, seeds: str, json_path: Path | None) -> None:
+    seed_list = [int(x) for x in seeds.split(",") if x.strip()]
+    per_seed = [measure(parse_sequences(split), scans, density, seed) for seed in seed_list]
+    m = _mean(per_seed)
     sk_xyz = np.load(REAL / "semantickitti_points_000750.npy")
     raw = read_scan(REAL / "kitti_object_004139.bin")
-    t = Table(title=f"synthetic {split} ({scans} full-size scans a sequence, hard_density {density}) vs real")
-    for c in ("quantity", "synthetic", "SemanticKITTI", "KITTI raw 004139", "match"):
+    t = Table(title=f"synthetic {split} ({scans} full-size scans a sequence, hard_density {density}, world seeds "
+              f"{seeds}) vs real")
+    for c in ("quantity", "synthetic (mean of the seeds)", "range over the seeds", "SemanticKITTI", "KITTI raw 004139",
+              "match"):
         t.add_column(c)
+
+    def spread(f, fmt):
+        vals = [100 * f(r) for r in per_seed]
+        return f"{min(vals):{fmt}} - {max(vals):{fmt}}" if len(vals) > 1 else ""
     for name in (*MATCHED, "parking", "other-ground", "trunk", "pole"):
         ok = matches(m["share"][name], PUBLISHED_CONTENT[name])
-        t.add_row(f"% {name}", f"{100 * m['share'][name]:.1f}", f"{100 * PUBLISHED_CONTENT[name]:.1f}", "-",
-                  ("yes" if ok else "NO") if name in MATCHED else "")
+        t.add_row(f"% {name}", f"{100 * m['share'][name]:.1f}", spread(lambda r, n=name: r["share"][n], ".1f"),
+                  f"{100 * PUBLISHED_CONTENT[name]:.1f}", "-", ("yes" if ok else "NO") if name in MATCHED else "")
     hard_pub = sum(PUBLISHED_CONTENT[CLASS_NAMES[c]] for c in HARD_CLASS_IDS)
-    t.add_row("% hard classes together", f"{100 * m['hard_total']:.2f}", f"{100 * hard_pub:.2f}", "-", "")
+    t.add_row("% hard classes together", f"{100 * m['hard_total']:.2f}", spread(lambda r: r["hard_total"], ".2f"),
+              f"{100 * hard_pub:.2f}", "-", "")
     for c in HARD_CLASS_IDS:
         t.add_row(f"  % {CLASS_NAMES[c]}", f"{100 * m['share'][CLASS_NAMES[c]]:.3f}",
+                  spread(lambda r, n=CLASS_NAMES[c]: r["share"][n], ".3f"),
                   f"{100 * PUBLISHED_CONTENT[CLASS_NAMES[c]]:.3f}", "-", "")
-    t.add_row("points per scan", f"{m['points'][0]:,.0f} ({m['points'][1]:,}-{m['points'][2]:,})",
+    t.add_row("points per scan", f"{m['points'][0]:,.0f} ({m['points'][1]:,}-{m['points'][2]:,})", "",
               f"{len(sk_xyz):,} (000750)", f"{len(raw):,}", "")
-    t.add_row("range p5/25/50/75/95 (m)", " / ".join(f"{v:.1f}" for v in m["range"]),
+    t.add_row("range p5/25/50/75/95 (m)", " / ".join(f"{v:.1f}" for v in m["range"]), "",
               " / ".join(f"{v:.1f}" for v in np.percentile(np.linalg.norm(sk_xyz, axis=1), PCT)),
               " / ".join(f"{v:.1f}" for v in np.percentile(np.linalg.norm(raw[:, :3], axis=1), PCT)), "")
-    t.add_row("remission p5/25/50/75/95", " / ".join(f"{v:.2f}" for v in m["remission"]), "-",
+    t.add_row("remission p5/25/50/75/95", " / ".join(f"{v:.2f}" for v in m["remission"]), "", "-",
               " / ".join(f"{v:.2f}" for v in np.percentile(raw[:, 3], PCT)), "")
-    t.add_row("ray-cast time per scan (ms, 2 cores)", f"{m['ms_per_scan']:.0f}", "-", "-", "")
+    t.add_row("ray-cast time per scan (ms, 2 cores)", f"{m['ms_per_scan']:.0f}", "", "-", "-", "")
     Console().print(t)
     Console().print("streets: " + ", ".join(f"{k} {v}" for k, v in m["streets"].items()))
     if json_path:
-        json_path.write_text(json.dumps(m, indent=1))
+        json_path.write_text(json.dumps({**m, "seeds": seed_list, "per_seed": per_seed}, indent=1))
+
+
+def _mean(per_seed: list[dict]) -> dict:
+    """The seeds' measurements averaged (shares, percentiles, points, time); the first
+    seed's streets (the same for 00-10 on every seed)."""
+    m = dict(per_seed[0])
+    m["share"] = {k: float(np.mean([r["share"][k] for r in per_seed])) for k in m["share"]}
+    for k in ("hard_total", "ms_per_scan"):
+        m[k] = float(np.mean([r[k] for r in per_seed]))
+    for k in ("range", "remission"):
+        m[k] = np.mean([r[k] for r in per_seed], axis=0).tolist()
+    m["points"] = [float(np.mean([r["points"][0] for r in per_seed])), min(r["points"][1] for r in per_seed),
+                   max(r["points"][2] for r in per_seed)]
+    return m
 
 
 if __name__ == "__main__":

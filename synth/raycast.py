@@ -291,6 +291,40 @@ def _blocked_by_ego(sdx, sdy, sdz, roof):
     return roof[0] <= x <= roof[1] and roof[2] <= y <= roof[3]
 
 
+@nb.njit(cache=True)
+def _elevation_bounds(origins, rot, kind, centre, half):
+    """Per primitive, the sensor-frame elevations between which a beam can meet it: its
+    z extent seen over its nearest and farthest ground distance, widened by the sensor's
+    tilt and by how far the origin moves over the sweep; (-pi/2, pi/2) when it is close."""
+    n = kind.shape[0]
+    lo = np.empty(n)
+    hi = np.empty(n)
+    tilt = math.acos(min(1.0, abs(rot[2, 2]))) + 0.005
+    move = 0.0
+    for c in range(origins.shape[0]):
+        d = math.sqrt((origins[c, 0] - origins[0, 0]) ** 2 + (origins[c, 1] - origins[0, 1]) ** 2
+                      + (origins[c, 2] - origins[0, 2]) ** 2)
+        move = max(move, d)
+    for p in range(n):
+        if kind[p] == 0:
+            r = math.sqrt(half[p, 0] ** 2 + half[p, 1] ** 2)
+        elif kind[p] == 1:
+            r = half[p, 0]
+        else:
+            r = max(half[p, 0], half[p, 1])
+        dx, dy = centre[p, 0] - origins[0, 0], centre[p, 1] - origins[0, 1]
+        dist = math.sqrt(dx * dx + dy * dy)
+        near, far = dist - r - move, dist + r + move
+        zlo = centre[p, 2] - half[p, 2] - origins[0, 2] - move
+        zhi = centre[p, 2] + half[p, 2] - origins[0, 2] + move
+        if near < 1.0:
+            lo[p], hi[p] = -math.pi / 2, math.pi / 2
+            continue
+        lo[p] = math.atan2(zlo, near if zlo < 0.0 else far) - tilt
+        hi[p] = math.atan2(zhi, near if zhi > 0.0 else far) + tilt
+    return lo, hi
+
+
 @nb.njit(parallel=True, cache=True)
 def cast_scan(origins, rot, elev, azim, kind, centre, half, yaw, starts, bucket, max_range, roof,
               x0, table, section, params, max_slope, z_max):
@@ -303,6 +337,7 @@ def cast_scan(origins, rot, elev, azim, kind, centre, half, yaw, starts, bucket,
     searched only up to the nearest object the ray meets.
     """
     nb_, nc = elev.shape[0], azim.shape[0]
+    lo_el, hi_el = _elevation_bounds(origins, rot, kind, centre, half)
     rng = np.zeros((nb_, nc), np.float64)
     hit = np.full((nb_, nc), -2, np.int64)
     cosi = np.zeros((nb_, nc), np.float64)
@@ -324,6 +359,8 @@ def cast_scan(origins, rot, elev, azim, kind, centre, half, yaw, starts, bucket,
             bnx = bny = bnz = 0.0
             for k in range(starts[c], starts[c + 1]):
                 p = bucket[k]
+                if elev[b] < lo_el[p] or elev[b] > hi_el[p]:  # the beam passes above or below it
+                    continue
                 t, nx, ny, nz = _hit_primitive(kind[p], origin[0], origin[1], origin[2], dx, dy, dz,
                                                centre[p, 0], centre[p, 1], centre[p, 2],
                                                half[p, 0], half[p, 1], half[p, 2], cyaw[p], syaw[p])

@@ -157,8 +157,8 @@ def _drop_probability(cfg: SynthConfig, rng_m: np.ndarray, base: np.ndarray, cos
     on a building's windows."""
     dark = np.clip((0.12 - base) / 0.12, 0.0, 1.0)
     grazing = np.clip((0.15 - cosi) / 0.15, 0.0, 1.0)
-    return (cfg.dropout + 0.25 * (rng_m / cfg.max_range) ** 2 + 0.7 * dark + 0.6 * grazing
-            + GLASS_LOSS * (base == GLASS) + (base <= NO_RETURN))
+    p = cfg.dropout + 0.25 * (rng_m / cfg.max_range) ** 2 + 0.7 * dark + 0.6 * grazing + (base <= NO_RETURN)
+    return np.where(base == GLASS, np.maximum(p, GLASS_LOSS), p)
 
 
 def _remission_lut() -> np.ndarray:

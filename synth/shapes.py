@@ -46,12 +46,9 @@ def ell(x, y, zc, rx, ry, rz, name):
 
 
 def _wheels(name, axles, width, radius, inset=0.05):
-    """Dark tyres at the axles (x positions), both sides."""
-    out = []
-    for ax in axles:
-        for side in (-1, 1):
-            out.append((*box(ax, side * (width / 2 - inset - 0.11), 0.0, 2 * radius, 0.22, 2 * radius, name), TYRE))
-    return out
+    """Dark tyres at the axles (x positions): one box an axle, tyre to tyre (what shows
+    between them under the body is as dark; one primitive, not two, for the ray caster)."""
+    return [(*box(ax, 0, 0.0, 2 * radius, width - 2 * inset, 2 * radius, name), TYRE) for ax in axles]
 
 
 def car_parts(rng, name="car"):
@@ -170,7 +167,8 @@ def rider_parts(rng, vehicle, name):
 def building_parts(rng, length: float, depth: float, heights: tuple[float, float], foundation: float):
     """A block along the street (x) with its facade towards -y: segments of their own
     height and set-back (recesses of up to half a metre), and on each segment's facade a
-    ribbon of windows a storey, proud of the wall by a centimetre, that return nothing."""
+    ribbon of windows a storey above the ground floor, proud of the wall by a centimetre,
+    that return nothing."""
     parts = []
     x = -length / 2
     while x < length / 2 - 1.0:
@@ -181,7 +179,7 @@ def building_parts(rng, length: float, depth: float, heights: tuple[float, float
         parts.append(box(cx, back / 2, -foundation, seg, depth - back, h + foundation, "building"))
         face = -depth / 2 + back  # the facade's y
         storey = rng.uniform(2.8, 3.3)
-        z = rng.uniform(0.9, 1.3)
+        z = storey + rng.uniform(0.9, 1.3)  # from the first floor up: the ground floor's doors and walls return
         while z + 1.4 < h - 0.5:
             parts.append((*box(cx, face - 0.01, z, seg - 1.0, 0.02, 1.4, "building"), NO_RETURN))
             z += storey

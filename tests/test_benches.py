@@ -34,7 +34,7 @@ BENCHES = {
                       "tiny preset, batch 2"),
     "sim_to_real.py": (["--out", "{tmp}/s2r", "--sequences", "00", "--scans", "3", "--steps", "2"],
                        "scored on SemanticKITTI 000750"),
-    "synth_realism.py": (["--split", "00", "--scans", "2"], "vs real"),
+    "synth_realism.py": (["--split", "00", "--scans", "2", "--seeds", "0,1"], "range over the seeds"),
     "train_step.py": (["--cache", "{cache}", "--steps", "1"], "training step, tiny preset"),
 }
 

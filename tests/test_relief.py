@@ -185,3 +185,44 @@ def test_a_car_seen_from_the_side_is_body_and_roof_its_glass_mostly_lost():
     assert (keep * glass).sum() / keep.sum() < 0.5 * glass.mean()  # ...and of the returns much less
     z = (rng_m[on] * np.sin(elev[np.nonzero(on)[0]])) + W.SENSOR_HEIGHT
     assert ((z > 1.3) & ~glass).sum() > 0  # the roof
+
+
+def test_the_ray_casters_culling_drops_no_hit():
+    """Column buckets and beam-elevation bounds only skip primitives a ray cannot meet:
+    against every ray tested on every primitive (a brute-force loop), a tilted sensor
+    among cars, a truck, a building and people gives the same nearest hit per ray."""
+    rng = np.random.default_rng(4)
+    b = W._Builder(rng, 0.0)
+    for u, d, parts in ((6.0, 5.0, W.car_parts(rng)), (-9.0, -6.0, W.truck_parts(rng)),
+                        (3.0, -3.0, W.person_parts(rng)),
+                        (25.0, 14.0, W.building_parts(rng, 20.0, 10.0, (8.0, 14.0), 3.0)),
+                        (-2.0, 2.5, W.rider_parts(rng, W.bicycle_parts, "bicyclist"))):
+        b.add(u, d, parts, thing=True)
+    world = b.build(W.STREETS["residential"], 0, -100, 100)
+    prims = world.primitives_at(0.0)
+    elev, azim = raycast.beam_elevations(32), raycast.column_azimuths(400)
+    a = np.radians(3.0)  # pitched 3 degrees nose down
+    rot = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+    origin = np.array([0.0, W.EGO_LANE, float(world.ground_height(0.0, W.EGO_LANE)) + W.SENSOR_HEIGHT])
+    origins = np.tile(origin, (len(azim), 1))
+    from m2skd.synth.shapes import kind_radius
+
+    rel = prims["centre"][:, :2] - origin[:2]
+    starts, bucket = raycast.build_column_buckets(rel[:, 0].copy(), rel[:, 1].copy(),
+                                                  kind_radius(prims["kind"], prims["half"]), 0.0, len(azim), 80.0)
+    p = world.profile  # lowered a kilometre: only the primitives count
+    no_roof = np.array([50.0, 50.0, 50.0, 50.0, -0.3])
+    _, hit, _ = raycast.cast_scan(origins, rot, elev, azim, prims["kind"], prims["centre"], prims["half"],
+                                  prims["yaw"], starts, bucket, 80.0, no_roof, p.x0, p.table * 0 - 1e3,
+                                  p.section, p.params, 0.0, -1e3)
+    cy, sy = np.cos(prims["yaw"]), np.sin(prims["yaw"])
+    for bi, el in enumerate(elev):
+        for ci, az in enumerate(azim):
+            dv = rot @ np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
+            best, who = 80.0, -2
+            for q in range(len(prims["kind"])):
+                t = raycast._hit_primitive(prims["kind"][q], *origin, *dv, *prims["centre"][q], *prims["half"][q],
+                                           cy[q], sy[q])[0]
+                if t < best:
+                    best, who = t, q
+            assert hit[bi, ci] == who, (bi, ci)
