@@ -161,6 +161,7 @@ def _hit_primitive(kind, ox, oy, oz, dx, dy, dz, cx, cy, cz, hx, hy, hz, cyaw, s
 # when a function it calls changes in another file.
 
 GROUND_STEP = 0.25  # metres between a terrain.Profile's samples along x
+GROUND_WINDOW = 10.0  # metres along x over which a Profile row knows the highest ground
 # The ray caster's smallest step along a ray, growing with range: where the ground is near
 # a ray may still clip a crest shorter than this between two samples (measured against a
 # brute-force walk: tests/test_relief.py)
@@ -239,24 +240,48 @@ def ground_hit(ox, oy, oz, dx, dy, dz, t_max, x0, table, section, params, max_sl
         # the gap can close at most at (slope * dxy - dz) a metre of ray, and by a kerb's
         # height at once: a step that leaves more than that cannot pass the ground
         closing = max_slope * dxy - dz
+        if closing <= 0.0 and gap > kerb:  # the ray climbs at least as fast as any ground
+            return np.inf
         dt = MIN_STEP + STEP_GROWTH * t
         if closing > 0.0:
             safe = (gap - kerb) / closing
             if safe > dt:
                 dt = safe
+        # above the highest ground within GROUND_WINDOW: stride while the ray stays above it
+        f = (ox + t * dx - x0) / GROUND_STEP
+        row = min(max(int(f), 0), table.shape[0] - 1)
+        above = oz + t * dz - table[row, 6]
+        if above > 0.0:
+            stride = GROUND_WINDOW / dxy if dxy > 1e-9 else np.inf
+            if dz < 0.0 and above / -dz < stride:
+                stride = above / -dz
+            if stride > dt:
+                dt = stride
         t_next = min(t + dt, t_max)
         gap_next = oz + t_next * dz - ground_height(ox + t_next * dx, oy + t_next * dy, x0, table, section, params)
         if gap_next <= 0.0:
-            lo, hi = t, t_next
-            for _ in range(20):
-                mid = 0.5 * (lo + hi)
-                g = oz + mid * dz - ground_height(ox + mid * dx, oy + mid * dy, x0, table, section, params)
-                if g > 0.0:
-                    lo = mid
-                else:
-                    hi = mid
+            # the crossing lies in [t, t_next]: regula falsi with the Illinois rule (the
+            # gap is nearly linear on smooth ground: one or two steps; a kerb's step is
+            # still bracketed and found)
+            lo, hi, g_lo, g_hi = t, t_next, gap, gap_next
+            side = 0
+            for _ in range(30):
                 if hi - lo < 0.002:
                     break
+                mid = (lo * -g_hi + hi * g_lo) / (g_lo - g_hi)
+                g = oz + mid * dz - ground_height(ox + mid * dx, oy + mid * dy, x0, table, section, params)
+                if abs(g) < 0.001:
+                    return mid
+                if g > 0.0:
+                    lo, g_lo = mid, g
+                    if side == 1:
+                        g_hi *= 0.5
+                    side = 1
+                else:
+                    hi, g_hi = mid, g
+                    if side == -1:
+                        g_lo *= 0.5
+                    side = -1
             return hi
         if t_next >= t_max or (dz >= 0.0 and oz + t_next * dz > z_max):
             break
@@ -295,10 +320,12 @@ def _blocked_by_ego(sdx, sdy, sdz, roof):
 def _elevation_bounds(origins, rot, kind, centre, half):
     """Per primitive, the sensor-frame elevations between which a beam can meet it: its
     z extent seen over its nearest and farthest ground distance, widened by the sensor's
-    tilt and by how far the origin moves over the sweep; (-pi/2, pi/2) when it is close."""
+    tilt and by how far the origin moves over the sweep ((-pi/2, pi/2) when it is close);
+    and the nearest a ray can meet it (no nearer than its ground distance)."""
     n = kind.shape[0]
     lo = np.empty(n)
     hi = np.empty(n)
+    nearest = np.empty(n)
     tilt = math.acos(min(1.0, abs(rot[2, 2]))) + 0.005
     move = 0.0
     for c in range(origins.shape[0]):
@@ -315,6 +342,7 @@ def _elevation_bounds(origins, rot, kind, centre, half):
         dx, dy = centre[p, 0] - origins[0, 0], centre[p, 1] - origins[0, 1]
         dist = math.sqrt(dx * dx + dy * dy)
         near, far = dist - r - move, dist + r + move
+        nearest[p] = near
         zlo = centre[p, 2] - half[p, 2] - origins[0, 2] - move
         zhi = centre[p, 2] + half[p, 2] - origins[0, 2] + move
         if near < 1.0:
@@ -322,7 +350,7 @@ def _elevation_bounds(origins, rot, kind, centre, half):
             continue
         lo[p] = math.atan2(zlo, near if zlo < 0.0 else far) - tilt
         hi[p] = math.atan2(zhi, near if zhi > 0.0 else far) + tilt
-    return lo, hi
+    return lo, hi, nearest
 
 
 @nb.njit(parallel=True, cache=True)
@@ -337,7 +365,7 @@ def cast_scan(origins, rot, elev, azim, kind, centre, half, yaw, starts, bucket,
     searched only up to the nearest object the ray meets.
     """
     nb_, nc = elev.shape[0], azim.shape[0]
-    lo_el, hi_el = _elevation_bounds(origins, rot, kind, centre, half)
+    lo_el, hi_el, nearest = _elevation_bounds(origins, rot, kind, centre, half)
     rng = np.zeros((nb_, nc), np.float64)
     hit = np.full((nb_, nc), -2, np.int64)
     cosi = np.zeros((nb_, nc), np.float64)
@@ -360,6 +388,8 @@ def cast_scan(origins, rot, elev, azim, kind, centre, half, yaw, starts, bucket,
             for k in range(starts[c], starts[c + 1]):
                 p = bucket[k]
                 if elev[b] < lo_el[p] or elev[b] > hi_el[p]:  # the beam passes above or below it
+                    continue
+                if nearest[p] > best:  # farther than what the ray already met (buckets run nearest first)
                     continue
                 t, nx, ny, nz = _hit_primitive(kind[p], origin[0], origin[1], origin[2], dx, dy, dz,
                                                centre[p, 0], centre[p, 1], centre[p, 2],

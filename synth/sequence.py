@@ -96,8 +96,9 @@ class SequenceSim:
         rel = prims["centre"][:, :2] - origin[:2]
         half = prims["half"]
         radius = kind_radius(prims["kind"], half)
-        near = np.hypot(rel[:, 0], rel[:, 1]) - radius < cfg.max_range
-        idx = np.flatnonzero(near)
+        gap = np.hypot(rel[:, 0], rel[:, 1]) - radius
+        idx = np.flatnonzero(gap < cfg.max_range)
+        idx = idx[np.argsort(gap[idx], kind="stable")]  # nearest first: a ray's first hit skips the rest
         yaw_sensor = float(np.arctan2(pose[1, 0], pose[0, 0]))
         starts, bucket = raycast.build_column_buckets(
             rel[idx, 0].copy(), rel[idx, 1].copy(), radius[idx].copy(), yaw_sensor, cfg.columns, cfg.max_range

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .raycast import GROUND_STEP as STEP
+from .raycast import GROUND_WINDOW as WINDOW
 from .raycast import ground_heights
 
 BLOCK = 50.0  # metres of road over which a bank keeps its slope
@@ -111,7 +112,8 @@ def _params(relief: Relief) -> np.ndarray:
 class Profile:
     """The ground of one stretch of road, ready for the ray caster: tables along x
     (crown height, centre line y, the cosine of its heading, left and right bank slopes,
-    parking strip or not) from `x0` every `STEP` metres, and the cross-section's numbers."""
+    parking strip or not, the highest ground within `WINDOW` metres) from `x0` every
+    `STEP` metres, and the cross-section's numbers."""
 
     def __init__(self, x_min: float, x_max: float, sec: Section, relief: Relief, seed: int,
                  centre: Callable, parking: Callable) -> None:
@@ -122,8 +124,14 @@ class Profile:
         x = self.x0 + STEP * np.arange(int(np.ceil((x_max - self.x0) / STEP)) + 3)
         _, cy, h = centre(x)
         left, right = bank_slopes(x, relief, seed)
-        self.table = np.stack([grade(x, relief, seed), cy, np.cos(h), left, right,
-                               np.asarray(parking(x), np.float64)], 1)
+        crown = grade(x, relief, seed)
+        # the highest the ground gets within WINDOW metres (along x) of each row: the ray
+        # caster strides over stretches its ray passes above
+        w = round(WINDOW / STEP)
+        padded = np.pad(crown, w, mode="edge")
+        reach = np.lib.stride_tricks.sliding_window_view(padded, 2 * w + 1).max(1)
+        top = reach + relief.kerb + relief.bank_cap + 0.01
+        self.table = np.stack([crown, cy, np.cos(h), left, right, np.asarray(parking(x), np.float64), top], 1)
         self.section = np.array([sec.road_half, sec.parking_outer, sec.sidewalk_outer])
         self.params = _params(relief)
         # the steepest the ground gets but at the kerb (a ditch's sides are the steepest
