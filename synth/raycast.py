@@ -225,9 +225,10 @@ def ground_hit(ox, oy, oz, dx, dy, dz, t_max, x0, table, section, params, max_sl
     """Distance along the ray (unit direction) to the ground, or inf if it is not met
     before `t_max`; the ground's height is `ground_height`.
 
-    Steps along the ray no longer than what the smooth part's slope allows to be missed
-    at that range (`_max_step`), a secant step where the ground comes near, then bisection
-    once the ray is under it (which also finds a kerb's face)."""
+    Steps along the ray as far as the steepest slope and a kerb's height allow without
+    passing the ground (at least MIN_STEP + STEP_GROWTH * t), longer where the ray is above
+    the highest ground within GROUND_WINDOW; once the ray is under the ground, regula falsi
+    on the bracket (which also finds a kerb's face)."""
     if dz >= 0.0 and oz > z_max:  # climbing above the highest ground there is
         return np.inf
     dxy = math.sqrt(dx * dx + dy * dy)
@@ -317,12 +318,12 @@ def _blocked_by_ego(sdx, sdy, sdz, roof):
 
 
 @nb.njit(cache=True)
-def _elevation_bounds(origins, rot, kind, centre, half):
+def _elevation_bounds(origins, rot, centre, half, radius):
     """Per primitive, the sensor-frame elevations between which a beam can meet it: its
     z extent seen over its nearest and farthest ground distance, widened by the sensor's
     tilt and by how far the origin moves over the sweep ((-pi/2, pi/2) when it is close);
     and the nearest a ray can meet it (no nearer than its ground distance)."""
-    n = kind.shape[0]
+    n = centre.shape[0]
     lo = np.empty(n)
     hi = np.empty(n)
     nearest = np.empty(n)
@@ -333,12 +334,7 @@ def _elevation_bounds(origins, rot, kind, centre, half):
                       + (origins[c, 2] - origins[0, 2]) ** 2)
         move = max(move, d)
     for p in range(n):
-        if kind[p] == 0:
-            r = math.sqrt(half[p, 0] ** 2 + half[p, 1] ** 2)
-        elif kind[p] == 1:
-            r = half[p, 0]
-        else:
-            r = max(half[p, 0], half[p, 1])
+        r = radius[p]
         dx, dy = centre[p, 0] - origins[0, 0], centre[p, 1] - origins[0, 1]
         dist = math.sqrt(dx * dx + dy * dy)
         near, far = dist - r - move, dist + r + move
@@ -354,18 +350,19 @@ def _elevation_bounds(origins, rot, kind, centre, half):
 
 
 @nb.njit(parallel=True, cache=True)
-def cast_scan(origins, rot, elev, azim, kind, centre, half, yaw, starts, bucket, max_range, roof,
+def cast_scan(origins, rot, elev, azim, kind, centre, half, yaw, radius, starts, bucket, max_range, roof,
               x0, table, section, params, max_slope, z_max):
     """Cast every (beam, column) ray; return range, hit primitive (-1 ground, -2 none), |cos incidence|.
 
     origins (C, 3): the sensor's position when it fires column c (it moves during the
     sweep: KITTI's scans are not motion-compensated); rot (3, 3) sensor -> world; elev (B,),
-    azim (C,) in the sensor frame; rays blocked by the ego roof (`roof`) give no return.
+    azim (C,) in the sensor frame; rays blocked by the ego roof (`roof`) give no return;
+    radius: each primitive's bounding radius in the ground plane (`shapes.kind_radius`).
     The ground is the relief of a `terrain.Profile` (x0 ... z_max: its arrays and bounds),
     searched only up to the nearest object the ray meets.
     """
     nb_, nc = elev.shape[0], azim.shape[0]
-    lo_el, hi_el, nearest = _elevation_bounds(origins, rot, kind, centre, half)
+    lo_el, hi_el, nearest = _elevation_bounds(origins, rot, centre, half, radius)
     rng = np.zeros((nb_, nc), np.float64)
     hit = np.full((nb_, nc), -2, np.int64)
     cosi = np.zeros((nb_, nc), np.float64)

@@ -106,7 +106,7 @@ class SequenceSim:
         ground = self.world.profile
         rng_m, hit, cosi = raycast.cast_scan(
             origins, pose[:3, :3].copy(), self.elev, self.azim, prims["kind"][idx], prims["centre"][idx],
-            half[idx], prims["yaw"][idx], starts, bucket, cfg.max_range, raycast.EGO_ROOF,
+            half[idx], prims["yaw"][idx], radius[idx], starts, bucket, cfg.max_range, raycast.EGO_ROOF,
             ground.x0, ground.table, ground.section, ground.params, ground.max_slope, ground.z_max,
         )
         noise = np.random.default_rng([cfg.seed, int(self.name), frame, 7])
@@ -118,7 +118,8 @@ class SequenceSim:
         b_i, c_i = np.nonzero(keep)
         r = r[b_i, c_i]
         el, az = self.elev[b_i], self.azim[c_i]
-        xyz = np.stack([r * np.cos(el) * np.cos(az), r * np.cos(el) * np.sin(az), r * np.sin(el)], 1)
+        dirs = np.stack([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)], 1)
+        xyz = dirs * r[:, None]
 
         who = hit[b_i, c_i]
         on_obj = who >= 0
@@ -132,7 +133,6 @@ class SequenceSim:
         # the ground's label where the ray met it (without the range noise: a kerb's face
         # stays sidewalk, the road in front of it road)
         true = rng_m[b_i, c_i]
-        dirs = np.stack([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)], 1)
         world_xyz = (dirs * true[:, None]) @ pose[:3, :3].T + origins[c_i]
         g = ~on_obj
         sem[g] = self.world.ground_raw_ids(world_xyz[g, 0], world_xyz[g, 1])

@@ -15,12 +15,12 @@ positive; `world.road_to_world`), as a surveyor would draw a road:
   fields, cuttings and embankments), flattening out at `bank_cap` metres.
 
 The ray caster (`raycast.py`, which holds every numba kernel of the ground so that its
-compiled cache is never stale against them) evaluates it through `Profile`: per scan, the quantities that depend on u
-only (grade, the centre line, the bank slopes) tabulated along x (the road's u is x;
-`world.centre`) at `STEP` metres, everything across the road analytic in d, so a height
-costs two table reads and a few comparisons. The kerb is a true step: the ray caster
-finds its face by bisection, and a return from it is sidewalk (as SemanticKITTI labels
-kerbs).
+compiled cache is never stale against them) evaluates it through `Profile`: the
+quantities that depend on u only (grade, the centre line, the bank slopes, the parking
+strip) tabulated along x (the road's u is x; `world.centre`) at `STEP` metres, everything
+across the road analytic in d, so a height costs two table reads and a few comparisons.
+The kerb is a true step: the ray caster brackets its face, and a return from it is
+sidewalk (as SemanticKITTI labels kerbs).
 """
 
 from __future__ import annotations

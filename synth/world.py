@@ -191,7 +191,7 @@ class _Builder:
             heading_offset=np.array([q[4] for q in o], np.float64),
             street=street, seed=seed,
             profile=terrain.Profile(x_min, x_max, street.section, street.relief, seed, centre,
-                                    lambda x: parking_mask(x, seed, street.parking) & (street.parking > 0)),
+                                    lambda x: parking_mask(x, seed, street.parking)),
         )
 
 

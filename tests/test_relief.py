@@ -175,7 +175,7 @@ def test_a_car_seen_from_the_side_is_body_and_roof_its_glass_mostly_lost():
                                                   radius, 0.0, cfg.columns, cfg.max_range)
     p = world.profile
     rng_m, hit, cosi = raycast.cast_scan(origins, np.eye(3), elev, azim, prims["kind"], prims["centre"],
-                                         prims["half"], prims["yaw"], starts, bucket, cfg.max_range,
+                                         prims["half"], prims["yaw"], radius, starts, bucket, cfg.max_range,
                                          raycast.EGO_ROOF, p.x0, p.table, p.section, p.params, p.max_slope, p.z_max)
     on = hit >= 0
     rem = prims["remission"][hit[on]]
@@ -208,12 +208,12 @@ def test_the_ray_casters_culling_drops_no_hit():
     from m2skd.synth.shapes import kind_radius
 
     rel = prims["centre"][:, :2] - origin[:2]
-    starts, bucket = raycast.build_column_buckets(rel[:, 0].copy(), rel[:, 1].copy(),
-                                                  kind_radius(prims["kind"], prims["half"]), 0.0, len(azim), 80.0)
+    radius = kind_radius(prims["kind"], prims["half"])
+    starts, bucket = raycast.build_column_buckets(rel[:, 0].copy(), rel[:, 1].copy(), radius, 0.0, len(azim), 80.0)
     p = world.profile  # lowered a kilometre: only the primitives count
     no_roof = np.array([50.0, 50.0, 50.0, 50.0, -0.3])
     _, hit, _ = raycast.cast_scan(origins, rot, elev, azim, prims["kind"], prims["centre"], prims["half"],
-                                  prims["yaw"], starts, bucket, 80.0, no_roof, p.x0, p.table * 0 - 1e3,
+                                  prims["yaw"], radius, starts, bucket, 80.0, no_roof, p.x0, p.table * 0 - 1e3,
                                   p.section, p.params, 0.0, -1e3)
     cy, sy = np.cos(prims["yaw"]), np.sin(prims["yaw"])
     for bi, el in enumerate(elev):
