@@ -34,6 +34,20 @@ def nn_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
+def shard_content(path: Path) -> dict:
+    """Every dataset's bytes and every attribute of a shard, read through HDF5.
+
+    Two fusions of the same input store the same content but not always the same file
+    bytes: h5py's lzf leaves its hash table uninitialised (INIT_HTAB 0 in h5py's
+    lzf/lzfP.h), so the compressed stream depends on leftover stack memory."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        data = {name: (f[name].dtype.str, f[name].shape, f[name][()].tobytes()) for name in f}
+        attrs = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in f.attrs.items()}
+    return {"datasets": data, "attrs": attrs}
+
+
 def real_path(name: str) -> Path:
     p = REAL / name
     if not p.is_file():
