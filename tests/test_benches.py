@@ -80,6 +80,11 @@ def test_experiment_runs_every_arm_at_its_smallest_size(fused_cache, tmp_path):
     results = (tmp_path / "e" / "results.md").read_text()
     for arm in ("baseline", "teacher", "m2skd", "online", "online-nokd"):
         assert arm in results, results
+    r = _run([sys.executable, "-m", "m2skd.experiments.instance_size", "--cache", str(fused_cache), "--runs",
+              str(tmp_path / "e" / "runs"), "--seeds", "0", "--report-seqs", "08", "--record",
+              str(tmp_path / "size.json")], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "all hard classes" in r.stdout and (tmp_path / "size.json").is_file()
 
 
 def test_tuning_script_runs_at_its_smallest_size(fused_cache, tmp_path):

@@ -125,3 +125,24 @@ def test_extend_continues_copies_of_the_students_and_keeps_the_teachers(fused_ca
     assert job.cfg.runtime.patience == 0 and job.steps == 5 and job.out == runs / "baseline-long_s0"
     assert load_checkpoint(job.out / "last.pt")["step"] == 2  # the copy, ready to resume
     assert not (runs / "m2skd-long_s0").exists()  # nothing to copy: it starts from scratch
+
+
+def test_instance_size_diagnosis_by_hand():
+    """Diagnosis (c)'s counting on a scan worked by hand: instances are (class, id > 0)
+    pairs, binned by their point count, recall = points labelled right / points."""
+    import numpy as np
+
+    from m2skd.experiments.instance_size import instance_hits, predicted_as, size_bins
+
+    labels = np.array([2, 2, 2, 6, 6, 10, 2, 2])
+    instance = np.array([1, 1, 1, 1, 1, 3, 2, 0])  # bicycle 1 (3 pts), person 1 (2), parking 3, bicycle 2 (1), no id
+    pred = np.array([2, 2, 0, 6, 2, 10, 2, 2])
+    cls, points, right = instance_hits(labels, instance, pred, (2, 6))
+    assert cls.tolist() == [2, 2, 6] and points.tolist() == [3, 1, 2] and right.tolist() == [2, 1, 1]
+    bins = size_bins(cls, points, right, (2, 6), edges=(1, 3))
+    assert bins == {"bicycle": [[1, 1, 1], [1, 3, 2]], "person": [[1, 2, 1], [0, 0, 0]], "all": [[2, 3, 2], [1, 3, 2]]}
+    conf = np.zeros((len(CLASS_NAMES),) * 2, np.int64)
+    np.add.at(conf, (labels, pred), 1)
+    # bicycle's five labelled points (instance or not): four called bicycle, one unlabeled
+    assert predicted_as(conf, (2, 6)) == {"bicycle": {"bicycle": 0.8, "unlabeled": 0.2},
+                                          "person": {"bicycle": 0.5, "person": 0.5}}

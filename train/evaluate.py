@@ -7,13 +7,14 @@ teacher's "fused val" numbers are meant.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from m2skd.common.progress import progress as progress_bar
 
-from .batch import collate
+from .batch import Batch, collate
 from .checkpoint import CheckpointError, load_model
 from .dataset import RawDataset, ShardDataset
 from .metrics import Confusion, predict
@@ -23,8 +24,11 @@ from .predict import write_predictions
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, dataset: torch.utils.data.Dataset, device: torch.device, *,
              view: str = "single", batch_size: int = 1, workers: int = 0, predictions: Path | None = None,
-             progress: bool = True) -> Confusion:
-    """Confusion over the dataset's scans, read in `view` (single or fused), scored on their own points."""
+             progress: bool = True, observe: Callable[[Batch, torch.Tensor], None] | None = None) -> Confusion:
+    """Confusion over the dataset's scans, read in `view` (single or fused), scored on their own points.
+
+    `observe(batch, pred)` sees every batch (on the device) with its per-point predictions:
+    where an analysis that a confusion matrix cannot hold (per instance, per range) hooks in."""
     # its own generator: validation during training must not draw from the run's RNG
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate(view),
                                          num_workers=workers, generator=torch.Generator())
@@ -36,6 +40,8 @@ def evaluate(model: torch.nn.Module, dataset: torch.utils.data.Dataset, device: 
             pred = predict(model(b).point_logits)
             own = b.original_mask()
             conf.add(pred[own], b.labels[own])
+            if observe is not None:
+                observe(b, pred)
             if predictions is not None:
                 write_predictions(predictions, batch, pred.cpu().numpy())
             bar.advance(task, batch.batch_size)
@@ -45,7 +51,8 @@ def evaluate(model: torch.nn.Module, dataset: torch.utils.data.Dataset, device: 
 def score_checkpoint(ckpt: str | Path, device: torch.device, *, cache: Path | None = None, data: Path | None = None,
                      sequences: tuple[str, ...] | None = None, split: str = "val", view: str = "single",
                      batch_size: int = 1, workers: int = 0, predictions: Path | None = None,
-                     progress: bool = False) -> tuple[dict, dict]:
+                     progress: bool = False, observe: Callable[[Batch, torch.Tensor], None] | None = None,
+                     ) -> tuple[dict, dict]:
     """A checkpoint's scores (`Confusion.summary` over the hard classes it trained with) on
     `sequences` (else its config's `split`) of a fused cache or of raw scans, and the
     checkpoint itself (its state has the sequences scored under "sequences"). What
@@ -63,5 +70,5 @@ def score_checkpoint(ckpt: str | Path, device: torch.device, *, cache: Path | No
                               f"with {list(hard)}: its fused input would not be what it learnt on; "
                               "use the cache it was trained on")
     conf = evaluate(model, ds, device, view=view, batch_size=batch_size, workers=workers, predictions=predictions,
-                    progress=progress)
+                    progress=progress, observe=observe)
     return conf.summary(hard), {**state, "sequences": list(seqs)}
