@@ -19,7 +19,7 @@ SEEDS      ?= 0,1,2
 CKPT       ?=
 DEMO_OUT   ?= $(CACHE)/demo
 
-.PHONY: setup .venv test test-slow demo demo-seeds experiment ablations ablation-window synth fuse eval bench lint clean
+.PHONY: setup .venv test test-slow demo demo-seeds experiment ablations ablation-window diagnosis-width synth fuse eval bench lint clean
 
 setup .venv: $(STAMP)
 
@@ -91,6 +91,15 @@ ABL_SEEDS  ?= 0,1
 ablations: $(EXPERIMENTS)
 	$(BIN)/python -m m2skd.experiments.evidence --cache "$(EXP_DIR)/fused" --out "$(EXP_DIR)/ablations" --runs "$(EXP_DIR)/runs" \
 		--model $(MODEL) --seeds $(ABL_SEEDS) --variants all --record "$(EXP_RECORD)" $(EXP_ARGS)
+
+# Diagnosis (b): the baseline, the fused teacher and its M2SKD student at WIDTH times the
+# tiny network's widths (run names tagged wWIDTH), paired against the tiny ones.
+WIDTH      ?= 2
+WIDTH_SEEDS ?= 0
+diagnosis-width: $(EXPERIMENTS)
+	$(BIN)/python -m m2skd.experiments.evidence --cache "$(EXP_DIR)/fused" --out "$(EXP_DIR)/width" \
+		--runs "$(EXP_DIR)/runs" --model $(MODEL) --seeds $(WIDTH_SEEDS) --arms baseline,teacher,m2skd \
+		--width $(WIDTH) --record "$(EXP_RECORD)" $(EXP_ARGS)
 
 # The window ablation: a teacher fused with ABL_WINDOW (default 4 past and 4 future scans)
 # and its M2SKD student, run names tagged ABL_TAG, paired against the default window's.

@@ -350,6 +350,9 @@ def _names(text: str, allowed: tuple[str, ...], option: str) -> tuple[str, ...]:
               help=f"which arms to train per seed, of {', '.join(ARMS)}")
 @click.option("--tag", default="", help="appended to the run names (ARM-TAG_sN), e.g. win44 for runs on a cache "
               "fused with another window, beside the main runs")
+@click.option("--width", type=click.IntRange(1, 8), default=1, show_default=True,
+              help="the network's point MLP and U-Net widths times this (diagnosis b: is tiny too small to take "
+              "the knowledge?); runs tagged wK unless --tag says otherwise")
 @click.option("--extend", type=int, help="continue copies (ARM-long) of the --arms runs that teach none of "
               "them, without early stopping, to this step")
 @click.option("--variants", default="", help="ablations of the M2SKD student, comma-separated, or all: "
@@ -359,7 +362,7 @@ def _names(text: str, allowed: tuple[str, ...], option: str) -> tuple[str, ...]:
               help="no training: rebuild the tables from per-run results recorded in this folder")
 def main(cache: Path, out: Path, runs: Path | None, model: str, seeds: str, train_seqs: str, val_seqs: str,
          report_seqs: str, max_steps: int, val_every: int, patience: int, lanes: int | None, device: str,
-         arms: str, tag: str, extend: int | None, variants: str, record: Path | None,
+         arms: str, tag: str, width: int, extend: int | None, variants: str, record: Path | None,
          rebuild: Path | None) -> None:
     """M2SKD, a single-scan-teacher student and the baseline, each to its val plateau, several seeds."""
     t0 = time.perf_counter()
@@ -371,11 +374,15 @@ def main(cache: Path, out: Path, runs: Path | None, model: str, seeds: str, trai
         return
     seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     arm_list = _names(arms, ARMS, "--arms")
+    tag = tag or (f"w{width}" if width > 1 else "")
     tag = f"-{tag}" if tag else ""
     chosen = tuple(VARIANTS) if variants == "all" else _names(variants, tuple(VARIANTS), "--variants")
     cfg = TrainConfig.preset("tiny", model=model).override(
         workers=0, train_sequences=tuple(parse_sequences(train_seqs)), val_sequences=tuple(parse_sequences(val_seqs)),
         val_every=val_every, patience=patience)
+    if width > 1:
+        cfg = cfg.override(point_widths=tuple(width * w for w in cfg.model.point_widths),
+                           init_size=width * cfg.model.init_size)
     check_cache(cache, cfg.data.train_sequences, cfg.data.val_sequences, tuple(parse_sequences(report_seqs)))
     lanes = lanes or (2 if (os.cpu_count() or 1) >= 2 else 1)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else

@@ -146,3 +146,25 @@ def test_instance_size_diagnosis_by_hand():
     # bicycle's five labelled points (instance or not): four called bicycle, one unlabeled
     assert predicted_as(conf, (2, 6)) == {"bicycle": {"bicycle": 0.8, "unlabeled": 0.2},
                                           "person": {"bicycle": 0.5, "person": 0.5}}
+
+
+def test_width_diagnosis_runs_wider_networks_beside_the_tiny_ones(fused_cache, tmp_path):
+    """--width 2: the three arms at twice the tiny widths, tagged w2 (never mixed into the
+    tiny runs' folders), the student taught by the wide teacher and paired with the wide baseline."""
+    out = tmp_path / "exp"
+    args = ["--cache", str(fused_cache), "--out", str(out), "--seeds", "0", "--train-seqs", "00", "--val-seqs", "08",
+            "--report-seqs", "08", "--max-steps", "2", "--val-every", "2", "--patience", "1", "--lanes", "1",
+            "--device", "cpu", "--arms", "baseline,teacher,m2skd", "--width", "2"]
+    r = CliRunner().invoke(evidence.main, args, catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["baseline-w2_s0", "m2skd-w2_s0", "teacher-w2_s0"]
+    from m2skd.train.config import TrainConfig
+
+    tiny = TrainConfig.preset("tiny").model
+    for arm in ("baseline", "teacher", "m2skd"):
+        model = json.loads((out / "runs" / f"{arm}-w2_s0" / "config.json").read_text())["config"]["model"]
+        assert model["point_widths"] == [2 * w for w in tiny.point_widths] and model["init_size"] == 2 * tiny.init_size
+    m2 = json.loads((out / "runs" / "m2skd-w2_s0" / "config.json").read_text())
+    assert m2["teacher"].endswith("teacher-w2_s0/best.pt")
+    paired = json.loads((out / "results.json").read_text())["summary"]["paired"]
+    assert "m2skd-w2 - baseline-w2" in paired
