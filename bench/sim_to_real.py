@@ -1,13 +1,15 @@
 """Sim-to-real yardstick: a single-scan model trained only on synthetic full-size scans,
 scored on the real labelled SemanticKITTI scan 000750 (shared/data/real/).
 
-    python bench/sim_to_real.py --out data_cache/sim2real [--sequences 00-05] [--steps 3000]
+    python bench/sim_to_real.py --out data_cache/sim2real [--sequences 00-05] [--steps 3000] [--train-seeds 0,1,2]
 
 It generates the synthetic sequences (full preset, hard_density 1), fuses them (the
 trainer reads shards), trains a PolarNet baseline without remission (the real labelled
 scan has none), and prints per-class IoU on the classes present in the real scan and the
-mean over road, sidewalk, building, vegetation, terrain and car. Resumes: generation,
-fusion and training each skip what is done. `--record FILE` keeps the result as JSON.
+mean over road, sidewalk, building, vegetation, terrain and car; with several
+`--train-seeds` (one world, one training run per seed), each class's mean and range over
+them. Resumes: generation, fusion and training each skip what is done. `--record FILE`
+keeps the result as JSON.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from m2skd.common.atomic import atomic_path
 from m2skd.common.labels import CLASS_NAMES, IGNORE_INDEX
 from m2skd.common.splits import parse_sequences
 from m2skd.preprocess.config import FusionConfig
@@ -63,12 +66,13 @@ def score_real(ckpt: Path) -> dict:
 @click.option("--scans", type=int, default=100, show_default=True, help="scans per synthetic sequence")
 @click.option("--steps", type=int, default=3000, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="world seed")
+@click.option("--train-seeds", default="0", show_default=True, help="one training run per seed, on the same world")
 @click.option("--tilt", type=float, default=0.0, show_default=True,
               help="augmentation: random roll/pitch (deg); with --z-shift, for a world whose ground is level")
 @click.option("--z-shift", type=float, default=0.0, show_default=True, help="augmentation: height shift sigma (m)")
 @click.option("--record", type=click.Path(dir_okay=False, path_type=Path), help="write the result JSON here")
-def main(out: Path, sequences: str, scans: int, steps: int, seed: int, tilt: float, z_shift: float,
-         record: Path | None) -> None:
+def main(out: Path, sequences: str, scans: int, steps: int, seed: int, train_seeds: str, tilt: float,
+         z_shift: float, record: Path | None) -> None:
     t0 = time.perf_counter()
     names = parse_sequences(sequences)
     synth = SynthConfig.preset("full").override(scans=scans, seed=seed)
@@ -79,23 +83,47 @@ def main(out: Path, sequences: str, scans: int, steps: int, seed: int, tilt: flo
                                                                  train_sequences=tuple(names), tilt_deg=tilt)
     if z_shift:
         cfg = cfg.override(translate=(*cfg.augment.translate[:2], z_shift))
-    run_dir = out / ("run" if not (tilt or z_shift) else f"run_tilt{tilt:g}_z{z_shift:g}")
-    ckpt = train(RunSpec(kind="baseline", cfg=cfg, cache=out / "fused", out=run_dir, steps=steps, seed=0,
-                         resume="auto", progress=True))
-    res = score_real(ckpt)
-    res.update(sequences=names, scans=scans, steps=steps, world_seed=seed, tilt_deg=tilt, z_shift=z_shift,
-               minutes=(time.perf_counter() - t0) / 60)
-    t = Table(title=f"trained on {len(names)} synthetic sequences, scored on SemanticKITTI 000750")
+    name = "run" if not (tilt or z_shift) else f"run_tilt{tilt:g}_z{z_shift:g}"
+    per_seed = {}
+    for k in (int(x) for x in train_seeds.split(",")):
+        run_dir = out / (name if k == 0 else f"{name}_s{k}")  # seed 0 keeps the name runs had before seeds
+        ckpt = train(RunSpec(kind="baseline", cfg=cfg, cache=out / "fused", out=run_dir, steps=steps, seed=k,
+                             resume="auto", progress=True))
+        per_seed[k] = score_real(ckpt)
+    res = spread(per_seed)
+    res.update(sequences=names, scans=scans, steps=steps, world_seed=seed, train_seeds=sorted(per_seed),
+               tilt_deg=tilt, z_shift=z_shift, minutes=(time.perf_counter() - t0) / 60)
+    t = Table(title=f"trained on {len(names)} synthetic sequences, scored on SemanticKITTI 000750 "
+                    f"({len(per_seed)} training seed{'s' * (len(per_seed) > 1)}: mean [min, max])")
     t.add_column("class")
     t.add_column("IoU %", justify="right")
-    for name, v in res["iou"].items():
-        t.add_row(name, f"{100 * v:.1f}")
-    t.add_row("[bold]mean of road, sidewalk, building, vegetation, terrain, car", f"{100 * res['six_mean']:.1f}")
-    t.add_row("mean over the classes present", f"{100 * res['present_mean']:.1f}")
+    for cls, v in res["iou"].items():
+        t.add_row(cls, _cell(v))
+    t.add_row("[bold]mean of road, sidewalk, building, vegetation, terrain, car", _cell(res["six_mean"]))
+    t.add_row("mean over the classes present", _cell(res["present_mean"]))
     Console().print(t)
     if record is not None:
-        record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps(res, indent=1))
+        with atomic_path(record) as tmp:
+            tmp.write_text(json.dumps(res, indent=1))
+
+
+def spread(per_seed: dict[int, dict]) -> dict:
+    """Per class and for the two means: mean, min and max over the training seeds; the
+    per-seed results kept under "runs"."""
+    runs = list(per_seed.values())
+
+    def stat(xs: list[float]) -> dict:
+        return {"mean": float(np.mean(xs)), "min": float(np.min(xs)), "max": float(np.max(xs))}
+
+    return {"iou": {c: stat([r["iou"][c] for r in runs]) for c in runs[0]["iou"]},
+            "six_mean": stat([r["six_mean"] for r in runs]), "present_mean": stat([r["present_mean"] for r in runs]),
+            "points": runs[0]["points"], "runs": {str(k): r for k, r in per_seed.items()}}
+
+
+def _cell(v: dict) -> str:
+    if v["min"] == v["max"]:
+        return f"{100 * v['mean']:.1f}"
+    return f"{100 * v['mean']:.1f} [{100 * v['min']:.1f}, {100 * v['max']:.1f}]"
 
 
 if __name__ == "__main__":
