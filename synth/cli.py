@@ -20,7 +20,15 @@ from m2skd.common.progress import progress
 from m2skd.common.splits import parse_sequences
 
 from .config import SynthConfig
-from .sequence import ForeignSequenceError, check_own_folder, generate_sequence
+from .sequence import (
+    WORLD_VERSION,
+    ForeignSequenceError,
+    OlderWorldError,
+    check_own_folder,
+    generate_sequence,
+    kept_older_world,
+    with_labels,
+)
 
 console = Console(stderr=True)
 
@@ -63,7 +71,10 @@ def summarise(root: Path, names: list[str], every: int = 1) -> Table:
 @click.option("--labels/--no-labels", default=None,
               help="write labels (default: yes, except test sequences 11-21, as SemanticKITTI)")
 @click.option("--summary/--no-summary", default=True, show_default=True, help="print a table read back from disk")
-def main(out_dir: Path, sequences: str, preset: str, labels: bool | None, summary: bool, **options) -> None:
+@click.option("--regenerate", is_flag=True,
+              help="replace sequences an older version of the generator wrote (kept untouched otherwise)")
+def main(out_dir: Path, sequences: str, preset: str, labels: bool | None, summary: bool, regenerate: bool,
+         **options) -> None:
     """Generate synthetic LiDAR sequences in OUT_DIR/sequences/XX (SemanticKITTI layout).
 
     Deterministic per seed; an interrupted run resumes where it stopped.
@@ -75,16 +86,24 @@ def main(out_dir: Path, sequences: str, preset: str, labels: bool | None, summar
         raise click.UsageError(str(e)) from None
     try:
         ensure_writable_dir(out_dir)
+        kept = []
         for name in names:  # every sequence checked before any is written
-            check_own_folder(kitti_io.Sequence(out_dir, name).path)
-        _generate(out_dir, names, cfg, labels, summary)
-    except (ForeignSequenceError, OutputError) as e:
+            seq = kitti_io.Sequence(out_dir, name)
+            check_own_folder(seq.path)
+            if not regenerate and (old := kept_older_world(seq, cfg, with_labels(name, labels))) is not None:
+                kept.append((name, old))
+        for name, old in kept:
+            console.print(f"[yellow]sequence {name}: written by version {old} of the generator (this is "
+                          f"{WORLD_VERSION}); kept as it is, scans and poses together (--regenerate replaces it)")
+        _generate(out_dir, names, cfg, labels, summary, regenerate)
+    except (ForeignSequenceError, OlderWorldError, OutputError) as e:
         fail(str(e))
     except OSError as e:  # a folder that turns read-only or a disk that fills mid-run
         fail(f"{e.filename or out_dir}: {e.strerror or e}; rerun to resume (finished scans are kept)")
 
 
-def _generate(out_dir: Path, names: list[str], cfg: SynthConfig, labels: bool | None, summary: bool) -> None:
+def _generate(out_dir: Path, names: list[str], cfg: SynthConfig, labels: bool | None, summary: bool,
+              regenerate: bool = False) -> None:
     t0 = time.perf_counter()
     with progress(
         TextColumn("[bold]seq {task.fields[seq]}"), BarColumn(), MofNCompleteColumn(),
@@ -98,7 +117,7 @@ def _generate(out_dir: Path, names: list[str], cfg: SynthConfig, labels: bool | 
                 rate = (frame + 1) / max(time.perf_counter() - start, 1e-9)
                 bar.update(task, advance=1, rate=f"{rate:.1f} scans/s")
 
-            generate_sequence(out_dir, name, cfg, labels=labels, on_scan=tick)
+            generate_sequence(out_dir, name, cfg, labels=labels, on_scan=tick, regenerate=regenerate)
     console.print(f"wrote {len(names)} sequence(s) x {cfg.scans} scans to {out_dir} "
                   f"in {time.perf_counter() - t0:.1f} s")
     if summary:

@@ -13,6 +13,7 @@ bytes and an interrupted run resumes by skipping the scans already on disk.
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,6 +183,53 @@ class ForeignSequenceError(ValueError):
     """A sequence folder with files that m2skd-synth did not write (real data, most likely)."""
 
 
+class OlderWorldError(ValueError):
+    """A sequence begun by an older version of the generator: finishing it with this one
+    would mix two worlds (and poses that no longer match its scans)."""
+
+
+# The generator's version, written into synth.json. Bump it whenever the output for a
+# given config changes (world, shapes, sensor, poses): 1, flat ground and boxes (up to
+# commit 2146d08); 2, relief and shapes. A sequence of another version is never resumed
+# nor touched: rewriting its poses.txt alone gave scans of the old world the poses of the
+# new one, and a fusion that silently misplaced every neighbour (found in the training-
+# mode experiment's cache, 2026-12-01).
+WORLD_VERSION = 2
+
+
+def older_world(folder: Path, stamp: dict) -> int | None:
+    """The version of the generator that wrote `folder`, when it is another one than
+    `stamp`'s with otherwise the same settings; None when it is not."""
+    prior = check_own_folder(folder)
+    if prior is None or prior.get("version") == stamp["version"]:
+        return None
+    rest = {k: v for k, v in prior.items() if k != "version"}
+    return prior.get("version") if rest == {k: v for k, v in stamp.items() if k != "version"} else None
+
+
+def kept_older_world(seq: kitti_io.Sequence, cfg: SynthConfig, labels: bool) -> int | None:
+    """The older generator version of `seq` when it is a whole sequence with these
+    settings (to be kept as it is); None when it is not of an older version; raises
+    OlderWorldError for a partial one (finishing it would mix two worlds)."""
+    old = older_world(seq.path, world_stamp(cfg, labels))
+    if old is None or is_complete(seq, cfg.scans, labels):
+        return old
+    raise OlderWorldError(f"{seq.path}: begun by version {old} of the generator, this is version {WORLD_VERSION}: "
+                          "finishing it would mix two worlds; pass --regenerate to start it again, or write to "
+                          "another folder")
+
+
+def with_labels(name: str, labels: bool | None) -> bool:
+    """labels=None: labelled except the test split (11-21), as SemanticKITTI."""
+    return name not in TEST_SEQUENCES if labels is None else labels
+
+
+def is_complete(seq: kitti_io.Sequence, scans: int, labels: bool) -> bool:
+    """Every scan (and label) and the poses of a `scans`-scan sequence are on disk."""
+    return (seq.path / "poses.txt").is_file() and all(
+        seq.scan_path(f).is_file() and (not labels or seq.label_path(f).is_file()) for f in range(scans))
+
+
 def check_own_folder(folder: Path) -> dict | None:
     """The generator's marker of `folder`, None for a new or empty folder; refuses a folder
     with other files and no marker of ours: the generator replaces scans, labels, poses and
@@ -208,17 +256,22 @@ def generate_sequence(
     cfg: SynthConfig,
     labels: bool | None = None,
     on_scan: Callable[[int], None] | None = None,
+    regenerate: bool = False,
 ) -> kitti_io.Sequence:
     """Write one synthetic sequence under ROOT/sequences/NAME; resumes a partial run.
 
     labels=None writes labels except for the test split (11-21), as SemanticKITTI does.
+    A whole sequence written by another version of the generator (`WORLD_VERSION`) with
+    the same settings is left as it is, every file untouched (experiments go on reading
+    the world they began on); a partial one is refused. `regenerate` replaces either.
     """
     seq = kitti_io.Sequence(Path(root), name)
-    if labels is None:
-        labels = name not in TEST_SEQUENCES
-    stamp = {"generator": "m2skd-synth", "version": 1, "labels": labels, "config": cfg.to_dict()}
+    labels = with_labels(name, labels)
+    stamp = world_stamp(cfg, labels)
     stamp_path = seq.path / "synth.json"
     prior = check_own_folder(seq.path)
+    if not regenerate and kept_older_world(seq, cfg, labels) is not None:
+        return seq
     resumable = prior == stamp
     if not resumable:
         for sub in ("velodyne", "labels"):
@@ -227,14 +280,16 @@ def generate_sequence(
                 for f in d.iterdir():
                     f.unlink()
     seq.path.mkdir(parents=True, exist_ok=True)
-    with atomic_path(stamp_path) as tmp:
-        tmp.write_text(json.dumps(stamp, indent=1))
+    _write_if_changed(stamp_path, lambda p: p.write_text(json.dumps(stamp, indent=1)))
 
     sim = SequenceSim(cfg, name)
     calib = kitti_calib_matrices()
-    kitti_io.write_calib(seq.path / "calib.txt", calib)
-    kitti_io.write_poses(seq.path / "poses.txt", camera_poses(sim.lidar_poses, calib["Tr"]))
-    kitti_io.write_times(seq.path / "times.txt", np.arange(cfg.scans) * cfg.period)
+    # rewritten only when their bytes change: a resumed run keeps their mtimes, so the
+    # fused cache (whose shards hash their inputs' mtimes) is not rebuilt for nothing
+    _write_if_changed(seq.path / "calib.txt", lambda p: kitti_io.write_calib(p, calib))
+    _write_if_changed(seq.path / "poses.txt",
+                      lambda p: kitti_io.write_poses(p, camera_poses(sim.lidar_poses, calib["Tr"])))
+    _write_if_changed(seq.path / "times.txt", lambda p: kitti_io.write_times(p, np.arange(cfg.scans) * cfg.period))
     for frame in range(cfg.scans):
         done = seq.scan_path(frame).is_file() and (not labels or seq.label_path(frame).is_file())
         if not done:
@@ -246,3 +301,18 @@ def generate_sequence(
         if on_scan is not None:
             on_scan(frame)
     return seq
+
+
+def world_stamp(cfg: SynthConfig, labels: bool) -> dict:
+    """What synth.json records of a sequence: generator, its version, labels, settings."""
+    return {"generator": "m2skd-synth", "version": WORLD_VERSION, "labels": labels, "config": cfg.to_dict()}
+
+
+def _write_if_changed(path: Path, write: Callable[[Path], None]) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        new = Path(d) / path.name
+        write(new)
+        data = new.read_bytes()
+    if not (path.is_file() and path.read_bytes() == data):
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)

@@ -43,6 +43,42 @@ def test_synth_never_writes_into_a_sequence_it_did_not_make(synth_root, tmp_path
     assert len(list((root / "sequences" / "09" / "velodyne").iterdir())) == 3
 
 
+
+def _mtimes(root):
+    return {p.relative_to(root): p.stat().st_mtime_ns for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_synth_keeps_a_sequence_of_an_older_generator_whole(tmp_path):
+    """A sequence an older generator wrote keeps its scans *and* its poses (the bug: the
+    poses were rewritten by the new world while the scans stayed the old one's, and the
+    fusion misplaced every neighbour); a partial one is refused; --regenerate replaces it.
+    A resumed run of the same version touches no file, so the fused cache is not rebuilt."""
+    from m2skd.synth.cli import main
+
+    args = [str(tmp_path), "--sequences", "08", "--scans", "3", "--preset", "tiny", "--no-summary"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    seq = tmp_path / "sequences" / "08"
+    before = _mtimes(tmp_path)
+    r = CliRunner().invoke(main, args)  # the same version again: nothing rewritten
+    assert r.exit_code == 0 and _mtimes(tmp_path) == before, r.output
+    stamp = json.loads((seq / "synth.json").read_text())
+    (seq / "synth.json").write_text(json.dumps({**stamp, "version": stamp["version"] - 1}))
+    (seq / "poses.txt").write_text((seq / "poses.txt").read_text().replace("0", "1", 5))  # "the old world's"
+    before, kept = _mtimes(tmp_path), _tree(tmp_path)
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0 and "kept as it is" in r.output and "version" in r.output
+    assert _tree(tmp_path) == kept and _mtimes(tmp_path) == before
+    (seq / "velodyne" / "000002.bin").unlink()  # a partial sequence of the older version: refused
+    kept = _tree(tmp_path)
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 1 and "mix two worlds" in r.output and "sequences/08" in r.output
+    assert _tree(tmp_path) == kept
+    r = CliRunner().invoke(main, [*args, "--regenerate"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((seq / "synth.json").read_text())["version"] == stamp["version"]
+    assert len(list((seq / "velodyne").iterdir())) == 3 and "1" * 5 not in (seq / "poses.txt").read_text()[:40]
+
+
 def test_a_student_never_writes_over_its_teacher_or_its_cache(fused_cache, tmp_path):
     cfg = tiny_train_config()
     t = train(RunSpec(kind="teacher", cfg=cfg, cache=fused_cache, out=tmp_path / "T", steps=1, progress=False))
