@@ -26,6 +26,7 @@ from m2skd.common.atomic import atomic_path
 from m2skd.common.labels import CLASS_NAMES, class_ids
 from m2skd.common.splits import parse_sequences
 from m2skd.train.evaluate import score_checkpoint
+from m2skd.train.metrics import Confusion
 
 # Instance sizes in points of one scan; a 64-beam scan's hard instances span 1 to ~2000.
 EDGES = (1, 10, 30, 100, 300)
@@ -67,8 +68,7 @@ def bin_names(edges: tuple[int, ...] = EDGES) -> list[str]:
 def score_run(ckpt: Path, cache: Path, sequences: tuple[str, ...], view: str, device: torch.device) -> dict:
     """One checkpoint's size bins over `sequences` in `view`, scored on each scan's own points."""
     found: list[tuple[np.ndarray, ...]] = []
-    n = len(CLASS_NAMES)
-    confusion = np.zeros((n, n), np.int64)  # [label, predicted], own points
+    conf = Confusion()  # own points
 
     def observe(batch, pred) -> None:
         start = 0
@@ -76,7 +76,7 @@ def score_run(ckpt: Path, cache: Path, sequences: tuple[str, ...], view: str, de
             own = slice(start, start + n_own)
             labels, p = batch.labels[own].cpu().numpy(), pred[own].cpu().numpy()
             found.append(instance_hits(labels, batch.instance[own].cpu().numpy(), p))
-            confusion[:] += np.bincount(labels * n + p, minlength=n * n).reshape(n, n)
+            conf.add(p, labels)
             start += size
 
     summary, state = score_checkpoint(ckpt, device, cache=cache, sequences=sequences, view=view, observe=observe)
@@ -84,7 +84,7 @@ def score_run(ckpt: Path, cache: Path, sequences: tuple[str, ...], view: str, de
     cls, points, right = (np.concatenate(a) for a in zip(*found, strict=True))
     keep = np.isin(cls, hard)
     return {"bins": size_bins(cls[keep], points[keep], right[keep], hard), "miou": summary["miou"],
-            "hard_miou": summary["hard_miou"], "predicted_as": predicted_as(confusion, hard)}
+            "hard_miou": summary["hard_miou"], "predicted_as": predicted_as(conf.matrix.T, hard)}
 
 
 def predicted_as(confusion: np.ndarray, classes: tuple[int, ...], top: int = 3) -> dict:
@@ -104,13 +104,13 @@ def table(record: dict) -> str:
     runs = record["runs"]
     names = bin_names(tuple(record["edges"]))
     classes = [c for c in next(iter(runs.values()))["bins"] if c != "all"]
+    cols = [title for _, _, title in COLUMNS]
+    base = [r for k, r in runs.items() if k.startswith("baseline_s") and k.endswith(":single")]
     lines = []
     for cls in ["all", *classes]:
         head = f"**{cls}**" if cls != "all" else "**all hard classes**"
-        cols = [title for _, _, title in COLUMNS]
         lines += [f"{head} | instances | points | " + " | ".join(f"recall, {c}" for c in cols),
                   "|".join(["---"] + ["---:"] * (2 + len(cols)))]
-        base = [r for k, r in runs.items() if k.startswith("baseline_s") and k.endswith(":single")]
         for i, name in enumerate(names):
             inst = np.mean([r["bins"][cls][i][0] for r in base])
             pts = np.mean([r["bins"][cls][i][1] for r in base])
@@ -162,7 +162,6 @@ def main(cache: Path | None, runs: Path | None, seeds: str, report_seqs: str, re
             result["runs"][f"{arm}_s{seed}:{view}"] = score_run(ckpt, cache, seqs, view, torch.device("cpu"))
             click.echo(f"{arm}_s{seed} ({view}) scored", err=True)
     if record is not None:
-        record.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(record) as tmp:
             tmp.write_text(json.dumps(result, indent=1))
     click.echo(table(result))

@@ -89,8 +89,8 @@ def main(out_dir: Path, sequences: str, preset: str, labels: bool | None, summar
         kept = []
         for name in names:  # every sequence checked before any is written
             seq = kitti_io.Sequence(out_dir, name)
-            check_own_folder(seq.path)
-            if not regenerate and (old := kept_older_world(seq, cfg, with_labels(name, labels))) is not None:
+            prior = check_own_folder(seq.path)
+            if not regenerate and (old := kept_older_world(seq, prior, cfg, with_labels(name, labels))) is not None:
                 kept.append((name, old))
         for name, old in kept:
             console.print(f"[yellow]sequence {name}: written by version {old} of the generator (this is "

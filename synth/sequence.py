@@ -201,21 +201,21 @@ class OlderWorldError(ValueError):
 WORLD_VERSION = 2
 
 
-def older_world(folder: Path, stamp: dict) -> int | None:
-    """The version of the generator that wrote `folder`, when it is another one than
-    `stamp`'s with otherwise the same settings; None when it is not."""
-    prior = check_own_folder(folder)
+def older_world(prior: dict | None, stamp: dict) -> int | None:
+    """The version of the generator that wrote `prior` (a folder's synth.json), when it is
+    another one than `stamp`'s with otherwise the same settings; None when it is not."""
     if prior is None or prior.get("version") == stamp["version"]:
         return None
     rest = {k: v for k, v in prior.items() if k != "version"}
     return prior.get("version") if rest == {k: v for k, v in stamp.items() if k != "version"} else None
 
 
-def kept_older_world(seq: kitti_io.Sequence, cfg: SynthConfig, labels: bool) -> int | None:
-    """The older generator version of `seq` when it is a whole sequence with these
-    settings (to be kept as it is); None when it is not of an older version; raises
-    OlderWorldError for a partial one (finishing it would mix two worlds)."""
-    old = older_world(seq.path, world_stamp(cfg, labels))
+def kept_older_world(seq: kitti_io.Sequence, prior: dict | None, cfg: SynthConfig, labels: bool) -> int | None:
+    """The older generator version of `seq` (its synth.json: `prior`, from
+    `check_own_folder`) when it is a whole sequence with these settings (to be kept as it
+    is); None when it is not of an older version; raises OlderWorldError for a partial one
+    (finishing it would mix two worlds)."""
+    old = older_world(prior, world_stamp(cfg, labels))
     if old is None or is_complete(seq, cfg.scans, labels):
         return old
     raise OlderWorldError(f"{seq.path}: begun by version {old} of the generator, this is version {WORLD_VERSION}: "
@@ -274,7 +274,7 @@ def generate_sequence(
     stamp = world_stamp(cfg, labels)
     stamp_path = seq.path / "synth.json"
     prior = check_own_folder(seq.path)
-    if not regenerate and kept_older_world(seq, cfg, labels) is not None:
+    if not regenerate and kept_older_world(seq, prior, cfg, labels) is not None:
         return seq
     resumable = prior == stamp
     if not resumable:
