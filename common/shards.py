@@ -101,6 +101,7 @@ def write_shard(path: str | os.PathLike, scans: list[FusedScan], attrs: dict, co
         "config_hash": attrs.get("config_hash"),
         "input_hash": attrs.get("input_hash"),
         "sha256": file_sha256(path),
+        "content_sha256": content_sha256(scans, offsets),
     }
     with atomic_path(sidecar(path), RESUME_FUSE) as tmp:
         tmp.write_text(json.dumps(entry, indent=1))
@@ -149,6 +150,25 @@ class _Rows:
 def _fused_rows(s: FusedScan) -> _Rows:
     n = s.n_original
     return _Rows(s.frame, s.points[n:], s.labels[n:], s.instance[n:], s.source[n:], n)
+
+
+def content_sha256(scans: list[FusedScan | _Rows], offsets: np.ndarray) -> str:
+    """sha256 of what a shard stores, not of its bytes (docs/formats.md): each dataset whole,
+    in the order points, labels, instance, source, offsets, n_original, frame, as the
+    little-endian arrays of the dtypes stored.
+
+    The file's sha256 tells a damaged file; it cannot tell "rebuilt from other inputs" from
+    "rebuilt from the same ones", because h5py's lzf leaves its hash table uninitialised and
+    the compressed bytes vary between processes. This digest can: a resumed run compares it
+    (train/run.py) and refuses a cache whose content changed under it."""
+    h = hashlib.sha256()
+    for name, dtype in DATASETS.items():
+        for s in scans:
+            h.update(np.ascontiguousarray(getattr(s, name), np.dtype(dtype).newbyteorder("<")).tobytes())
+    h.update(np.asarray(offsets, "<i8").tobytes())
+    h.update(np.array([s.n_original for s in scans], "<i4").tobytes())
+    h.update(np.array([s.frame for s in scans], "<i4").tobytes())
+    return h.hexdigest()
 
 
 def sidecar(path: str | os.PathLike) -> Path:
@@ -206,6 +226,16 @@ def is_manifest(m: object) -> bool:
     """Shaped like a manifest m2skd-fuse writes: a list of shards with file, sequence and scans."""
     return isinstance(m, dict) and isinstance(m.get("shards"), list) and all(
         isinstance(e, dict) and {"file", "sequence", "scans"} <= set(e) for e in m["shards"])
+
+
+def cache_content(entries: list[dict]) -> str | None:
+    """One digest of the content of these shards (their `content_sha256`, in order), or None
+    when one was written before shards recorded it."""
+    digests = [e.get("content_sha256") for e in entries]
+    if not digests or None in digests:
+        return None
+    joined = ";".join(f"{e['file']}:{d}" for e, d in zip(entries, digests, strict=True))
+    return hashlib.sha256(joined.encode()).hexdigest()[:16]
 
 
 def read_manifest(cache: str | os.PathLike) -> dict:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 
 import pytest
@@ -409,3 +411,50 @@ def test_synth_into_a_folder_it_cannot_write_is_one_line(tmp_path):
     finally:
         (tmp_path / "ro").chmod(0o700)
     assert r.exit_code == 1 and "cannot write here" in r.output and "Traceback" not in r.output, r.output
+
+
+def test_resume_refuses_a_cache_rebuilt_from_changed_input(synth_root, tmp_path):
+    """The incident of docs/evidence.md: a cache re-fused with other poses under a run that then
+    resumed on it. Same fusion config, so only the shards' content can tell; a re-fusion of
+    unchanged input (new mtimes, so every shard is rebuilt, and lzf bytes that differ) must
+    still resume."""
+    import h5py
+    import numpy as np
+
+    from m2skd.preprocess.config import FusionConfig
+    from m2skd.preprocess.pipeline import run_fusion
+    from m2skd.train.trainer import TrainError
+
+    data = tmp_path / "kitti"
+    for name in ("00", "08"):
+        shutil.copytree(synth_root / "sequences" / name, data / "sequences" / name)
+    cache, fusion = tmp_path / "cache", FusionConfig(shard_size=5)
+    run_fusion(data, ["00", "08"], cache, fusion)
+
+    # the recorded digest, recomputed from what h5py reads back, in the order docs/formats.md gives
+    for side in sorted(cache.glob("*.h5.json")):
+        h = hashlib.sha256()
+        with h5py.File(cache / json.loads(side.read_text())["file"]) as f:
+            for name, dtype in (("points", "<f4"), ("labels", "u1"), ("instance", "<u4"), ("source", "i1"),
+                                ("offsets", "<i8"), ("n_original", "<i4"), ("frame", "<i4")):
+                h.update(np.asarray(f[name][:], dtype).tobytes())
+        assert json.loads(side.read_text())["content_sha256"] == h.hexdigest()
+
+    cfg, out = tiny_train_config(), tmp_path / "run"
+    train(RunSpec(kind="teacher", cfg=cfg, cache=cache, out=out, steps=1, progress=False))
+    first = {p.name: p.stat().st_mtime_ns for p in cache.glob("*.h5")}
+    for p in (data / "sequences" / "00").rglob("*"):  # touched, not changed: every shard of 00 is redone
+        os.utime(p, ns=(p.stat().st_atime_ns, p.stat().st_mtime_ns + 10**9))
+    run_fusion(data, ["00", "08"], cache, fusion)
+    assert any(p.stat().st_mtime_ns != first[p.name] for p in cache.glob("seq00_*.h5"))
+    train(RunSpec(kind="teacher", cfg=cfg, cache=cache, out=out, steps=2, resume="yes", progress=False))
+
+    poses = data / "sequences" / "00" / "poses.txt"  # every pose 1.5 m off along x, as in the incident
+    rows = np.loadtxt(poses).reshape(-1, 3, 4)
+    rows[:, 0, 3] += 1.5
+    np.savetxt(poses, rows.reshape(-1, 12), fmt="%.9e")
+    run_fusion(data, ["00", "08"], cache, fusion)
+    before = (out / "last.pt").read_bytes()
+    with pytest.raises(TrainError, match=r"no longer holds the scans the run trained on.*poses"):
+        train(RunSpec(kind="teacher", cfg=cfg, cache=cache, out=out, steps=3, resume="yes", progress=False))
+    assert (out / "last.pt").read_bytes() == before  # refused before anything was trained or saved

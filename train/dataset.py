@@ -18,7 +18,7 @@ import torch
 
 from m2skd.common import kitti_io
 from m2skd.common.labels import raw_to_train
-from m2skd.common.shards import MANIFEST, FusedScan, ShardError, ShardReader, read_manifest
+from m2skd.common.shards import MANIFEST, FusedScan, ShardError, ShardReader, cache_content, read_manifest
 from m2skd.common.views import LOADER_VIEWS, check_view
 
 from .augment import Augmentation
@@ -67,10 +67,12 @@ class ShardDataset(torch.utils.data.Dataset):
         self.cache, self.cfg, self.view = Path(cache), cfg, view
         manifest, self.hard_classes = cache_manifest(self.cache, sequences)
         wanted = set(sequences)
-        self.readers = [ShardReader(self.cache / e["file"], e.get("sha256")) for e in manifest["shards"]
-                        if e["sequence"] in wanted]
-        # what a resumed run must find again: the same fusion (config digest) of the same hard classes
-        self.identity = {"config_hash": manifest.get("config_hash"), "hard_classes": list(self.hard_classes)}
+        entries = [e for e in manifest["shards"] if e["sequence"] in wanted]
+        self.readers = [ShardReader(self.cache / e["file"], e.get("sha256")) for e in entries]
+        # what a resumed run must find again: the same fusion (config digest) of the same hard
+        # classes, and the same stored scans (a cache rebuilt from edited input differs here)
+        self.identity = {"config_hash": manifest.get("config_hash"), "hard_classes": list(self.hard_classes),
+                         "content": cache_content(entries)}
         self.index = [(r, i) for r, reader in enumerate(self.readers) for i in range(len(reader))]
 
     def __len__(self) -> int:

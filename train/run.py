@@ -203,12 +203,21 @@ def _resume(run: Run) -> None:
         raise CheckpointError(f"{path}: a {state['kind']} run with seed {state['seed']}, not a "
                               f"{spec.kind} run with seed {spec.seed}; use another --out or --force")
     saved_cache = state.get("cache_identity")  # absent from checkpoints of older versions
-    if saved_cache is not None and saved_cache != run.dataset.identity:
-        now = run.dataset.identity
+    now = run.dataset.identity
+    fusion = ("config_hash", "hard_classes")
+    if saved_cache is not None and any(saved_cache.get(k) != now[k] for k in fusion):
         raise TrainError(f"{path}: the run trained on a cache fused otherwise (config {saved_cache['config_hash']}, "
                          f"hard classes {saved_cache['hard_classes']}) than {spec.cache} (config "
                          f"{now['config_hash']}, hard classes {now['hard_classes']}); resume on the cache it "
                          "started on, or start over (--force or another --out)")
+    # compared only where both sides recorded it: caches and checkpoints of older versions lack it
+    if saved_cache is not None and None not in (saved_cache.get("content"), now["content"]) \
+            and saved_cache["content"] != now["content"]:
+        raise TrainError(f"{path}: {spec.cache} no longer holds the scans the run trained on (same fusion config, "
+                         f"other content: {saved_cache['content']} then, {now['content']} now): it was rebuilt "
+                         "from changed input (scans, labels, poses or calibration). Resuming would train one run "
+                         "on two datasets; start over (--force or another --out), or restore the input and "
+                         "fuse again")
     if state["step"] > run.total:
         raise TrainError(f"{path}: the run is at step {state['step']}, past the {run.total} steps asked; ask for "
                          f"at least {state['step']} or start over with --force")
