@@ -168,3 +168,30 @@ def test_width_diagnosis_runs_wider_networks_beside_the_tiny_ones(fused_cache, t
     assert m2["teacher"].endswith("teacher-w2_s0/best.pt")
     paired = json.loads((out / "results.json").read_text())["summary"]["paired"]
     assert "m2skd-w2 - baseline-w2" in paired
+
+
+def test_paired_interval_and_the_targets_verdict_by_hand():
+    """The t interval of paired differences and the issue's target, on runs worked by hand."""
+    def run(arm, seed, miou, hard, fused=None):
+        r = {"name": f"{arm}_s{seed}", "arm": arm, "seed": seed, "stopped_at": 100, "hard_classes": ["person"],
+             "report": {"miou": miou, "hard_miou": hard, "iou": dict.fromkeys(CLASS_NAMES[1:], hard)}}
+        if fused is not None:
+            r["report_fused"] = {"miou": fused, "hard_miou": fused}
+        return r
+
+    # m2skd - baseline on hard classes: +1, +2, +3 points; mIoU +1, +1, +1; teacher's fused gap 4, 4, 4
+    results = []
+    for s, b in enumerate((.10, .20, .30)):
+        results += [run("baseline", s, b, b), run("teacher", s, b, b, fused=b + .04),
+                    run("m2skd", s, b + .01, b + .01 * (s + 1)),
+                    run("online", s, b + .01, b + .03, fused=b - .01)]  # its fused view below the baseline
+    s = evidence.summarise(results)
+    # mean 2, sd 1, t(0.975, 2) = 4.303: 2 -+ 4.303 / sqrt(3)
+    lo, hi = s["paired"]["m2skd - baseline"]["hard_miou"]["ci95"]
+    assert lo == pytest.approx(2 - 4.303 / 3 ** .5, abs=1e-3) and hi == pytest.approx(2 + 4.303 / 3 ** .5, abs=1e-3)
+    v = s["verdict"]["m2skd"]
+    assert (v["hard_ahead"], v["seeds"]) == (3, 3) and v["miou_diff"] == pytest.approx(1.0)
+    assert v["gap_share"] == pytest.approx(6 / 12) and v["met"]  # 3 of 3 ahead, mIoU +1, half the gap
+    # online: ahead everywhere, yet its "teacher" is below the baseline: a share of a negative gap is no share
+    assert s["verdict"]["online"]["gap_share"] == pytest.approx(9 / -3) and not s["verdict"]["online"]["met"]
+    assert "| m2skd | 3/3 | +2.0 [-0.5, +4.5] | +1.0 [+1.0, +1.0] | 0.50 | yes |" in evidence.markdown(s)
