@@ -23,7 +23,7 @@ from m2skd.common.cli import fail
 from m2skd.common.shards import ShardError
 from m2skd.train.config import TrainConfig
 from m2skd.train.dataset import cache_manifest
-from m2skd.train.trainer import RunSpec, train
+from m2skd.train.trainer import RunSpec, TrainInterrupted, train
 
 console = Console()
 
@@ -72,8 +72,18 @@ def run_jobs(jobs: dict[str, Job], lanes: int, device: str = "auto",
              on_done: Callable[[str, Path], None] | None = None) -> dict[str, Path]:
     """Train every job (teachers before their students); returns each job's last.pt.
     `on_done(name, last.pt)` runs in this process as each job finishes (record it at once:
-    a long experiment may be stopped before the rest are done)."""
+    a long experiment may be stopped before the rest are done). Ctrl-C ends it with one
+    line and exit 130, once every run in flight has saved its step."""
     done: dict[str, Path] = {}
+    try:
+        return _run_all(jobs, lanes, device, on_done, done)
+    except (TrainInterrupted, KeyboardInterrupt):
+        fail(f"interrupted: {len(done)} of {len(jobs)} runs finished, each run in flight saved its "
+             "last.pt; the same command resumes them", 130)
+
+
+def _run_all(jobs: dict[str, Job], lanes: int, device: str, on_done: Callable[[str, Path], None] | None,
+             done: dict[str, Path]) -> dict[str, Path]:
     order = _order(jobs)  # also refuses a job whose teacher is no job
     if lanes <= 1:
         for name in order:

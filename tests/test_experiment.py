@@ -195,3 +195,33 @@ def test_paired_interval_and_the_targets_verdict_by_hand():
     # online: ahead everywhere, yet its "teacher" is below the baseline: a share of a negative gap is no share
     assert s["verdict"]["online"]["gap_share"] == pytest.approx(9 / -3) and not s["verdict"]["online"]["met"]
     assert "| m2skd | 3/3 | +2.0 [-0.5, +4.5] | +1.0 [+1.0, +1.0] | 0.50 | yes |" in evidence.markdown(s)
+
+
+def test_an_interrupted_experiment_ends_in_one_line_and_exit_130(fused_cache, tmp_path, monkeypatch):
+    """Ctrl-C in a run: the runs finished before it are recorded, the rest resume; no traceback.
+    A lane's TrainInterrupted crosses the process boundary whole (pickled with its step)."""
+    import pickle
+
+    from m2skd.experiments import lanes
+    from m2skd.train.trainer import TrainInterrupted
+
+    again = pickle.loads(pickle.dumps(TrainInterrupted(tmp_path / "last.pt", 41)))
+    assert (again.ckpt, again.step) == (tmp_path / "last.pt", 41) and "step 41" in str(again)
+    trained = []
+
+    def fake_run(job, teacher, device, progress):
+        if job.kind != "baseline":
+            raise TrainInterrupted(job.out / "last.pt", 7)
+        trained.append(job.out.name)
+        return job.out / "last.pt"
+
+    monkeypatch.setattr(lanes, "_run", fake_run)
+    recorded = []
+    monkeypatch.setattr(evidence, "run_result", lambda name, *a: recorded.append(name) or {"name": name})
+    r = CliRunner().invoke(evidence.main, ["--cache", str(fused_cache), "--out", str(tmp_path / "exp"),
+                                           "--seeds", "0", "--arms", "baseline,teacher", "--lanes", "1",
+                                           "--train-seqs", "00", "--val-seqs", "08", "--report-seqs", "08",
+                                           "--record", str(tmp_path / "rec")])
+    assert r.exit_code == 130 and "Traceback" not in r.output, r.output
+    assert "interrupted: 1 of 2 runs finished" in r.output and "resumes" in r.output
+    assert trained == recorded == ["baseline_s0"] and (tmp_path / "rec" / "baseline_s0.json").is_file()

@@ -35,6 +35,9 @@ class TrainInterrupted(Exception):
         super().__init__(f"interrupted at step {step}: saved {ckpt}; rerun with --resume to continue from it")
         self.ckpt, self.step = ckpt, step
 
+    def __reduce__(self):  # raised in a lane's process, re-raised in the parent (experiments/lanes.py)
+        return type(self), (self.ckpt, self.step)
+
 
 class _DeferredInterrupt:
     """Ctrl-C (SIGINT) while training lets the step in flight finish, so the run can save a
