@@ -12,6 +12,15 @@ from m2skd.common.labels import CLASS_NAMES
 from m2skd.experiments import evidence
 
 
+def _result(arm, seed, miou, hard, fused=None, arm_key="arm"):
+    """A recorded run's result as `evidence` writes it, every class at the hard-class IoU."""
+    r = {"name": f"{arm}_s{seed}", arm_key: arm, "seed": seed, "stopped_at": 100, "hard_classes": ["person"],
+         "report": {"miou": miou, "hard_miou": hard, "iou": dict.fromkeys(CLASS_NAMES[1:], hard)}}
+    if fused is not None:
+        r["report_fused"] = {"miou": fused, "hard_miou": fused}
+    return r
+
+
 def test_harness_trains_the_controls_and_pairs_them(fused_cache, tmp_path):
     out, record = tmp_path / "exp", tmp_path / "record"
     args = ["--cache", str(fused_cache), "--out", str(out), "--seeds", "0,1", "--train-seqs", "00", "--val-seqs", "08",
@@ -76,12 +85,7 @@ def test_tagged_runs_and_ablations_pair_with_the_right_runs(tmp_path):
 
     def run(arm, seed, miou, hard, fused=None):
         # seed 0 as recorded before the word "arm" ("kind"), seed 1 as now: both are read
-        r = {"name": f"{arm}_s{seed}", "kind" if seed == 0 else "arm": arm, "seed": seed, "stopped_at": 100,
-             "hard_classes": ["person"],
-             "report": {"miou": miou, "hard_miou": hard, "iou": dict.fromkeys(CLASS_NAMES[1:], hard)}}
-        if fused is not None:
-            r["report_fused"] = {"miou": fused, "hard_miou": fused}
-        return r
+        return _result(arm, seed, miou, hard, fused, arm_key="kind" if seed == 0 else "arm")
 
     results = [run("baseline", 0, .30, .10), run("baseline", 1, .32, .12), run("teacher", 0, .31, .11, .40),
                run("teacher", 1, .33, .13, .42), run("m2skd", 0, .31, .15), run("m2skd", 1, .33, .14),
@@ -172,19 +176,12 @@ def test_width_diagnosis_runs_wider_networks_beside_the_tiny_ones(fused_cache, t
 
 def test_paired_interval_and_the_targets_verdict_by_hand():
     """The t interval of paired differences and the issue's target, on runs worked by hand."""
-    def run(arm, seed, miou, hard, fused=None):
-        r = {"name": f"{arm}_s{seed}", "arm": arm, "seed": seed, "stopped_at": 100, "hard_classes": ["person"],
-             "report": {"miou": miou, "hard_miou": hard, "iou": dict.fromkeys(CLASS_NAMES[1:], hard)}}
-        if fused is not None:
-            r["report_fused"] = {"miou": fused, "hard_miou": fused}
-        return r
-
     # m2skd - baseline on hard classes: +1, +2, +3 points; mIoU +1, +1, +1; teacher's fused gap 4, 4, 4
     results = []
     for s, b in enumerate((.10, .20, .30)):
-        results += [run("baseline", s, b, b), run("teacher", s, b, b, fused=b + .04),
-                    run("m2skd", s, b + .01, b + .01 * (s + 1)),
-                    run("online", s, b + .01, b + .03, fused=b - .01)]  # its fused view below the baseline
+        results += [_result("baseline", s, b, b), _result("teacher", s, b, b, fused=b + .04),
+                    _result("m2skd", s, b + .01, b + .01 * (s + 1)),
+                    _result("online", s, b + .01, b + .03, fused=b - .01)]  # its fused view below the baseline
     s = evidence.summarise(results)
     # mean 2, sd 1, t(0.975, 2) = 4.303: 2 -+ 4.303 / sqrt(3)
     lo, hi = s["paired"]["m2skd - baseline"]["hard_miou"]["ci95"]
