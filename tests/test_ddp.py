@@ -19,6 +19,7 @@ def _torchrun(fused_cache, out, *args):
          "-m", "tests.ddp_worker", str(fused_cache), str(out), *args],
         capture_output=True, text=True, timeout=600, env=env, cwd=Path(__file__).resolve().parents[1])
     assert r.returncode == 0, r.stderr[-3000:]
+    assert [(out / f"rank{r}.group").read_text() for r in (0, 1)] == ["closed", "closed"]
     w0, w1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
     params = [k for k in w0 if "running" not in k and "num_batches" not in k]
     for k in params:  # DDP all-reduces gradients: parameters stay identical (BN running stats are per rank)

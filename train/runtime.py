@@ -49,3 +49,17 @@ def init_distributed(device: torch.device) -> Dist:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Dist(dist.get_rank(), dist.get_world_size())
 
+
+
+def close_distributed(finished: bool) -> None:
+    """Leave the process group that `init_distributed` joined.
+
+    A rank that exits with gloo's threads still up can die in C++ ("terminate called without
+    an active exception", SIGABRT: seen in CI under torchrun), so a finished run waits for
+    every rank at a barrier and then tears the group down; a failed one only tears it down
+    (a barrier would wait forever on a rank that died)."""
+    if not dist.is_initialized():
+        return
+    if finished:
+        dist.barrier()
+    dist.destroy_process_group()

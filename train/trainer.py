@@ -24,6 +24,7 @@ from .evaluate import evaluate
 from .optimizer_step import OptimizerStep
 from .run import Run, RunSpec, TrainError, check_spec, start_run
 from .run_log import RunLog, TextLog, read_metrics
+from .runtime import close_distributed
 
 __all__ = ["RunSpec", "TrainError", "TrainInterrupted", "read_metrics", "train"]
 
@@ -70,8 +71,14 @@ def train(spec: RunSpec) -> Path:
     OUT is checked writable and locked (by the main rank) before anything else starts."""
     check_spec(spec)
     main_rank = int(os.environ.get("RANK", "0")) == 0
-    with exclusive(spec.out, "m2skd-train") if main_rank else contextlib.nullcontext():
-        return _train(spec)
+    finished = False
+    try:
+        with exclusive(spec.out, "m2skd-train") if main_rank else contextlib.nullcontext():
+            ckpt = _train(spec)
+        finished = True
+        return ckpt
+    finally:
+        close_distributed(finished)
 
 
 def _train(spec: RunSpec) -> Path:
