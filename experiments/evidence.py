@@ -318,13 +318,14 @@ def ablation_markdown(summary: dict) -> str:
         return "" if d is None else f"{d['mean']:+.1f} ± {d['std']:.1f} ({d['positive']}/{len(d['values'])} > 0)"
 
     lines = ["", "| run (− its reference) | seeds | mIoU | hard-class mIoU | − reference, mIoU (paired) | "
-             "− reference, hard (paired) | − baseline, hard (paired) | steps to the val plateau |", "|---" * 8 + "|"]
+             "− reference, hard (paired) | − baseline, mIoU (paired) | − baseline, hard (paired) | "
+             "steps to the val plateau |", "|---" * 9 + "|"]
     for d, ref in derived.items():
         k, paired = summary["arms"][d], summary["paired"]
         # a reference run may be missing from this invocation's results (the tables from
         # `--rebuild` of the recorded folder have every run): its columns stay empty
         vs_r = paired.get(f"{d} - {ref['reference']}", {})
-        vs_b = paired.get(f"{d} - {ref['baseline']}", {}).get("hard_miou")
+        vs_b = paired.get(f"{d} - {ref['baseline']}", {})
         notes = [f"− {r}" for r in ref.values() if r]
         if "fused" in k and ref["reference"] in summary["arms"]:
             base = summary["arms"][ref["reference"]]["fused"]
@@ -333,7 +334,8 @@ def ablation_markdown(summary: dict) -> str:
         name = f"{d} ({'; '.join(notes)})"
         lines.append(f"| {name} | {len(k['miou']['values'])} | {k['miou']['mean']:.1f} ± {k['miou']['std']:.1f} | "
                      f"{k['hard_miou']['mean']:.1f} ± {k['hard_miou']['std']:.1f} | {f(vs_r.get('miou'))} | "
-                     f"{f(vs_r.get('hard_miou'))} | {f(vs_b)} | {k['stopped_at']['mean']:.0f} |")
+                     f"{f(vs_r.get('hard_miou'))} | {f(vs_b.get('miou'))} | {f(vs_b.get('hard_miou'))} | "
+                     f"{k['stopped_at']['mean']:.0f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -97,9 +97,10 @@ def test_tagged_runs_and_ablations_pair_with_the_right_runs(tmp_path):
     assert s["paired"]["m2skd-win44 - baseline"]["miou"]["values"] == [5.0, -2.0]
     assert s["arms"]["teacher-win44"]["fused"]["miou"]["mean"] == pytest.approx(47.0)
     table = evidence.markdown(s)
-    # mIoU 35, 30 against M2SKD's 31, 33: +4, -3; hard 20, 12 against 15, 14: +5, -2
+    # mIoU 35, 30 against M2SKD's 31, 33: +4, -3; hard 20, 12 against 15, 14: +5, -2;
+    # against the baseline's 30, 32: +5, -2 and its 10, 12: +10, 0 (sample sd 7.07)
     assert ("| m2skd-win44 (− m2skd; − baseline) | 2 | 32.5 ± 3.5 | 16.0 ± 5.7 | +0.5 ± 4.9 (1/2 > 0) | "
-            "+1.5 ± 4.9 (1/2 > 0) |") in table
+            "+1.5 ± 4.9 (1/2 > 0) | +1.5 ± 4.9 (1/2 > 0) | +5.0 ± 7.1 (1/2 > 0) | 100 |") in table
     assert "| teacher-win44 (− teacher; fused input 47.0 / 47.0 hard, teacher's 41.0 / 41.0) | 2 |" in table
     # a run continued past its plateau pairs with the baseline continued alike
     results += [run("baseline-long", 0, .40, .20), run("m2skd-long", 0, .41, .24)]
