@@ -38,8 +38,14 @@ class Dist:
         return self.rank == 0
 
 
+# whether init_distributed created the process group: a group its caller set up is the
+# caller's to close
+_joined = False
+
+
 def init_distributed(device: torch.device) -> Dist:
     """Join the process group torchrun describes (WORLD_SIZE > 1): nccl on CUDA, gloo on CPU."""
+    global _joined
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
@@ -47,19 +53,21 @@ def init_distributed(device: torch.device) -> Dist:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        _joined = True
     return Dist(dist.get_rank(), dist.get_world_size())
 
 
-
 def close_distributed(finished: bool) -> None:
-    """Leave the process group that `init_distributed` joined.
+    """Leave the process group that `init_distributed` joined (none other).
 
     A rank that exits with gloo's threads still up can die in C++ ("terminate called without
     an active exception", SIGABRT: seen in CI under torchrun), so a finished run waits for
     every rank at a barrier and then tears the group down; a failed one only tears it down
     (a barrier would wait forever on a rank that died)."""
-    if not dist.is_initialized():
+    global _joined
+    if not (_joined and dist.is_initialized()):
         return
+    _joined = False
     if finished:
         dist.barrier()
     dist.destroy_process_group()
