@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from m2skd.common.labels import DEFAULT_HARD_CLASSES
+from m2skd.common.labels import DEFAULT_HARD_CLASSES, class_ids
 from m2skd.train.batch import Batch, collate
 from m2skd.train.dataset import ShardDataset
 from m2skd.train.distill import (
@@ -20,8 +22,11 @@ from m2skd.train.distill import (
     logit_loss,
     student_point_index,
 )
+from m2skd.train.losses import view_segmentation_loss
 from m2skd.train.models import ModelOutput, build_model, set_feature_level
+from m2skd.train.models.polarnet import DropBlock2D
 from m2skd.train.models.voxels import group
+from m2skd.train.steps import Deterministic, TwoViews, online_step, student_step
 
 from .conftest import tiny_train_config
 
@@ -284,3 +289,120 @@ def test_kd_only_where_the_teacher_is_right(fused_cache):
     got = Distiller(cfg.distill.override(kd_where="correct"), DEFAULT_HARD_CLASSES, student.feature_dim,
                     teacher.feature_dim)(fused, t_out, single, s_out, {"logit": True})["logit"]
     assert float(got) == pytest.approx(want, rel=1e-4) and float(got) != pytest.approx(float(every), rel=1e-3)
+
+
+def _dropblock_free_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """The same weights with every DropBlock at p 0: what the student computes without its
+    regulariser, built by hand (not through `deterministic_forward`)."""
+    ref = copy.deepcopy(model)
+    for m in ref.modules():
+        if isinstance(m, DropBlock2D):
+            m.p = 0.0
+    return ref
+
+
+def _bn_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+
+
+ALL_TERMS = {"feat": True, "logit": True, "aff": True}
+
+
+def test_student_distils_the_dropblock_free_forward(fused_cache):
+    """`kd_forward clean`: every term equals the terms computed by hand on the same weights
+    with DropBlock at p 0; the segmentation loss is the DropBlock forward's (same RNG), and
+    BatchNorm's running statistics move as after that forward alone. With `dropped` (how
+    runs trained before) the terms differ: the test fails if a term reads a dropped forward."""
+    cfg = tiny_train_config("polarnet", w_feat=1.0)
+    assert cfg.model.dropout > 0 and cfg.distill.kd_forward == "clean"
+    fused, single = _views(fused_cache, cfg, [(2, 7), (4, 8)])
+    torch.manual_seed(0)
+    teacher = build_model(cfg.model).eval()
+    student = build_model(cfg.model).train()
+    plain, ref = copy.deepcopy(student), _dropblock_free_copy(student)
+    distiller = Distiller(cfg.distill, DEFAULT_HARD_CLASSES, student.feature_dim, teacher.feature_dim,
+                          cfg.model.grid_shape)
+
+    def step(net: torch.nn.Module) -> dict[str, float]:
+        run = SimpleNamespace(spec=SimpleNamespace(cfg=cfg), device=torch.device("cpu"), teacher=teacher,
+                              teacher_view="fused", step_net=net, distiller=distiller)
+        torch.manual_seed(5)
+        losses, _ = student_step(run, (fused, single), torch.Generator().manual_seed(3))
+        return {k: float(v.detach()) for k, v in losses.items()}
+
+    got = step(Deterministic(student))
+    with torch.no_grad():
+        t_out = teacher(fused)
+        torch.manual_seed(5)  # the same random points per cell (`max_points_per_cell`) as the step drew
+        want = distiller(fused, t_out, single, ref(single), ALL_TERMS, torch.Generator().manual_seed(3))
+        torch.manual_seed(5)
+        dropped_out = plain(single)
+    for term in ALL_TERMS:
+        assert got[term] == pytest.approx(float(want[term]), rel=1e-5, abs=1e-7), term
+    seg_dropped = float(view_segmentation_loss(dropped_out.point_logits, single.vox, single.labels, cfg.optim.seg_on,
+                                               tuple(cfg.model.grid_shape), cfg.optim.lovasz_weight))
+    assert got["seg"] == pytest.approx(seg_dropped, rel=1e-6)
+    for k, v in _bn_buffers(plain).items():
+        torch.testing.assert_close(_bn_buffers(student)[k], v, msg=k)
+    # the dropped forward's terms are not these (DropBlock zeroes whole blocks of cells)
+    old = step(copy.deepcopy(plain))
+    assert old["logit"] != pytest.approx(got["logit"], rel=1e-3) and old["feat"] != pytest.approx(got["feat"], rel=1e-3)
+
+
+def test_online_distils_both_views_dropblock_free(fused_cache):
+    """`online` with `kd_forward clean`: the terms compare the DropBlock-free single view with
+    the DropBlock-free fused view; the fused view's cross-entropy keeps DropBlock."""
+    cfg = tiny_train_config("polarnet", w_feat=1.0, fused_loss="all", max_points_per_cell=0)  # no random points
+    fused, single = _views(fused_cache, cfg, [(2, 7), (4, 8)])
+    torch.manual_seed(0)
+    model = build_model(cfg.model).train()
+    ref = _dropblock_free_copy(model)
+    distiller = Distiller(cfg.distill, DEFAULT_HARD_CLASSES, model.feature_dim, model.feature_dim, cfg.model.grid_shape)
+    run = SimpleNamespace(spec=SimpleNamespace(cfg=cfg), step_net=TwoViews(model, deterministic=True),
+                          distiller=distiller, device=torch.device("cpu"))
+    losses, _ = online_step(run, (fused, single), torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = distiller(fused, ref(fused), single, ref(single), ALL_TERMS, torch.Generator().manual_seed(3))
+    for term in ALL_TERMS:
+        assert float(losses[term].detach()) == pytest.approx(float(want[term]), rel=1e-5, abs=1e-7), term
+    assert float(losses["fused"].detach()) > 0
+
+
+# (term, the knobs that pick its variant): every term and variant the code offers
+TERM_CASES = {
+    "feat": ("feat", {"w_feat": 1.0}),
+    "logit kl": ("logit", {}),
+    "logit kl voxel": ("logit", {"logit_on": "voxel"}),
+    "logit released": ("logit", {"logit_variant": "released", "kd_balance": "point"}),
+    "aff instance": ("aff", {}),
+    "aff class": ("aff", {"aff_level": "class"}),
+    "aff released": ("aff", {"aff_level": "released"}),
+}
+
+
+@pytest.mark.parametrize("model", ["polarnet", "cylinder3d"])
+@pytest.mark.parametrize("case", list(TERM_CASES))
+def test_no_distillation_term_is_dead(fused_cache, model, case):
+    """Teacher and student of different weights disagree: every term, on both backbones, is
+    clearly above 0 and sends the student a gradient. The released affinity on PolarNet's
+    20 logits (a constant -1e4 in the unlabelled column makes every logit vector parallel)
+    was ~1e-6 with a gradient ~1e-7: the thresholds sit three orders of magnitude above."""
+    term, knobs = TERM_CASES[case]
+    # BatchNorm on batch statistics (train mode) without DropBlock: untrained networks' outputs
+    # of the scale training sees (in eval mode a fresh Cylinder3D's are ~1e-3)
+    cfg = tiny_train_config(model, dropout=0.0, max_points_per_cell=0, **knobs)
+    fused, single = _views(fused_cache, cfg, [(2, 7), (4, 8)])
+    hard = torch.isin(single.labels, torch.tensor(list(class_ids(DEFAULT_HARD_CLASSES))))
+    assert int(hard.sum()) > 10  # hard-class voxels for the affinity to group
+    torch.manual_seed(0)
+    teacher = build_model(cfg.model).train()
+    torch.manual_seed(1)
+    student = build_model(cfg.model).train()
+    with torch.no_grad():
+        t_out = teacher(fused)
+    loss = Distiller(cfg.distill, DEFAULT_HARD_CLASSES, student.feature_dim, teacher.feature_dim,
+                     cfg.model.grid_shape)(fused, t_out, single, student(single), {term: True},
+                                           torch.Generator().manual_seed(0))[term]
+    loss.backward()
+    grad = math.sqrt(sum(float((p.grad**2).sum()) for p in student.parameters() if p.grad is not None))
+    assert float(loss) > 1e-3 and grad > 1e-4, (float(loss), grad)

@@ -124,18 +124,22 @@ def _spec(cache, out, kind="online", steps=3, **kw):
 
 def _fused_grads(run, batch) -> dict[str, float]:
     """One online step; the gradient that reaches the fused forward's outputs (hooks on the
-    second of the two calls of the network)."""
+    second of the two calls of the network), its DropBlock-free outputs too (`det_` names)."""
     seen: dict[str, float] = {}
     calls = []
     forward = run.model.forward
 
-    def spy(b):
-        out = forward(b)
+    def spy(b, **kw):
+        out = forward(b, **kw)
         calls.append(b)
         if len(calls) == 2:  # the fused view (single first, as released)
-            for name in ("point_logits", "voxel_feats"):
-                t = getattr(out, name)
-                t.register_hook(lambda g, n=name: seen.__setitem__(n, float(g.abs().sum())))
+            outs = [("", out)] + ([("det_", out.deterministic)]
+                                    if out.deterministic is not None and out.deterministic is not out else [])
+            for prefix, o in outs:
+                for name in ("point_logits", "voxel_feats"):
+                    t = getattr(o, name)
+                    if t.requires_grad:
+                        t.register_hook(lambda g, n=prefix + name: seen.__setitem__(n, float(g.abs().sum())))
         return out
 
     run.model.forward = spy
@@ -156,12 +160,14 @@ def test_online_distillation_sends_no_gradient_through_the_fused_view(fused_cach
     assert {"seg", "feat", "logit", "aff"} <= set(got["losses"]) and "fused" not in got["losses"]
     assert run.model.feature_level == kd["feat_level"]
     assert got["losses"]["logit"] > 0 and got["losses"]["feat"] > 0
-    assert "point_logits" not in got and "voxel_feats" not in got  # nothing reached the fused forward
+    # nothing reached the fused forward, DropBlock-free or not
+    assert not {"point_logits", "voxel_feats", "det_point_logits", "det_voxel_feats"} & set(got)
     assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in run.model.parameters())
     # the fused view's own cross-entropy is what trains through it
     run = start_run(_spec(fused_cache, tmp_path / "b", model=model, cfg={**kd, "w_fused": 0.2, "fused_loss": "all"}))
     got = _fused_grads(run, next(iter(run.loader())))
     assert got["losses"]["fused"] > 0 and got.get("point_logits", 0.0) > 0
+    assert "det_point_logits" not in got and "det_voxel_feats" not in got
 
 
 def test_online_run_resumes_bit_identically_and_deploys_like_a_baseline(fused_cache, synth_root, tmp_path):

@@ -145,10 +145,17 @@ class DistillConfig(Config):
     logit_on: str = knob("point", "L_logit per point or per single-scan voxel (released code)",
                          choices=("point", "voxel"))
     aff_level: str = knob("instance", "affinity per instance on features (paper), per class and scan on features, "
-                          "or as released: per hard class on the 20 logits, the batch's scans pooled, summed",
+                          "or as released: per hard class on the logits of the 19 real classes, the batch's scans "
+                          "pooled, summed",
                           choices=("instance", "class", "released"))
     aff_cap: int = knob(256, "voxels per instance in the affinity matrix (random subset; not for 'released')",
                         at_least=2, at_most=65536)
+    # The terms on a DropBlock-perturbed student ask it to undo noise, not to match the
+    # teacher: ~80 % of the KL there was DropBlock's (issue 30, docs/method.md "Distillation")
+    kd_forward: str = knob("clean", "what the distillation terms compare with the teacher: the student's forward "
+                           "without DropBlock/dropout (clean; the segmentation loss keeps them), or the same "
+                           "perturbed forward the segmentation loss reads (dropped; how runs before it trained)",
+                           choices=("clean", "dropped"))
     kd_warmup: int = knob(0, "distillation weights rise linearly from 0 over this many steps (0: from the start, "
                           "as released)", at_least=0)
     # `online` only (one network on both views, the released training): its fused view's own loss
@@ -244,6 +251,6 @@ RELEASED: dict[str, Any] = {"seg_on": "voxel", "w_logit": 5.0, "logit_variant": 
                             "feat_variant": "released", "w_fused": 0.2, "fused_loss": "changed", "kd_warmup": 0,
                             "scale_z": False}
 # Knobs whose default changed: a config saved before the knob existed ran the old way
-LEGACY: dict[str, Any] = {"seg_on": "point", "scale_z": True, "context_bn1": False}
+LEGACY: dict[str, Any] = {"seg_on": "point", "scale_z": True, "context_bn1": False, "kd_forward": "dropped"}
 # PolarNet's compressed width is its number of height bins, at every size
 PRESET_BY_BACKBONE: dict[tuple[str, str], dict[str, Any]] = {("tiny", "polarnet"): {"compress": 16}}

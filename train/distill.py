@@ -23,6 +23,11 @@ from .config import DistillConfig
 from .models import ModelOutput
 from .voxel_labels import VoxelView, voxel_view
 
+# The logits' real classes: train id 0 (unlabelled) is never a target, and PolarNet puts a
+# constant -1e4 there, which makes every logit vector nearly parallel (the released
+# affinity on logits was ~3.5e-6, its gradient ~1.6e-7) and puts a dead class in every
+# mean over classes (issue 30). Every term reads these columns only.
+REAL = slice(IGNORE_INDEX + 1, None)
 RELEASED_SCALE = 0.3  # released code: softmax(logits * 0.3), i.e. T = 1/0.3
 RELEASED_THRESHOLD = 0.01  # released code: only voxels whose KD term exceeds this
 
@@ -159,8 +164,9 @@ def released_affinity_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, label
                            sample: torch.Tensor, hard_ids: tuple[int, ...]) -> torch.Tensor:
     """The released code's affinity term, on single-scan voxels: for each hard class, the
     voxels of that (majority) label in every scan of the batch that has at least two of
-    them, pooled into one set; the cosine-similarity matrices of their 20 student and
-    teacher logits; mean |A_s - A_t| per class, summed over classes, no cap.
+    them, pooled into one set; the cosine-similarity matrices of their student and
+    teacher logits (the released code's 20; `Views` gives the 19 real classes'); mean
+    |A_s - A_t| per class, summed over classes, no cap.
     (Released: two scans hard-coded, and a scan with exactly one such voxel before one with
     more keeps the class out; here any batch size, and a one-voxel scan is left out.)"""
     total = s_logits.sum() * 0.0
@@ -195,9 +201,10 @@ class Views:
 
     @functools.cached_property
     def point_logits(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(student logits, teacher logits at the same points, labels) of every student point."""
+        """(student logits, teacher logits at the same points, labels) of every student
+        point, the 19 real classes' columns (`REAL`)."""
         rows = student_point_index(self.teacher, self.student)
-        return self.s_out.point_logits, self.t_out.point_logits[rows], self.student.labels
+        return self.s_out.point_logits[:, REAL], self.t_out.point_logits[rows][:, REAL], self.student.labels
 
     @functools.cached_property
     def voxel_logits(self) -> tuple[torch.Tensor, torch.Tensor, VoxelView]:
@@ -220,7 +227,7 @@ def logit_term(v: Views) -> torch.Tensor:
     else:
         s_logits, t_logits, labels = v.point_logits
     if cfg.kd_where == "correct":
-        right = (t_logits.argmax(1) == labels) & (labels != IGNORE_INDEX)
+        right = (t_logits.argmax(1) + REAL.start == labels) & (labels != IGNORE_INDEX)
         s_logits, t_logits, labels = s_logits[right], t_logits[right], labels[right]
     return logit_loss(s_logits, t_logits, cfg.temperature, cfg.logit_variant,
                       labels if cfg.kd_balance == "class" else None)
@@ -262,7 +269,7 @@ def idle_knobs(distill: dict) -> set[str]:
     dict): those of the terms of weight 0, and the feature level when no term on reads
     features (the backbones' levels have one width, so no weights change either)."""
     on = [t for t in TERMS.values() if distill.get(t.weight)]
-    idle = {k for t in TERMS.values() if t not in on for k in t.knobs}
+    idle = {k for t in TERMS.values() if t not in on for k in t.knobs} | (set() if on else {"kd_forward"})
     return idle if any(t.reads_features(distill) for t in on) else idle | {"feat_level"}
 
 

@@ -15,14 +15,14 @@ from m2skd.common.outputs import refuse_inputs
 
 from .batch import collate
 from .checkpoint import CheckpointError, check_compatible, checkpoint_config, load_checkpoint, save_checkpoint
-from .config import TrainConfig, with_legacy
+from .config import DistillConfig, TrainConfig, with_legacy
 from .dataset import ShardDataset
 from .distill import Distiller, idle_knobs
 from .kinds import KINDS, RunKind
 from .models import build_model, set_feature_level
 from .runtime import Dist, init_distributed, pick_device
 from .sampler import StepSampler
-from .steps import TwoViews
+from .steps import Deterministic, TwoViews, kd_forward
 
 CHECKPOINT = "last.pt"
 BEST = "best.pt"  # the checkpoint of the best val mIoU so far (with --val-every)
@@ -221,7 +221,7 @@ def _resume(run: Run) -> None:
     if state["step"] > run.total:
         raise TrainError(f"{path}: the run is at step {state['step']}, past the {run.total} steps asked; ask for "
                          f"at least {state['step']} or start over with --force")
-    changed = _changed_knobs(state["config"], spec.cfg.to_dict())
+    changed = _changed_knobs(state["config"], spec.cfg.to_dict(), run.kind.distills)
     if changed:
         raise TrainError(f"{path}: resuming with other settings than the run has ({worded(changed, 'run', 'now')}); "
                          "a resumed run continues as it was: drop those options, or start a new run (--force or "
@@ -249,13 +249,15 @@ def _leaves(d: dict) -> dict:
     return out
 
 
-def _changed_knobs(saved: dict, now: dict) -> dict[str, tuple]:
+def _changed_knobs(saved: dict, now: dict, distills: bool = True) -> dict[str, tuple]:
     # A knob added after the run was saved counts as the value that behaves as before it
     # (its default, or `LEGACY` where the default changed), so an older run resumes as it ran.
     # A knob idle in both (a switched-off term's) is no difference: e.g. a `released` run
     # saved before that preset named its unused feature level.
     a, b = {**_leaves(TrainConfig().to_dict()), **_leaves(with_legacy(saved))}, _leaves(now)
     idle = RESUMABLE | (idle_knobs(a) & idle_knobs(b))
+    if not distills:  # a teacher or a baseline computes no distillation term: those knobs change nothing
+        idle |= DistillConfig.leaf_names()
     return differences(a, b, skip=idle)
 
 
@@ -290,7 +292,8 @@ def start_run(spec: RunSpec) -> Run:
         distiller = Distiller(cfg.distill, dataset.hard_classes, model.feature_dim, t_dim,
                               cfg.model.grid_shape).to(device)
         params += list(distiller.parameters())
-    net = TwoViews(model) if kind.two_views else model
+    clean = kd_forward(kind.distills, cfg.distill)
+    net = TwoViews(model, clean) if kind.two_views else Deterministic(model) if clean else model
     run = Run(spec, device, dist, dataset, total, model, net, torch.optim.Adam(params, lr=cfg.optim.lr),
               teacher, teacher_view, distiller, val)
     if spec.resume != "no" and run.ckpt_path.exists():

@@ -4,6 +4,8 @@ teacher / baseline  segmentation loss on the run's one view (fused / single)
 student             segmentation loss on the single view + the three distillation terms
                     against the frozen teacher on the fused view of the same augmented scans
                     (or on the single view itself: a single-scan teacher, the control)
+Distillation reads the networks' deterministic outputs (`kd_forward clean`: without
+DropBlock, `models.deterministic_forward`); the segmentation losses keep the regulariser.
 online              the released code's training: one network on the single view, then on
                     the fused view (train mode, BatchNorm sees both, single first); seg on
                     the single view, the distillation terms against the fused view's
@@ -20,7 +22,7 @@ from torch import nn
 from .batch import Batch
 from .distill import term_weights
 from .losses import fused_view_loss, view_segmentation_loss
-from .models import ModelOutput
+from .models import ModelOutput, deterministic_forward, for_distillation
 from .voxel_labels import voxel_view
 
 if TYPE_CHECKING:
@@ -53,19 +55,43 @@ def student_step(run: Run, batch: tuple[Batch, Batch] | Batch, gen: torch.Genera
         t_out = run.teacher(fused)
     s_out = run.step_net(single)
     losses = {"seg": _seg(run, s_out, single)}
-    losses.update(run.distiller(fused, t_out, single, s_out, _uses(run), gen))
+    losses.update(run.distiller(fused, t_out, single, for_distillation(s_out), _uses(run), gen))
     return losses, single.batch_size
 
 
-class TwoViews(nn.Module):
-    """The network on the single view, then on the fused view, in one module call: under
-    torchrun DDP wraps this, since two DDP forwards before one backward break its reducer."""
+def kd_forward(run_kind_distills: bool, distill_cfg) -> bool:
+    """Whether a run's steps need the deterministic forward: it distils, some term is on,
+    and the terms read the clean forward (`kd_forward clean`)."""
+    return run_kind_distills and distill_cfg.kd_forward == "clean" and any(
+        w > 0 for w in term_weights(distill_cfg).values())
+
+
+class Deterministic(nn.Module):
+    """The network with `.deterministic` on its output (`models.deterministic_forward`), in
+    one module call: under torchrun DDP wraps this (two DDP forwards before one backward
+    break its reducer)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
+    def forward(self, batch: Batch) -> ModelOutput:
+        return deterministic_forward(self.model, batch)
+
+
+class TwoViews(nn.Module):
+    """The network on the single view, then on the fused view, in one module call: under
+    torchrun DDP wraps this, since two DDP forwards before one backward break its reducer.
+    `deterministic`: each view's output carries its deterministic one too."""
+
+    def __init__(self, model: nn.Module, deterministic: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        self.deterministic = deterministic
+
     def forward(self, single: Batch, fused: Batch) -> tuple[ModelOutput, ModelOutput]:
+        if self.deterministic:
+            return deterministic_forward(self.model, single), deterministic_forward(self.model, fused)
         return self.model(single), self.model(fused)
 
 
@@ -82,7 +108,10 @@ def online_step(run: Run, batch: tuple[Batch, Batch], gen: torch.Generator) -> t
         shape = tuple(cfg.model.grid_shape)
         losses["fused"] = fused_view_loss(f_out.point_logits, voxel_view(fused.vox, fused.labels, shape),
                                           voxel_view(single.vox, single.labels, shape), cfg.distill.fused_loss)
-    losses.update(run.distiller(fused, detached(f_out), single, s_out, _uses(run), gen))
+    # both sides deterministic: the student's as for a frozen teacher, and the fused view's
+    # outputs as a frozen teacher's would be (its own cross-entropy above keeps DropBlock)
+    losses.update(run.distiller(fused, detached(for_distillation(f_out)), single, for_distillation(s_out),
+                                _uses(run), gen))
     return losses, single.batch_size
 
 

@@ -6,11 +6,19 @@ from __future__ import annotations
 
 import torch
 
-from .backbone import FEATURE_LEVELS, Backbone, ModelOutput, VoxelInput, set_feature_level
+from .backbone import (
+    FEATURE_LEVELS,
+    Backbone,
+    ModelOutput,
+    VoxelInput,
+    deterministic_forward,
+    for_distillation,
+    set_feature_level,
+)
 from .registry import BACKBONES, backbone_class
 
 __all__ = ["BACKBONES", "FEATURE_LEVELS", "Backbone", "ModelOutput", "VoxelInput", "build_model",
-           "set_feature_level"]
+           "deterministic_forward", "for_distillation", "set_feature_level"]
 
 
 def build_model(cfg, device: torch.device | str = "cpu") -> torch.nn.Module:

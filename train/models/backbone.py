@@ -16,10 +16,13 @@ Registering it is one entry in `models/registry.py`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
+from torch import nn
 
 
 class VoxelInput(Protocol):
@@ -36,6 +39,10 @@ class ModelOutput:
     voxel_keys: torch.Tensor  # (M,) sorted int64 keys of the voxels the features live on
     voxel_feats: torch.Tensor  # (M, F) decoder features at those voxels (what L_feat / L_aff use)
     point_voxel: torch.Tensor  # (N,) index into the M voxels for every point
+    # the same network on the same batch without its stochastic regularisers (DropBlock,
+    # dropout): what distillation compares with the teacher (`deterministic_forward`);
+    # None when not asked for
+    deterministic: ModelOutput | None = field(default=None, repr=False, compare=False)
 
 
 class Backbone(Protocol):
@@ -55,3 +62,63 @@ def set_feature_level(model: torch.nn.Module, level: str) -> None:
     if level not in FEATURE_LEVELS:
         raise ValueError(f"unknown feature level {level!r}; choose from {FEATURE_LEVELS}")
     model.feature_level = level
+
+
+def stochastic_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules of `model` that perturb a training forward at random: dropout layers and
+    anything else with a probability `p` > 0 that acts only while training (DropBlock)."""
+    dropouts = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+    return [m for m in model.modules()
+            if (isinstance(m, dropouts) or getattr(m, "stochastic", False)) and float(getattr(m, "p", 0)) > 0]
+
+
+@contextlib.contextmanager
+def batch_stats_only(modules: list[nn.Module]) -> Iterator[None]:
+    """BatchNorm in `modules` normalises by the batch's statistics as in training, but its
+    running statistics are left as they were: a second pass over the same batch (the
+    deterministic one) must not count twice in what the deployed network normalises with."""
+    bns = [m for mod in modules for m in mod.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.momentum = 0.0  # running = (1 - 0) * running + 0 * batch
+    try:
+        yield
+    finally:
+        for bn, m in zip(bns, saved, strict=True):
+            bn.momentum = m
+
+
+@contextlib.contextmanager
+def regularisers_off(modules: list[nn.Module]) -> Iterator[None]:
+    saved = [m.p for m in modules]
+    for m in modules:
+        m.p = 0.0
+    try:
+        yield
+    finally:
+        for m, p in zip(modules, saved, strict=True):
+            m.p = p
+
+
+def deterministic_forward(model: nn.Module, batch: VoxelInput) -> ModelOutput:
+    """`model(batch)` with `.deterministic` set: the outputs without its stochastic
+    regularisers, sharing every layer before the first of them where the backbone knows how
+    (`forward(batch, deterministic_too=True)`, PolarNet); else a second pass with them off
+    and BatchNorm's running statistics untouched; for a network without any (Cylinder3D),
+    or not training, the output itself at no cost."""
+    noisy = stochastic_modules(model) if model.training else []
+    if not noisy:
+        out = model(batch)
+        out.deterministic = out
+        return out
+    if getattr(model, "shares_deterministic_forward", False):
+        return model(batch, deterministic_too=True)
+    out = model(batch)
+    with regularisers_off(noisy), batch_stats_only([model]):
+        out.deterministic = model(batch)
+    return out
+
+
+def for_distillation(out: ModelOutput) -> ModelOutput:
+    """The output a distillation term reads: the deterministic one when it was computed."""
+    return out.deterministic if out.deterministic is not None else out

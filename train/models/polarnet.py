@@ -10,7 +10,7 @@ from torch import nn
 from m2skd.common.labels import NUM_CLASSES
 
 from ..config import ModelConfig
-from .backbone import ModelOutput, VoxelInput
+from .backbone import ModelOutput, VoxelInput, batch_stats_only
 from .point_encoder import PointEncoder
 from .voxels import group, keys_to_vox, voxel_keys
 
@@ -43,6 +43,8 @@ class DropBlock2D(nn.Module):
     `block` x `block` cells around seeds drawn with probability p / block^2, rescale the
     rest. PolarSeg applies it (block 7, p 0.5) after every up block."""
 
+    stochastic = True  # `backbone.stochastic_modules`: a training forward's random perturbation
+
     def __init__(self, p: float, block: int = 7) -> None:
         super().__init__()
         self.p, self.block = p, block
@@ -74,21 +76,32 @@ class PolarUNet(nn.Module):
         self.drops = nn.ModuleList(DropBlock2D(drop) for _ in range(4))
         self.out_channels = widths[0]  # of the last up block and of the one before it
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The last level's features and those of the level before it (half resolution)."""
-        skips = [self.inc(self.input_bn(x))]
-        for down in self.downs:
-            skips.append(down(F.max_pool2d(skips[-1], 2)))
-        x = skips.pop()
+    def _up(self, x: torch.Tensor, skips: list[torch.Tensor], drop: bool) -> tuple[torch.Tensor, torch.Tensor]:
         levels = []
-        for up, drop in zip(self.ups, self.drops, strict=True):
-            skip = skips.pop()
+        for up, dropblock, skip in zip(self.ups, self.drops, reversed(skips), strict=True):
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
             dy, dx = skip.shape[-2] - x.shape[-2], skip.shape[-1] - x.shape[-1]
             x = F.pad(x, (dx // 2, dx - dx // 2, dy // 2, dy - dy // 2))
-            x = drop(up(torch.cat([skip, x], dim=1)))
+            x = up(torch.cat([skip, x], dim=1))
+            x = dropblock(x) if drop else x
             levels.append(x)
         return levels[-1], levels[-2]
+
+    def forward(self, x: torch.Tensor, deterministic_too: bool = False
+                ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]:
+        """The last level's features and those of the level before it (half resolution);
+        with `deterministic_too` the same again without DropBlock, from the same down path
+        (the first DropBlock follows the first up block: only the up path runs twice),
+        BatchNorm's running statistics updated by the first pass only."""
+        skips = [self.inc(self.input_bn(x))]
+        for down in self.downs:
+            skips.append(down(F.max_pool2d(skips[-1], 2)))
+        bottom, skips = skips[-1], skips[:-1]
+        out = self._up(bottom, skips, drop=True)
+        if not deterministic_too:
+            return out, None
+        with batch_stats_only(list(self.ups)):
+            return out, self._up(bottom, skips, drop=False)
 
 
 class PolarNet(nn.Module):
@@ -118,14 +131,26 @@ class PolarNet(nn.Module):
         rank = torch.arange(len(cell), device=cell.device) - first
         return order[rank < self.cap]
 
-    def forward(self, batch: VoxelInput) -> ModelOutput:
-        R, P, Z = self.shape
+    # `backbone.deterministic_forward`: the DropBlock-free output shares the down path
+    shares_deterministic_forward = True
+
+    def forward(self, batch: VoxelInput, deterministic_too: bool = False) -> ModelOutput:
+        R, P, _ = self.shape
         keys, cells, inverse = group(batch.vox[:, :3], (R, P))
         keep = self._keep(inverse)
         pooled = self.encoder(batch.feats[keep], inverse[keep], len(keys))
         bev = pooled.new_zeros((batch.batch_size, R, P, pooled.shape[1]))
         bev[cells[:, 0], cells[:, 1], cells[:, 2]] = pooled
-        dec, half = self.unet(bev.permute(0, 3, 1, 2))
+        levels, clean = self.unet(bev.permute(0, 3, 1, 2), deterministic_too and self.training)
+        out = self._outputs(batch, levels, keys, cells, inverse)
+        if deterministic_too:
+            out.deterministic = out if clean is None else self._outputs(batch, clean, keys, cells, inverse)
+        return out
+
+    def _outputs(self, batch: VoxelInput, levels: tuple[torch.Tensor, torch.Tensor], keys: torch.Tensor,
+                 cells: torch.Tensor, inverse: torch.Tensor) -> ModelOutput:
+        R, P, Z = self.shape
+        dec, half = levels
         # channels are (height, class), as PolarSeg lays them out
         logits = self.head(dec).view(batch.batch_size, Z, self.n_classes, R, P)
         b, r, p, z = batch.vox.unbind(1)
