@@ -1,4 +1,4 @@
-"""`make experiment`: M2SKD against its controls, each run to its val plateau, seeded
+"""`make experiment`: M2SKD against its controls, every arm on one step budget, seeded
 teachers, paired differences, scored on sequences used for nothing else.
 
 Per seed s, on the same data and settings:
@@ -9,10 +9,19 @@ Per seed s, on the same data and settings:
     online_s     the released code's training: one network on both views each step, its
                  fused view teaching its single view, the released loss (preset `released`)
     online-nokd_s  the same without the distillation terms (does the fused data alone do it?)
-Every run validates on the `val` sequences every `--val-every` steps, keeps best.pt and
-stops after `--patience` validations without a better val mIoU (or at `--max-steps`);
-students distil from their teacher's best.pt. best.pt of each run is then scored on the
-`report` sequences, which nothing was selected or tuned on.
+Every run trains exactly `--max-steps` steps (one budget for every arm, chosen from the
+baseline's validation curve; `--patience` > 0 stops early, as the experiments before
+issue 30 did), validates on the `val` sequences every `--val-every` steps and keeps
+best.pt (best val mIoU within the budget); students distil from their teacher's best.pt.
+best.pt of each run is then scored on the `report` sequences, which nothing was selected
+or tuned on: mIoU, per-class IoU, each class's ground-truth points there (a hard class
+with none is left out of the hard-class mIoU of the gate and the verdicts), and the recall
+of hard-class instances binned by their points in the scan.
+
+**The gate** (issue 30): the students are trained only when the fused teacher leads the
+baseline by >= `GATE["min_lead"]` hard-class points on its fused input in >= `GATE["share"]`
+of the seeds (`--skip-gate` trains them anyway, and says so); otherwise the teacher has
+nothing to give and a student arm would measure nothing.
 
 Writes OUT/results.json (per run: arm, seed, stop and best step, report scores),
 OUT/results.md (mean +- std over seeds and paired differences M2SKD - baseline,
@@ -37,20 +46,25 @@ import torch
 from rich.console import Console
 
 from m2skd.common.atomic import atomic_path
+from m2skd.common.cli import fail
 from m2skd.common.labels import CLASS_NAMES, class_ids
 from m2skd.common.splits import parse_sequences
 from m2skd.train.checkpoint import load_checkpoint
 from m2skd.train.config import DEFAULT_MODEL, MODELS, RELEASED, TrainConfig
 from m2skd.train.distill import only
-from m2skd.train.evaluate import score_checkpoint
 from m2skd.train.run_log import read_metrics
 
+from .instance_size import EDGES, score_run
 from .lanes import Job, check_cache, deployable, run_jobs
 
 console = Console()
 # the experiment's arms (each trains with one of `m2skd-train`'s run kinds)
 ARMS = ("baseline", "teacher", "s2skd", "m2skd", "online", "online-nokd")
-DEFAULT_ARMS = ("baseline", "teacher", "m2skd", "online", "online-nokd")
+DEFAULT_ARMS = ARMS
+GATE_ARMS = ("baseline", "teacher")
+# issue 30: students only behind a teacher that leads the baseline by >= 3 hard-class points
+# (its fused input against single scans) in >= 4 of 5 seeds
+GATE = {"min_lead": 3.0, "share": 0.8}
 TEACHER_OF = {"s2skd": "baseline", "m2skd": "teacher"}
 # the online arms: `m2skd-train online` with the released code's values, with and without distillation
 ONLINE = {"online": RELEASED, "online-nokd": {**RELEASED, **only()}}  # only(): every term off
@@ -117,20 +131,113 @@ def extend_jobs(jobs: dict[str, Job], steps: int) -> dict[str, Job]:
 
 
 def score(ckpt: Path, cache: Path, sequences: tuple[str, ...], view: str, device: torch.device) -> dict:
-    return score_checkpoint(ckpt, device, cache=cache, sequences=sequences, view=view)[0]
+    """The checkpoint's scores on `sequences` (`Confusion.summary`), each class's
+    ground-truth points there, and its hard-class instances' recall by size (`EDGES`)."""
+    r = score_run(ckpt, cache, sequences, view, device)
+    return {**r["summary"], "gt_points": r["gt_points"], "instances": r["bins"], "instance_edges": list(EDGES)}
 
 
-def run_result(name: str, last: Path, cache: Path, report: tuple[str, ...], device: torch.device) -> dict:
+def run_result(name: str, last: Path, cache: Path, report: tuple[str, ...], device: torch.device,
+               world: dict | None = None) -> dict:
     arm, seed = name.rsplit("_s", 1)
     best = deployable(last)
     state = load_checkpoint(last)
+    cfg = state["config"]
     res = {"name": name, "arm": arm, "seed": int(seed), "stopped_at": state["step"],
            "best_step": load_checkpoint(best)["step"], "stopped_early": bool(state.get("stopped")),
+           "budget": state.get("total_steps"), "val_every": cfg.get("runtime", {}).get("val_every"),
+           "patience": cfg.get("runtime", {}).get("patience"), "world": world,
            "hard_classes": state["hard_classes"], "report": score(best, cache, report, "single", device),
            "val_curve": [(m["step"], m["val_miou"]) for m in read_metrics(last.parent) if "val_miou" in m]}
     if arm.startswith(("teacher", "online")):  # its own network on fused scans too
         res["report_fused"] = score(best, cache, report, "fused", device)
     return res
+
+
+def world_of(data: Path | None, sequences: tuple[str, ...]) -> dict | None:
+    """The synthetic world the cache was fused from (each sequence's synth.json): its seed,
+    the generator's version and config; None for data the generator did not write."""
+    if data is None:
+        return None
+    stamps = {}
+    for seq in sequences:
+        p = data / "sequences" / seq / "synth.json"
+        if not p.is_file():
+            return None
+        stamps[seq] = json.loads(p.read_text())
+    first = next(iter(stamps.values()))
+    seeds = {st["config"]["seed"] for st in stamps.values()}
+    versions = {st.get("version") for st in stamps.values()}
+    if len(seeds) > 1 or len(versions) > 1:
+        raise click.ClickException(f"{data}: sequences of several worlds (seeds {sorted(seeds)}, generator versions "
+                                   f"{sorted(versions, key=str)}): an experiment runs on one world")
+    return {"seed": first["config"]["seed"], "generator_version": first.get("version"), "config": first["config"],
+            "sequences": list(stamps)}
+
+
+def hard_present(scores: dict, hard: list[str]) -> tuple[float, list[str]]:
+    """Hard-class mIoU over the hard classes with ground-truth points in the scored set (a
+    class with none there scores 0 whatever the model does), and those classes. Results
+    recorded before `gt_points` existed count every hard class (and their fused scores, with
+    no per-class IoU, give their hard-class mIoU)."""
+    if "iou" not in scores:
+        return scores["hard_miou"], list(hard)
+    gt = scores.get("gt_points")
+    present = [c for c in hard if gt is None or gt.get(c, 0) > 0]
+    return (float(np.mean([scores["iou"][c] for c in present])) if present else float("nan")), present
+
+
+def gate(results: list[dict]) -> dict:
+    """Per seed the fused teacher's lead over the baseline in hard-class IoU points (the
+    teacher on its fused input, the baseline on single scans, both scored on the report
+    scans' own points, over the hard classes present), and whether the students may run."""
+    by = {(arm_of(r), r["seed"]): r for r in results}
+    seeds = sorted(s for (a, s) in by if a == "baseline" and ("teacher", s) in by
+                   and "report_fused" in by[("teacher", s)])
+    rows = []
+    for s in seeds:
+        base, teach = by[("baseline", s)], by[("teacher", s)]
+        b, present = hard_present(base["report"], base["hard_classes"])
+        t, _ = hard_present(teach["report_fused"], base["hard_classes"])
+        rows.append({"seed": s, "baseline_hard": 100 * b, "teacher_fused_hard": 100 * t, "lead": 100 * (t - b),
+                     "teacher_fused_miou": 100 * teach["report_fused"]["miou"], "baseline_miou":
+                     100 * base["report"]["miou"], "present": present})
+    leads = [r["lead"] for r in rows]
+    ahead = sum(round(x, 9) >= GATE["min_lead"] for x in leads)  # (exactly 3 points, summed in floating point, is 3)
+    return {"rows": rows, "ahead": ahead, "seeds": len(rows),
+            "passed": bool(rows) and ahead >= GATE["share"] * len(rows), **GATE}
+
+
+def gate_markdown(g: dict) -> str:
+    if not g["rows"]:
+        return ""
+    lines = [f"\n**Gate** (the teacher's lead on its fused input, hard-class IoU points over the hard classes "
+             f"present in the report set: {', '.join(g['rows'][0]['present'])}; needs >= {g['min_lead']:.0f} in "
+             f">= {g['share']:.0%} of the seeds): **{'passed' if g['passed'] else 'not passed'}**, "
+             f"{g['ahead']}/{g['seeds']} seeds\n",
+             "| seed | baseline mIoU | teacher mIoU (fused input) | baseline hard | teacher hard (fused input) | "
+             "lead |", "|---" * 6 + "|"]
+    lines += [f"| {r['seed']} | {r['baseline_miou']:.1f} | {r['teacher_fused_miou']:.1f} | {r['baseline_hard']:.1f} | "
+              f"{r['teacher_fused_hard']:.1f} | {r['lead']:+.1f} |" for r in g["rows"]]
+    return "\n".join(lines) + "\n"
+
+
+def plateau(results: list[dict], window: int = 2000) -> dict | None:
+    """Did the baseline plateau within the budget? Its val mIoU averaged over seeds, the mean
+    of the validations in the last `window` steps against the mean of those in the `window`
+    before: the gain (points), and the budget's end."""
+    curves = [dict(r["val_curve"]) for r in results if arm_of(r) == "baseline" and r.get("val_curve")]
+    if not curves:
+        return None
+    steps = sorted(set.intersection(*(set(c) for c in curves)))
+    mean = {s: 100 * float(np.mean([c[s] for c in curves])) for s in steps}
+    end = steps[-1]
+    last = [mean[s] for s in steps if s > end - window]
+    before = [mean[s] for s in steps if end - 2 * window < s <= end - window]
+    if not last or not before:
+        return None
+    return {"end": end, "window": window, "last": float(np.mean(last)), "before": float(np.mean(before)),
+            "gain": float(np.mean(last) - np.mean(before)), "seeds": len(curves)}
 
 
 # Student's t, two-sided 95 %: t(0.975, df) for df = 1..20 (any statistics table, e.g. NIST/SEMATECH
@@ -199,6 +306,8 @@ def summarise(results: list[dict]) -> dict:
                                            for k, d in diffs.items()}
     out["gap_closed"] = gap_closed(by, seeds)
     out["verdict"] = verdict(out)
+    out["gate"] = gate(results)
+    out["plateau"] = plateau(results)
     return out
 
 
@@ -261,7 +370,7 @@ def markdown(summary: dict) -> str:
         row += [f"{f(summary['paired'][p][key])} ({summary['paired'][p][key]['positive']}/"
                 f"{len(summary['paired'][p][key]['values'])} > 0)" for p in pairs]
         lines.append(f"| {label} | " + " | ".join(row) + " |")
-    lines.append("| steps to the val plateau | " + " | ".join(
+    lines.append("| steps trained (mean) | " + " | ".join(
         f"{summary['arms'][k]['stopped_at']['mean']:.0f}" for k in arms) + " |" + " |" * len(pairs))
     fused = [k for k in arms if "fused" in summary["arms"][k]]
     if fused:
@@ -271,7 +380,17 @@ def markdown(summary: dict) -> str:
             f_ = summary["arms"][k]["fused"]
             return f"{f_['miou']['mean']:.1f} / {f_['hard_miou']['mean']:.1f}"
         lines.append("| fused input: mIoU / hard | " + " | ".join(pair(k) for k in arms) + " |" + " |" * len(pairs))
-    return "\n".join(lines) + "\n" + gap_markdown(summary) + verdict_markdown(summary) + ablation_markdown(summary)
+    return ("\n".join(lines) + "\n" + plateau_markdown(summary) + gate_markdown(summary["gate"])
+            + gap_markdown(summary) + verdict_markdown(summary) + ablation_markdown(summary))
+
+
+def plateau_markdown(summary: dict) -> str:
+    p = summary.get("plateau")
+    if not p:
+        return ""
+    return (f"\nBaseline's val mIoU, mean of {p['seeds']} seeds: {p['last']:.1f} over the last {p['window']} steps of "
+            f"the budget (to step {p['end']}), {p['before']:.1f} over the {p['window']} before: {p['gain']:+.1f} "
+            "points.\n")
 
 
 def verdict_markdown(summary: dict) -> str:
@@ -319,7 +438,7 @@ def ablation_markdown(summary: dict) -> str:
 
     lines = ["", "| run (− its reference) | seeds | mIoU | hard-class mIoU | − reference, mIoU (paired) | "
              "− reference, hard (paired) | − baseline, mIoU (paired) | − baseline, hard (paired) | "
-             "steps to the val plateau |", "|---" * 9 + "|"]
+             "steps trained (mean) |", "|---" * 9 + "|"]
     for d, ref in derived.items():
         k, paired = summary["arms"][d], summary["paired"]
         # a reference run may be missing from this invocation's results (the tables from
@@ -399,9 +518,16 @@ def _names(text: str, allowed: tuple[str, ...], option: str) -> tuple[str, ...]:
 @click.option("--val-seqs", default="04,05", show_default=True,
               help="early stopping and best.pt (two sequences: one jumps +-2 points between validations)")
 @click.option("--report-seqs", default="08-10", show_default=True, help="the table: nothing is selected on these")
-@click.option("--max-steps", type=int, default=8000, show_default=True)
+@click.option("--max-steps", type=int, default=12000, show_default=True,
+              help="the budget: every arm trains this many steps (best.pt: the best val mIoU within it)")
 @click.option("--val-every", type=int, default=250, show_default=True)
-@click.option("--patience", type=int, default=6, show_default=True)
+@click.option("--patience", type=int, default=0, show_default=True,
+              help="stop a run after this many validations without a better val mIoU (0: never; the budget is "
+              "the same for every arm)")
+@click.option("--world", type=click.Path(file_okay=False, path_type=Path),
+              help="the synthetic data the cache was fused from: its world seed and generator version go into "
+              "every run's record")
+@click.option("--skip-gate", is_flag=True, help="train the students even when the teacher fails the gate")
 @click.option("--lanes", type=int, help="runs side by side [default: 2 on >= 2 cores]")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--arms", default=",".join(DEFAULT_ARMS), show_default=True,
@@ -420,9 +546,9 @@ def _names(text: str, allowed: tuple[str, ...], option: str) -> tuple[str, ...]:
               help="no training: rebuild the tables from per-run results recorded in this folder")
 def main(cache: Path, out: Path, runs: Path | None, model: str, seeds: str, train_seqs: str, val_seqs: str,
          report_seqs: str, max_steps: int, val_every: int, patience: int, lanes: int | None, device: str,
-         arms: str, tag: str, width: int, extend: int | None, variants: str, record: Path | None,
-         rebuild: Path | None) -> None:
-    """M2SKD, a single-scan-teacher student and the baseline, each to its val plateau, several seeds."""
+         world: Path | None, skip_gate: bool, arms: str, tag: str, width: int, extend: int | None, variants: str,
+         record: Path | None, rebuild: Path | None) -> None:
+    """M2SKD, its controls and the released training, one step budget, several seeds."""
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     if rebuild is not None:
@@ -446,6 +572,8 @@ def main(cache: Path, out: Path, runs: Path | None, model: str, seeds: str, trai
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     results = {}
+    world_rec = world_of(world, tuple(sorted({*cfg.data.train_sequences, *cfg.data.val_sequences,
+                                               *parse_sequences(report_seqs)})))
 
     def on_done(name: str, last: Path) -> None:  # score and record each run as it ends
         kept = record / f"{name}.json" if record is not None else None
@@ -454,13 +582,27 @@ def main(cache: Path, out: Path, runs: Path | None, model: str, seeds: str, trai
             if prior["stopped_at"] == load_checkpoint(last)["step"]:
                 results[name] = prior
                 return
-        results[name] = run_result(name, last, cache, tuple(parse_sequences(report_seqs)), dev)
+        results[name] = run_result(name, last, cache, tuple(parse_sequences(report_seqs)), dev, world_rec)
         if record is not None:
             record.mkdir(parents=True, exist_ok=True)
             _write(record / f"{name}.json", json.dumps(results[name], indent=1))
 
     jobs = jobs_for(cfg, cache, runs or out / "runs", seed_list, max_steps, chosen, arm_list, tag)
-    run_jobs(extend_jobs(jobs, extend) if extend else jobs, lanes, device, on_done)
+    if extend:
+        jobs = extend_jobs(jobs, extend)
+    first = {n: j for n, j in jobs.items() if n.rsplit("_s", 1)[0] in GATE_ARMS}
+    if first and len(first) < len(jobs) and not tag:  # the gate: baseline and teacher first, then the rest
+        run_jobs(first, lanes, device, on_done)
+        g = gate(list(results.values()))
+        console.print(gate_markdown(g))
+        if not g["passed"] and not skip_gate:
+            report([results[k] for k in sorted(results)], out)
+            fail(f"the teacher leads the baseline by >= {GATE['min_lead']:.0f} hard-class points in {g['ahead']} of "
+                 f"{g['seeds']} seeds: the gate is not passed, no student is trained (docs/evidence.md; --skip-gate "
+                 "trains them anyway)", 3)
+        if not g["passed"]:
+            console.print("[yellow]gate not passed: training the students anyway (--skip-gate)")
+    run_jobs(jobs, lanes, device, on_done)
     results = [results[k] for k in sorted(results)]
     report(results, out)
     _plot(results, out / "val_curves.png")

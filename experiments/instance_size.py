@@ -83,8 +83,10 @@ def score_run(ckpt: Path, cache: Path, sequences: tuple[str, ...], view: str, de
     hard = tuple(class_ids(state["hard_classes"]))
     cls, points, right = (np.concatenate(a) for a in zip(*found, strict=True))
     keep = np.isin(cls, hard)
+    gt = conf.matrix.sum(axis=0)  # columns are ground truth
     return {"bins": size_bins(cls[keep], points[keep], right[keep], hard), "miou": summary["miou"],
-            "hard_miou": summary["hard_miou"], "predicted_as": predicted_as(conf.matrix.T, hard)}
+            "hard_miou": summary["hard_miou"], "predicted_as": predicted_as(conf.matrix.T, hard),
+            "summary": summary, "gt_points": {CLASS_NAMES[c]: int(gt[c]) for c in range(1, len(gt))}}
 
 
 def predicted_as(confusion: np.ndarray, classes: tuple[int, ...], top: int = 3) -> dict:

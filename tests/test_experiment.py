@@ -10,6 +10,9 @@ from click.testing import CliRunner
 
 from m2skd.common.labels import CLASS_NAMES
 from m2skd.experiments import evidence
+from m2skd.synth.sequence import WORLD_VERSION
+
+from .conftest import SMALL
 
 
 def _result(arm, seed, miou, hard, fused=None, arm_key="arm"):
@@ -21,12 +24,17 @@ def _result(arm, seed, miou, hard, fused=None, arm_key="arm"):
     return r
 
 
-def test_harness_trains_the_controls_and_pairs_them(fused_cache, tmp_path):
+def test_harness_trains_the_controls_and_pairs_them(fused_cache, synth_root, tmp_path):
     out, record = tmp_path / "exp", tmp_path / "record"
     args = ["--cache", str(fused_cache), "--out", str(out), "--seeds", "0,1", "--train-seqs", "00", "--val-seqs", "08",
-            "--report-seqs", "08", "--max-steps", "4", "--val-every", "2", "--patience", "1", "--lanes", "1",
+            "--report-seqs", "08", "--max-steps", "4", "--val-every", "2", "--lanes", "1", "--world", str(synth_root),
             "--device", "cpu", "--record", str(record), "--variants", "aff_only", "--arms", ",".join(evidence.ARMS)]
+    # the gate first: 4-step teachers lead nobody, so only baseline and teacher are trained
     r = CliRunner().invoke(evidence.main, args, catch_exceptions=False)
+    assert r.exit_code == 3 and "the gate is not passed" in r.output, r.output
+    assert sorted(p.stem for p in record.glob("*.json")) == ["baseline_s0", "baseline_s1", "teacher_s0", "teacher_s1"]
+    assert "**Gate**" in (out / "results.md").read_text()
+    r = CliRunner().invoke(evidence.main, [*args, "--skip-gate"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     res = json.loads((out / "results.json").read_text())
     runs = {x["name"]: x for x in res["runs"]}
@@ -63,7 +71,13 @@ def test_harness_trains_the_controls_and_pairs_them(fused_cache, tmp_path):
     d = [100 * (runs[f"m2skd-aff_only_s{s}"]["report"]["miou"] - runs[f"m2skd_s{s}"]["report"]["miou"]) for s in (0, 1)]
     assert res["summary"]["paired"]["m2skd-aff_only - m2skd"]["miou"]["mean"] == pytest.approx(sum(d) / 2)
     assert "| m2skd-aff_only (− m2skd; − baseline) | 2 |" in (out / "results.md").read_text()
-    assert all(r["stopped_at"] <= 4 and r["best_step"] <= r["stopped_at"] for r in runs.values())
+    # one budget, no early stop: every run trained its 4 steps; the world and the scores behind the gate recorded
+    assert all(r["stopped_at"] == r["budget"] == 4 and r["best_step"] <= 4 for r in runs.values())
+    assert all(r["world"]["seed"] == SMALL.seed and r["world"]["generator_version"] == WORLD_VERSION
+               for r in runs.values())
+    base = runs["baseline_s0"]["report"]
+    assert sum(base["gt_points"].values()) == base["points"]
+    assert base["instances"]["all"][0][1] <= sum(base["gt_points"][c] for c in runs["baseline_s0"]["hard_classes"])
     # the table is rebuilt from the recorded results alone
     again = tmp_path / "again"
     r = CliRunner().invoke(evidence.main, ["--out", str(again), "--rebuild", str(record)], catch_exceptions=False)
@@ -223,3 +237,34 @@ def test_an_interrupted_experiment_ends_in_one_line_and_exit_130(fused_cache, tm
     assert r.exit_code == 130 and "Traceback" not in r.output, r.output
     assert "interrupted: 1 of 2 runs finished" in r.output and "resumes" in r.output
     assert trained == recorded == ["baseline_s0"] and (tmp_path / "rec" / "baseline_s0.json").is_file()
+
+
+def test_gate_and_plateau_by_hand():
+    """The gate over the hard classes present (a class without ground truth in the report
+    set is left out), per seed, and the baseline's plateau, from numbers worked by hand."""
+    def rec(arm, seed, iou_person, iou_truck, fused=None, curve=()):
+        r = _result(arm, seed, 0.5, 0.0)
+        r["hard_classes"] = ["person", "truck", "motorcyclist"]
+        r["report"]["iou"].update(person=iou_person, truck=iou_truck, motorcyclist=0.0)
+        r["report"]["gt_points"] = {"person": 10, "truck": 5, "motorcyclist": 0}
+        if fused is not None:
+            r["report_fused"] = {"miou": 0.6, "hard_miou": 0.0, "iou": {"person": fused[0], "truck": fused[1],
+                                 "motorcyclist": 0.0}, "gt_points": r["report"]["gt_points"]}
+        r["val_curve"] = list(curve)
+        return r
+
+    # seed 0: baseline (0.20 + 0.10) / 2 = 0.15, teacher (0.30 + 0.06) / 2 = 0.18: +3.0 points (>= 3)
+    # seed 1: baseline 0.15, teacher (0.17 + 0.15) / 2 = 0.16: +1.0
+    results = [rec("baseline", 0, 0.20, 0.10, curve=[(1000, 0.40), (2000, 0.44), (3000, 0.45), (4000, 0.47)]),
+               rec("teacher", 0, 0.0, 0.0, fused=(0.30, 0.06)),
+               rec("baseline", 1, 0.20, 0.10, curve=[(1000, 0.30), (2000, 0.36), (3000, 0.37), (4000, 0.39)]),
+               rec("teacher", 1, 0.0, 0.0, fused=(0.17, 0.15))]
+    g = evidence.gate(results)
+    assert [r["present"] for r in g["rows"]] == [["person", "truck"]] * 2
+    assert [round(r["lead"], 6) for r in g["rows"]] == [3.0, 1.0]
+    assert g["ahead"] == 1 and not g["passed"]  # 1 of 2 < 80 %
+    results[3]["report_fused"]["iou"]["person"] = 0.23  # (0.23 + 0.15) / 2 - 0.15 = +4.0
+    assert evidence.gate(results)["passed"]
+    # mean curve: 35, 40, 41, 43 (%); window 2000: last (41 + 43) / 2 = 42, before (35 + 40) / 2 = 37.5
+    p = evidence.plateau(results, window=2000)
+    assert p["end"] == 4000 and p["last"] == pytest.approx(42.0) and p["gain"] == pytest.approx(4.5)
