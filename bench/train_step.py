@@ -3,8 +3,10 @@
     python bench/train_step.py [--cache data_cache/fused] [--steps 12] [--device auto]
 
 Per backbone: step time of the plain single-scan baseline, the teacher (fused view) and
-the student with all three distillations (its frozen teacher forward included), the
-student/baseline ratio (design target <= 1.4x), and the loader's own throughput with the
+the student with all three distillations (its frozen teacher forward included) on the
+student's DropBlock-free forward (`kd_forward clean`, the default since issue 30) and on
+its DropBlock forward (`dropped`, as before), the student/baseline ratio (design target
+<= 1.4x), and the loader's own throughput with the
 preset's workers next to what the student step consumes (target >= 5x). Then the memory
 of one affinity matrix pair against instance size, with and without the voxel cap.
 """
@@ -27,7 +29,7 @@ from m2skd.train.dataset import ShardDataset
 from m2skd.train.distill import Distiller, affinity_loss, term_weights
 from m2skd.train.estimate import estimate
 from m2skd.train.losses import segmentation_loss
-from m2skd.train.models import build_model
+from m2skd.train.models import build_model, deterministic_forward, for_distillation
 from m2skd.train.runtime import pick_device
 from m2skd.train.sampler import StepSampler
 from m2skd.train.trainer import RunSpec
@@ -45,7 +47,7 @@ def step_times(cfg: TrainConfig, cache: Path, steps: int, device: torch.device) 
     torch.manual_seed(0)
     teacher = build_model(cfg.model, device).eval().requires_grad_(False)
     out = {}
-    for kind in ("baseline", "teacher", "student"):
+    for kind in ("baseline", "teacher", "student", "student-dropped"):
         torch.manual_seed(0)
         model = build_model(cfg.model, device).train()
         distiller = Distiller(cfg.distill, ds.hard_classes, model.feature_dim, teacher.feature_dim).to(device)
@@ -56,12 +58,12 @@ def step_times(cfg: TrainConfig, cache: Path, steps: int, device: torch.device) 
             _sync(device)
             t0 = time.perf_counter()
             b = tb if kind == "teacher" else sb
-            o = model(b)
+            o = deterministic_forward(model, b) if kind == "student" else model(b)
             loss = segmentation_loss(o.point_logits, b.labels)
-            if kind == "student":
+            if kind.startswith("student"):
                 with torch.no_grad():
                     t_out = teacher(tb)
-                kd = distiller(tb, t_out, sb, o, {"feat": True, "logit": True, "aff": True})
+                kd = distiller(tb, t_out, sb, for_distillation(o), {"feat": True, "logit": True, "aff": True})
                 loss = loss + sum(w * kd[k] for k, w in term_weights(cfg.distill).items())
             opt.zero_grad()
             loss.backward()
@@ -111,7 +113,8 @@ def main(cache: Path, steps: int, device: str) -> None:
     t = Table(title=f"training step, tiny preset, batch 2, {dev} ({torch.get_num_threads()} threads), median of "
                     f"{steps} steps")
     for c in ("backbone", "baseline s/step", "teacher s/step", "student+KD s/step", "student / baseline",
-              "loader scans/s", "student scans/s", "loader / student"):
+              "student, KD on the DropBlock forward s/step", "its / baseline", "loader scans/s", "student scans/s",
+              "loader / student"):
         t.add_column(c, justify="right")
     for model in ("polarnet", "cylinder3d"):
         cfg = TrainConfig.preset("tiny", model=model).override(train_sequences=("00",), workers=1)
@@ -119,7 +122,9 @@ def main(cache: Path, steps: int, device: str) -> None:
         rate = loader_rate(cfg, cache, 3 * steps)
         consume = cfg.optim.batch_size / st["student"]
         t.add_row(model, f"{st['baseline']:.3f}", f"{st['teacher']:.3f}", f"{st['student']:.3f}",
-                  f"{st['student'] / st['baseline']:.2f}x", f"{rate:.1f}", f"{consume:.1f}", f"{rate / consume:.1f}x")
+                  f"{st['student'] / st['baseline']:.2f}x", f"{st['student-dropped']:.3f}",
+                  f"{st['student-dropped'] / st['baseline']:.2f}x", f"{rate:.1f}", f"{consume:.1f}",
+                  f"{rate / consume:.1f}x")
     console.print(t)
     o = Table(title=f"the trainer's own steps (`--dry-run`'s estimate: loader, loss, backward, Adam), tiny, batch 2, "
                     f"{dev}: online (tiny+released: both views through the network) against the baseline")
