@@ -19,7 +19,7 @@ SEEDS      ?= 0,1,2
 CKPT       ?=
 DEMO_OUT   ?= $(CACHE)/demo
 
-.PHONY: setup .venv test test-slow demo demo-seeds experiment experiment-gate ablations ablation-window diagnosis-width synth fuse eval bench lint clean
+.PHONY: setup .venv test test-slow demo demo-seeds experiment experiment-gate kd-probe ablations ablation-window diagnosis-width synth fuse eval bench lint clean
 
 setup .venv: $(STAMP)
 
@@ -53,7 +53,7 @@ lint: $(STAMP)
 # (three val sequences: one holds only 1-2 trucks, other vehicles and motorcyclists).
 DEMO_SEQ := 00-03,08-10
 synth: $(STAMP)
-	$(BIN)/m2skd-synth "$(DEMO_DATA)" --sequences $(DEMO_SEQ) --preset demo $(SYNTH_ARGS)
+	$(BIN)/m2skd-synth "$(DEMO_DATA)" --sequences "$(DEMO_SEQ)" --preset demo $(SYNTH_ARGS)
 
 # The whole pipeline on CPU: synthetic data, fusion, teacher, baseline and student, one table.
 demo: $(EXPERIMENTS)
@@ -85,14 +85,22 @@ EXP_SEEDS  ?= 0,1,2,3,4
 EXP_STEPS  ?= 12000
 EXP_ARGS   ?=
 experiment: $(EXPERIMENTS)
-	$(BIN)/m2skd-synth "$(EXP_DIR)/synth" --sequences $(EXP_SEQ) --preset demo --seed $(EXP_WORLD_SEED) --no-summary
-	$(BIN)/m2skd-fuse --data "$(EXP_DIR)/synth" --sequences $(EXP_SEQ) --out "$(EXP_DIR)/fused" --workers $(WORKERS)
+	$(BIN)/m2skd-synth "$(EXP_DIR)/synth" --sequences "$(EXP_SEQ)" --preset demo --seed $(EXP_WORLD_SEED) --no-summary
+	$(BIN)/m2skd-fuse --data "$(EXP_DIR)/synth" --sequences "$(EXP_SEQ)" --out "$(EXP_DIR)/fused" --workers $(WORKERS)
 	$(BIN)/python -m m2skd.experiments.evidence --cache "$(EXP_DIR)/fused" --out "$(EXP_DIR)" --model $(MODEL) \
 		--world "$(EXP_DIR)/synth" --seeds $(EXP_SEEDS) --max-steps $(EXP_STEPS) --record "$(EXP_RECORD)" $(EXP_ARGS)
 
 # The same, the gate's runs alone (baseline and teacher, 5 seeds) and their table.
 experiment-gate:
 	$(MAKE) experiment EXP_ARGS="--arms baseline,teacher $(EXP_ARGS)"
+
+# Which forward the distillation terms read (`--kd-forward`'s default, issue 30), chosen on the
+# experiment world's validation sequences: from a 1000-step baseline, 400-step fine-tunes
+# with the KL on the DropBlock forward, on the DropBlock-free one, and with DropBlock off,
+# each against its seg-only control, 2 data-order seeds; the gate's teacher of seed 0 teaches.
+kd-probe: $(EXPERIMENTS)
+	$(BIN)/python -m m2skd.experiments.kd_forward_probe --cache "$(EXP_DIR)/fused" --out "$(EXP_DIR)/probe" \
+		--teacher "$(EXP_DIR)/runs/teacher_s0/best.pt" --record "$(EXP_RECORD)/probe.json"
 
 # Ablations of the M2SKD student (docs/evidence.md): each KD term alone, per-class affinity,
 # the released logit term; same teachers, data and protocol as `make experiment` (whose runs
@@ -116,7 +124,7 @@ diagnosis-width: $(EXPERIMENTS)
 ABL_WINDOW ?= -4:+4
 ABL_TAG    ?= win44
 ablation-window: $(EXPERIMENTS)
-	$(BIN)/m2skd-fuse --data "$(EXP_DIR)/synth" --sequences $(EXP_SEQ) --out "$(EXP_DIR)/fused-$(ABL_TAG)" \
+	$(BIN)/m2skd-fuse --data "$(EXP_DIR)/synth" --sequences "$(EXP_SEQ)" --out "$(EXP_DIR)/fused-$(ABL_TAG)" \
 		--window=$(ABL_WINDOW) --workers $(WORKERS)
 	$(BIN)/python -m m2skd.experiments.evidence --cache "$(EXP_DIR)/fused-$(ABL_TAG)" --out "$(EXP_DIR)/ablations" \
 		--runs "$(EXP_DIR)/runs" --model $(MODEL) --seeds $(ABL_SEEDS) --arms teacher,m2skd --tag $(ABL_TAG) \
@@ -132,7 +140,7 @@ eval: $(STAMP)
 fuse: $(STAMP)
 	@# the demo data is (re)generated as needed: synth skips scans already on disk with this preset
 	@if [ "$(DATA)" = "$(DEMO_DATA)" ]; then $(MAKE) --no-print-directory synth SYNTH_ARGS=--no-summary; fi
-	$(BIN)/m2skd-fuse --data "$(DATA)" --sequences $(SEQ) --out "$(CACHE)/fused" --workers $(WORKERS) \
+	$(BIN)/m2skd-fuse --data "$(DATA)" --sequences "$(SEQ)" --out "$(CACHE)/fused" --workers $(WORKERS) \
 		$(if $(WINDOW),--window=$(WINDOW),)
 
 bench: $(STAMP)

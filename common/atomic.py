@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,17 +35,22 @@ def atomic_path(path: str | os.PathLike, remedy: str = "free some space and reru
         raise
 
 
-def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+def remove_stale_temps(folder: str | os.PathLike, targets: tuple[str, ...] = ("*",)) -> list[Path]:
     """Delete temp files left in `folder` by writers that were killed (their PID is gone).
 
     A SIGKILL skips the cleanup in `atomic_path`; a rerun calls this so no orphan stays.
-    Temps of live processes (another writer at work) are left alone.
+    Temps of live processes (another writer at work) are left alone, and so is any whose
+    final name matches none of `targets` (glob patterns of the files the caller writes):
+    a user's `.draft.999999.tmp` is not ours to delete.
     """
     removed = []
     for tmp in Path(folder).glob(".*.tmp"):
         try:
-            pid = int(tmp.name.rsplit(".", 2)[-2])
+            target, pid_text = tmp.name[1:-len(".tmp")].rsplit(".", 1)
+            pid = int(pid_text)
         except ValueError:
+            continue
+        if not any(fnmatch.fnmatchcase(target, t) for t in targets):
             continue
         try:
             os.kill(pid, 0)

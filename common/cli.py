@@ -93,3 +93,13 @@ def fail(message: str, code: int = 1) -> NoReturn:
     """One-line error on stderr and a non-zero exit (plain text: rich would wrap a path mid-name)."""
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
+
+
+class OutPath(click.Path):
+    """An output path option: an empty string is refused (it would mean the current folder,
+    where a run or a cache would be written among whatever is there)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            self.fail("an empty path would write into the current folder; name the output folder", param, ctx)
+        return super().convert(value, param, ctx)

@@ -115,6 +115,9 @@ def read_poses(path: str | os.PathLike, n_scans: int | None = None) -> np.ndarra
         m = np.eye(4)
         m[:3, :] = np.array(vals).reshape(3, 4)
         check_rigid(m, f"{path}:{lineno}", "pose")
+        if np.abs(m[:3, 3]).max() > MAX_TRANSLATION:
+            raise KittiFormatError(f"{path}:{lineno}: the pose is {np.abs(m[:3, 3]).max():.3g} m from the first scan; "
+                                   f"a drive stays within {MAX_TRANSLATION:.0e} m (corrupt values?)")
         poses.append(m)
     out = np.array(poses).reshape(-1, 4, 4)
     if n_scans is not None and len(out) < n_scans:
@@ -151,6 +154,9 @@ def read_calib(path: str | os.PathLike) -> dict[str, np.ndarray]:
             raise KittiFormatError(f"{path}:{lineno}: {key.strip()} has {len(vals)} values, expected 12")
         m = np.eye(4)
         m[:3, :] = np.array(vals).reshape(3, 4)
+        if key.strip() in calib:  # which one would be meant? the last one was used silently before
+            raise KittiFormatError(f"{path}:{lineno}: a second '{key.strip()}' entry (the first is on line "
+                                   f"{where[key.strip()]}); keep one")
         calib[key.strip()] = m
         where[key.strip()] = lineno
     if "Tr" not in calib:
@@ -161,6 +167,9 @@ def read_calib(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 # KITTI's poses and Tr are rotations to ~1e-6; this only refuses what is not one at all
 RIGID_TOLERANCE = 1e-2
+# KITTI's longest drive (sequence 08) strays ~600 m from its start; a float32 scan placed
+# 1e6 m away has 6 cm steps between representable coordinates: past this, values are corrupt
+MAX_TRANSLATION = 1e6
 
 
 def check_rigid(m: np.ndarray, where: str, what: str) -> None:

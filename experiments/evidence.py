@@ -308,7 +308,65 @@ def summarise(results: list[dict]) -> dict:
     out["verdict"] = verdict(out)
     out["gate"] = gate(results)
     out["plateau"] = plateau(results)
+    out["transfer"] = transfer(results)
+    out["small_recall"] = small_recall(results)
     return out
+
+
+STUDENT_ARMS = ("m2skd", "s2skd", "online", "online-nokd")
+
+
+def transfer(results: list[dict]) -> dict:
+    """Per hard class present in the report set: the fused teacher's gain over the baseline
+    (on its fused input) beside each student arm's (on single scans), mean over the seeds
+    both have, IoU points; and for the classes where the teacher gains, in how many seeds
+    the student moved the same way (does it take what its teacher knows?)."""
+    by = {(arm_of(r), r["seed"]): r for r in results}
+    base = [r for r in results if arm_of(r) == "baseline"]
+    if not base or ("teacher", base[0]["seed"]) not in by:
+        return {}
+    _, present = hard_present(base[0]["report"], base[0]["hard_classes"])
+    out = {}
+    for c in present:
+        row = {}
+        seeds = [r["seed"] for r in base if "iou" in by.get(("teacher", r["seed"]), {}).get("report_fused", {})]
+        if not seeds:
+            continue
+        gain = [100 * (by[("teacher", s)]["report_fused"]["iou"][c] - by[("baseline", s)]["report"]["iou"][c])
+                for s in seeds]
+        row["teacher"] = float(np.mean(gain))
+        for arm in STUDENT_ARMS:
+            common = [s for s in seeds if (arm, s) in by]
+            if common:
+                d = [100 * (by[(arm, s)]["report"]["iou"][c] - by[("baseline", s)]["report"]["iou"][c]) for s in common]
+                row[arm] = float(np.mean(d))
+                row[f"{arm}_toward"] = sum(x > 0 for x in d) if row["teacher"] > 0 else None
+                row[f"{arm}_seeds"] = len(common)
+        out[c] = row
+    return out
+
+
+# the issue's small instances: bicycle and person, 1-9 and 10-29 points in the scan
+SMALL = {"classes": ("bicycle", "person"), "bins": ((1, 10), (10, 30))}
+
+
+def small_recall(results: list[dict]) -> dict:
+    """Recall (%) of the small bicycle and person instances per arm, mean and std over
+    seeds; the teacher on its fused input too ("teacher (fused input)")."""
+    out: dict = {}
+    for r in results:
+        for key, scores in (("report", arm_of(r)), ("report_fused", f"{arm_of(r)} (fused input)")):
+            rep = r.get(key)
+            if not rep or "instances" not in rep or (key == "report_fused" and arm_of(r) != "teacher"):
+                continue
+            edges = [tuple(p) for p in zip(rep["instance_edges"], [*rep["instance_edges"][1:], None], strict=True)]
+            for cls in SMALL["classes"]:
+                for lo, hi in SMALL["bins"]:
+                    i = edges.index((lo, hi))
+                    _, points, right = rep["instances"][cls][i]
+                    if points:
+                        out.setdefault(scores, {}).setdefault(f"{cls} {lo}-{hi - 1}", []).append(100 * right / points)
+    return {arm: {k: _stats(v) for k, v in bins.items()} for arm, bins in out.items()}
 
 
 def verdict(summary: dict) -> dict:
@@ -381,7 +439,41 @@ def markdown(summary: dict) -> str:
             return f"{f_['miou']['mean']:.1f} / {f_['hard_miou']['mean']:.1f}"
         lines.append("| fused input: mIoU / hard | " + " | ".join(pair(k) for k in arms) + " |" + " |" * len(pairs))
     return ("\n".join(lines) + "\n" + plateau_markdown(summary) + gate_markdown(summary["gate"])
-            + gap_markdown(summary) + verdict_markdown(summary) + ablation_markdown(summary))
+            + transfer_markdown(summary) + recall_markdown(summary) + gap_markdown(summary)
+            + verdict_markdown(summary) + ablation_markdown(summary))
+
+
+def transfer_markdown(summary: dict) -> str:
+    t = summary.get("transfer", {})
+    arms = [a for a in STUDENT_ARMS if any(a in row for row in t.values())]
+    if not t or not arms:
+        return ""
+    lines = ["", "| hard class (present in the report set) | teacher (fused input) − baseline | "
+             + " | ".join(f"{a} − baseline (seeds moving with the teacher)" for a in arms) + " |",
+             "|---" * (2 + len(arms)) + "|"]
+    for c, row in t.items():
+        cells = []
+        for a in arms:
+            if a not in row:
+                cells.append("")
+                continue
+            toward = row[f"{a}_toward"]
+            cells.append(f"{row[a]:+.1f}" + (f" ({toward}/{row[f'{a}_seeds']})" if toward is not None else ""))
+        lines.append(f"| {c} | {row['teacher']:+.1f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def recall_markdown(summary: dict) -> str:
+    rec = summary.get("small_recall", {})
+    if not rec:
+        return ""
+    cols = [f"{c} {lo}-{hi - 1}" for c in SMALL["classes"] for lo, hi in SMALL["bins"]]
+    lines = ["", "| recall of small instances (% of their points), mean ± std over seeds | " + " | ".join(cols) + " |",
+             "|---" * (1 + len(cols)) + "|"]
+    for arm, bins in rec.items():
+        lines.append(f"| {arm} | " + " | ".join(f"{bins[c]['mean']:.1f} ± {bins[c]['std']:.1f}" if c in bins else ""
+                                                  for c in cols) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def plateau_markdown(summary: dict) -> str:

@@ -38,6 +38,13 @@ class Job:
     seed: int
     teacher: str | None = None  # name of the job whose best (or last) checkpoint is the teacher
     tags: dict = field(default_factory=dict)  # recorded in the run's config.json
+    init: str | None = None  # name of the job whose last.pt the run starts from (`--init`)
+    teacher_ckpt: Path | None = None  # a teacher checkpoint from outside the jobs (when `teacher` is None)
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """The jobs that must be done before this one starts."""
+        return tuple(n for n in (self.teacher, self.init) if n)
 
 
 def check_cache(cache: Path, *splits: tuple[str, ...]) -> None:
@@ -54,10 +61,11 @@ def _lane_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _run(job: Job, teacher_ckpt: Path | None, device: str, progress: bool) -> Path:
+def _run(job: Job, teacher_ckpt: Path | None, device: str, progress: bool, init: Path | None = None) -> Path:
     t0 = time.perf_counter()
     ckpt = train(RunSpec(kind=job.kind, cfg=job.cfg, cache=job.cache, out=job.out, steps=job.steps, seed=job.seed,
-                         resume="auto", device=device, teacher=teacher_ckpt, progress=progress, tags=job.tags))
+                         resume="auto", device=device, teacher=teacher_ckpt, progress=progress, tags=job.tags,
+                         init=init))
     console.print(f"{job.out.name}: done ({(time.perf_counter() - t0) / 60:.1f} min)")
     return ckpt
 
@@ -88,7 +96,8 @@ def _run_all(jobs: dict[str, Job], lanes: int, device: str, on_done: Callable[[s
     if lanes <= 1:
         for name in order:
             job = jobs[name]
-            done[name] = _run(job, deployable(done[job.teacher]) if job.teacher else None, device, True)
+            done[name] = _run(job, deployable(done[job.teacher]) if job.teacher else job.teacher_ckpt, device, True,
+                              done[job.init] if job.init else None)
             if on_done:
                 on_done(name, done[name])
         return done
@@ -101,11 +110,11 @@ def _run_all(jobs: dict[str, Job], lanes: int, device: str, on_done: Callable[[s
                              initargs=(threads,)) as pool:
         while waiting or running:
             # at most `lanes` in flight, in the jobs' order: a seed's runs finish before the next seed's start
-            ready = [n for n, j in waiting.items() if j.teacher is None or j.teacher in done]
+            ready = [n for n, j in waiting.items() if all(d in done for d in j.needs)]
             for name in ready[:max(0, lanes - len(running))]:
                 job = waiting.pop(name)
-                teacher = deployable(done[job.teacher]) if job.teacher else None
-                running[pool.submit(_run, job, teacher, device, False)] = name
+                teacher = deployable(done[job.teacher]) if job.teacher else job.teacher_ckpt
+                running[pool.submit(_run, job, teacher, device, False, done[job.init] if job.init else None)] = name
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for fut in finished:
                 name = running.pop(fut)
@@ -118,8 +127,8 @@ def _run_all(jobs: dict[str, Job], lanes: int, device: str, on_done: Callable[[s
 def _order(jobs: dict[str, Job]) -> list[str]:
     order: list[str] = []
     while len(order) < len(jobs):
-        ready = [n for n, j in jobs.items() if n not in order and (j.teacher is None or j.teacher in order)]
+        ready = [n for n, j in jobs.items() if n not in order and all(d in order for d in j.needs)]
         if not ready:
-            raise ValueError(f"jobs whose teacher is no job: {sorted(set(jobs) - set(order))}")
+            raise ValueError(f"jobs whose teacher or --init is no job: {sorted(set(jobs) - set(order))}")
         order += ready
     return order

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from m2skd.common.cli import config_options, fail, knob_values
+from m2skd.common.cli import OutPath, config_options, fail, knob_values
 from m2skd.common.kitti_io import KittiFormatError
 from m2skd.common.labels import UnknownLabelError
 from m2skd.common.outputs import OutputError
@@ -30,7 +30,7 @@ console = Console(stderr=True)
 @click.option("--data", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="dataset root holding sequences/ (SemanticKITTI layout)")
 @click.option("--sequences", default="00", show_default=True, help="e.g. 00-10, 08 or 00,02,08")
-@click.option("--out", default=Path("data_cache/fused"), show_default=True, type=click.Path(path_type=Path))
+@click.option("--out", default=Path("data_cache/fused"), show_default=True, type=OutPath(path_type=Path))
 @click.option("--preset", type=click.Choice(FusionConfig.preset_names()), default="released", show_default=True,
               help="released: the released code's 4 previous scans; symmetric: -2:+2")
 @click.option("--window", help=f"neighbour scans -K:+K (past:future) [default: {FusionConfig().window}, "

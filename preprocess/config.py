@@ -60,6 +60,9 @@ class FusionConfig(Config):
         if not self.hard_classes:
             raise ValueError("hard_classes is empty: name at least one class to fuse")
         class_ids(self.hard_classes)  # raises on unknown names
+        if dup := sorted({c for c in self.hard_classes if self.hard_classes.count(c) > 1}):
+            # a repeated class would count several times in the hard-class mIoU
+            raise ValueError(f"--hard-classes: {', '.join(dup)} named more than once")
 
     @property
     def offsets(self) -> tuple[int, ...]:

@@ -25,6 +25,10 @@ from .plan import FusionError, SequencePlan, cache_config, plan
 from .pool import fuse_in_pool
 from .sequence_fusion import fuse_sequence
 
+# what m2skd-fuse writes into --out (shards, their sidecars, the manifest): only these
+# files' temps are its own to clean up after a killed run
+FUSE_FILES = ("seq*.h5", "seq*.h5.json", "manifest.json")
+
 __all__ = ["FusionError", "SequencePlan", "plan", "run_fusion"]
 
 
@@ -50,7 +54,7 @@ def run_fusion(
         plans[0] = replace(plans[0], notes=(*plans[0].notes, *notes))
         if on_plan:
             on_plan(plans)
-        remove_stale_temps(out)  # a killed run's half-written shard
+        remove_stale_temps(out, FUSE_FILES)  # a killed run's half-written shard
         try:
             if workers <= 1 or len(plans) == 1:
                 for sp in plans:
@@ -58,5 +62,5 @@ def run_fusion(
             else:
                 fuse_in_pool(root, plans, out, cfg, workers, force, on_scan)
         finally:
-            remove_stale_temps(out)  # workers stopped by Ctrl-C or an error leave theirs
+            remove_stale_temps(out, FUSE_FILES)  # workers stopped by Ctrl-C or an error leave theirs
         return write_manifest(out, config, chash)

@@ -339,6 +339,11 @@ BAD_OPTIONS = [  # items 13, 14, 17, 18, 19: (CLI, options, what the one-line er
     ("synth", ["--seed", "-1"], "--seed must be >= 0"),
     ("synth", ["--range-noise", "nan"], "--range-noise: nan is not a finite number"),
     ("synth", ["--columns", "100000000"], "--columns must be >= 1 and <= 20000"),
+    # issue 33, item 10: eval and predict hung past 600 s on 99999 loader workers
+    ("eval", ["--workers", "99999"], "--workers"),
+    ("train", ["--out", ""], "an empty path would write into the current folder"),
+    ("fuse", ["--hard-classes", "truck,truck,person"], "--hard-classes: truck named more than once"),
+    ("predict", ["--workers", "99999"], "--workers"),
 ]
 
 
@@ -354,7 +359,11 @@ def test_nonsense_options_get_one_line_naming_the_option_and_write_nothing(cli, 
     argv = {"train": (train_cli, [kind, "--cache", str(fused_cache), "--train-sequences", "00", "--steps", "1",
                                   "--workers", "0", "--model", "polarnet", "--out", str(out)]),
             "fuse": (fuse, ["--data", str(synth_root), "--sequences", "08", "--out", str(out)]),
-            "synth": (synth, [str(out), "--scans", "2", "--preset", "tiny"])}
+            "synth": (synth, [str(out), "--scans", "2", "--preset", "tiny"]),
+            "eval": (train_cli, ["eval", "--ckpt", str(tmp_path / "none.pt"), "--cache", str(fused_cache),
+                                 "--predictions", str(out)]),
+            "predict": (train_cli, ["predict", "--ckpt", str(tmp_path / "none.pt"), "--data", str(synth_root),
+                                    "--out", str(out)])}
     command, base = argv["train" if cli == "online" else cli]
     r = CliRunner().invoke(command, [*base, *extra])
     assert r.exit_code in (1, 2), r.output
@@ -458,3 +467,179 @@ def test_resume_refuses_a_cache_rebuilt_from_changed_input(synth_root, tmp_path)
     with pytest.raises(TrainError, match=r"no longer holds the scans the run trained on.*poses"):
         train(RunSpec(kind="teacher", cfg=cfg, cache=cache, out=out, steps=3, resume="yes", progress=False))
     assert (out / "last.pt").read_bytes() == before  # refused before anything was trained or saved
+
+
+def _run(fused_cache, out, kind="baseline", steps=2, teacher=None, **kw):
+    return train(RunSpec(kind=kind, cfg=tiny_train_config(val_every=1), cache=fused_cache, out=out, steps=steps,
+                         progress=False, teacher=teacher, **kw))
+
+
+def test_a_student_resumes_only_with_the_teacher_it_started_with(fused_cache, tmp_path):
+    """The teacher is known by content, not path: another teacher, a baseline, or another
+    teacher's file copied over the first one's path is refused on resume."""
+    from m2skd.train.run import TrainError
+
+    ta, tb = _run(fused_cache, tmp_path / "tA", "teacher"), _run(fused_cache, tmp_path / "tB", "teacher", seed=1)
+    base = _run(fused_cache, tmp_path / "base")
+    sk = tmp_path / "sk"
+    _run(fused_cache, sk, "student", teacher=ta)
+    for other in (tb, base):
+        with pytest.raises(TrainError, match="another teacher"):
+            _run(fused_cache, sk, "student", steps=3, teacher=other, resume="yes")
+    saved = ta.read_bytes()
+    shutil.copy(tb, ta)
+    with pytest.raises(TrainError, match="another teacher"):
+        _run(fused_cache, sk, "student", steps=3, teacher=ta, resume="yes")
+    ta.write_bytes(saved)
+    _run(fused_cache, sk, "student", steps=3, teacher=ta, resume="yes")  # its own teacher: resumes
+
+
+def test_a_checkpoint_changed_after_it_was_written_is_refused(fused_cache, tmp_path):
+    """Finite but wrong weights, or a flipped byte of Adam's state, no longer match the
+    digest saved with the checkpoint: evaluation, distillation and resume refuse it."""
+    import torch
+
+    from m2skd.train.checkpoint import CheckpointError, load_checkpoint
+
+    ckpt = _run(fused_cache, tmp_path / "a")
+    load_checkpoint(ckpt)  # intact: loads
+    state = torch.load(ckpt, weights_only=False)
+    name = next(k for k, v in state["model"].items() if v.is_floating_point())
+    state["model"][name].view(-1)[:50] = 1e20
+    torch.save(state, ckpt)
+    with pytest.raises(CheckpointError, match="no longer matches the digest"):
+        load_checkpoint(ckpt)
+    ckpt = _run(fused_cache, tmp_path / "b")
+    state = torch.load(ckpt, weights_only=False)
+    moment = next(iter(state["optimizer"]["state"].values()))["exp_avg"]
+    moment.view(-1).view(torch.uint8)[:64] ^= 0xFF
+    torch.save(state, ckpt)
+    r = _cli("eval", "--ckpt", str(ckpt), "--cache", str(fused_cache), "--quiet", "--device", "cpu")
+    assert r.exit_code == 1 and "no longer matches the digest" in r.output
+
+
+def test_a_fresh_start_never_keeps_or_overwrites_another_runs_files(fused_cache, tmp_path):
+    """--force starts over without the old run's best.pt; without last.pt, a folder holding
+    another run's best.pt, a config.json or a metrics.jsonl not ours is refused, naming the
+    file, before anything is written; a run killed before its first checkpoint starts over."""
+    from m2skd.train.run import TrainError
+
+    out = tmp_path / "r"
+    _run(fused_cache, out, steps=2)
+    old_best = (out / "best.pt").read_bytes()
+    train(RunSpec(kind="baseline", cfg=tiny_train_config(), cache=fused_cache, out=out, steps=1, progress=False,
+                  force=True))  # no validation in the new run: it has no best.pt
+    assert not (out / "best.pt").exists() and old_best
+    # another run's best.pt without its last.pt
+    other = tmp_path / "other"
+    _run(fused_cache, other, steps=2, seed=5)
+    for name in ("last.pt", "config.json"):  # (its config.json alone is refused the same way)
+        (other / name).unlink()
+    before = _tree(other)
+    with pytest.raises(TrainError, match=r"best.pt: the best model of another run"):
+        _run(fused_cache, other, steps=2)
+    assert _tree(other) == before
+    # a user's own files
+    for name, text, message in (("config.json", '{"mine": 1}', "not a run config"),
+                                ("metrics.jsonl", "not json\n", "not a step log")):
+        d = tmp_path / name
+        d.mkdir()
+        (d / name).write_text(text)
+        with pytest.raises(TrainError, match=message):
+            _run(fused_cache, d, steps=1)
+        assert (d / name).read_text() == text and not (d / "last.pt").exists()
+    # this run's own, killed before its first last.pt (best.pt, config.json, metrics.jsonl): it starts over
+    own = tmp_path / "own"
+    _run(fused_cache, own, steps=2)
+    (own / "last.pt").unlink()
+    _run(fused_cache, own, steps=2)
+    assert (own / "last.pt").is_file()
+
+
+def test_eval_writes_no_prediction_through_a_link_nor_over_another_models(fused_cache, synth_root, tmp_path):
+    """A link in the predictions folder onto the ground truth is refused and the labels stay
+    as they were; another checkpoint's predictions folder or result file is refused without
+    --force (predict's rules: a marker naming the checkpoint, a lock)."""
+    labels = tmp_path / "data" / "sequences" / "08" / "labels"
+    shutil.copytree(synth_root, tmp_path / "data", ignore=shutil.ignore_patterns("11"))
+    truth = _tree(labels)
+    a = _run(fused_cache, tmp_path / "A", steps=1)
+    b = _run(fused_cache, tmp_path / "B", steps=1, seed=1)
+    base = ["eval", "--data", str(tmp_path / "data"), "--sequences", "08", "--quiet", "--device", "cpu"]
+    trap = tmp_path / "P"
+    (trap / "sequences" / "08").mkdir(parents=True)
+    (trap / "sequences" / "08" / "predictions").symlink_to(labels)
+    r = _cli(*base, "--ckpt", str(a), "--predictions", str(trap))
+    assert r.exit_code == 1 and "symbolic link" in r.output
+    assert _tree(labels) == truth
+    pred, res = tmp_path / "pred", tmp_path / "res.json"
+    r = _cli(*base, "--ckpt", str(a), "--predictions", str(pred), "--json", str(res))
+    assert r.exit_code == 0, r.output
+    a_files, a_res = _tree(pred), res.read_text()
+    for extra in (["--predictions", str(pred)], ["--json", str(res)]):
+        r = _cli(*base, "--ckpt", str(b), *extra)
+        assert r.exit_code == 1 and "another" in r.output, r.output
+    assert _tree(pred) == a_files and res.read_text() == a_res
+    r = _cli(*base, "--ckpt", str(b), "--predictions", str(pred), "--json", str(res), "--force")
+    assert r.exit_code == 0, r.output
+    assert json.loads(res.read_text())["checkpoint"] == str(b)
+    assert json.loads((pred / "predicted_by.json").read_text())["checkpoint"] == str(b)
+
+
+def test_eval_of_a_sequence_without_one_labelled_point_is_refused(fused_cache, synth_root, tmp_path):
+    """Issue 33, item 5: an all-unlabelled sequence evaluated to mIoU 0.0, exit 0."""
+    import numpy as np
+
+    shutil.copytree(synth_root / "sequences" / "08", tmp_path / "data" / "sequences" / "08")
+    for f in (tmp_path / "data" / "sequences" / "08" / "labels").glob("*.label"):
+        np.zeros(f.stat().st_size // 4, np.uint32).tofile(f)
+    ckpt = _run(fused_cache, tmp_path / "A", steps=1)
+    r = _cli("eval", "--ckpt", str(ckpt), "--data", str(tmp_path / "data"), "--sequences", "08", "--quiet",
+             "--device", "cpu")
+    assert r.exit_code == 1 and "no labelled point to score" in r.output, r.output
+
+
+def test_fuse_cleans_only_its_own_temps(tmp_path):
+    """Issue 33, item 9: a killed writer's temp is removed, a user's `.draft.PID.tmp` is not."""
+    import subprocess
+    import sys
+
+    from m2skd.common.atomic import remove_stale_temps
+    from m2skd.preprocess.pipeline import FUSE_FILES
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its PID is gone
+    ours = tmp_path / f".seq00_000000-000004.h5.{dead.pid}.tmp"
+    mine = tmp_path / f".draft.{dead.pid}.tmp"
+    for p in (ours, mine):
+        p.write_text("x")
+    assert remove_stale_temps(tmp_path, FUSE_FILES) == [ours]
+    assert mine.read_text() == "x"
+
+
+def test_predict_refuses_a_foreign_out_and_claims_nothing_before_its_sequences_exist(fused_cache, synth_root,
+                                                                                     tmp_path):
+    """Issue 33, item 14 and 9: predict into the fused cache, or over a submission.zip it did
+    not write, is refused; a missing sequence leaves no predicted_by.json behind."""
+    ckpt = _run(fused_cache, tmp_path / "A", steps=1)
+    base = ["predict", "--ckpt", str(ckpt), "--data", str(synth_root), "--quiet", "--device", "cpu", "--no-zip"]
+    before = _tree(fused_cache)
+    r = _cli(*base, "--sequences", "11", "--out", str(fused_cache))
+    assert r.exit_code == 1 and "other files than predictions" in r.output and _tree(fused_cache) == before
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "submission.zip").write_bytes(b"my own zip")
+    r = _cli(*base, "--sequences", "11", "--out", str(sub))
+    assert r.exit_code == 1 and "unknown model" in r.output
+    assert (sub / "submission.zip").read_bytes() == b"my own zip"
+    new = tmp_path / "new"
+    r = _cli(*base, "--sequences", "11,19", "--out", str(new))
+    assert r.exit_code == 1 and "19" in r.output and not (new / "predicted_by.json").exists()
+
+
+def test_dry_run_of_a_one_step_run_times_real_steps(fused_cache, tmp_path):
+    """Issue 33, item 14: `--dry-run --steps 1` printed 'nan s/step'."""
+    r = _cli("baseline", "--cache", str(fused_cache), "--model", "polarnet", "--steps", "1", "--workers", "0",
+             "--train-sequences", "00", "--out", str(tmp_path / "run"), "--dry-run", "--quiet")
+    assert r.exit_code == 0 and "nan" not in r.output and "s/step" in r.output, r.output
+    assert "this run (1 steps)" in r.output

@@ -221,7 +221,7 @@ def test_an_interrupted_experiment_ends_in_one_line_and_exit_130(fused_cache, tm
     assert (again.ckpt, again.step) == (tmp_path / "last.pt", 41) and "step 41" in str(again)
     trained = []
 
-    def fake_run(job, teacher, device, progress):
+    def fake_run(job, teacher, device, progress, init=None):
         if job.kind != "baseline":
             raise TrainInterrupted(job.out / "last.pt", 7)
         trained.append(job.out.name)
@@ -268,3 +268,84 @@ def test_gate_and_plateau_by_hand():
     # mean curve: 35, 40, 41, 43 (%); window 2000: last (41 + 43) / 2 = 42, before (35 + 40) / 2 = 37.5
     p = evidence.plateau(results, window=2000)
     assert p["end"] == 4000 and p["last"] == pytest.approx(42.0) and p["gain"] == pytest.approx(4.5)
+
+
+def test_transfer_and_small_instance_recall_by_hand():
+    """Per class the teacher's gain beside the student's, with the seeds where the student
+    moves with a gaining teacher; small bicycle/person instances' recall per arm."""
+    edges = [1, 10, 30, 100, 300]
+
+    def rec(arm, seed, person, truck, bins=None, fused=None):
+        r = _result(arm, seed, 0.5, 0.0)
+        r["hard_classes"] = ["person", "truck", "motorcyclist"]
+        r["report"]["iou"].update(person=person, truck=truck, motorcyclist=0.0)
+        r["report"]["gt_points"] = {"person": 10, "truck": 5, "motorcyclist": 0}
+        if bins is not None:  # [instances, points, right] per size bin
+            r["report"]["instances"] = {"person": bins, "bicycle": [[0, 0, 0]] * 5}
+            r["report"]["instance_edges"] = edges
+        if fused is not None:
+            r["report_fused"] = {"miou": 0.6, "hard_miou": 0.0, "iou": {"person": fused[0], "truck": fused[1],
+                                                                      "motorcyclist": 0.0}}
+        return r
+
+    b = [[2, 8, 2], [1, 20, 5], [0, 0, 0], [0, 0, 0], [0, 0, 0]]
+    results = [rec("baseline", 0, 0.20, 0.30, b), rec("teacher", 0, 0.0, 0.0, fused=(0.30, 0.25)),
+               rec("m2skd", 0, 0.25, 0.28, [[2, 8, 4], [1, 20, 10], [0, 0, 0], [0, 0, 0], [0, 0, 0]]),
+               rec("baseline", 1, 0.10, 0.30, b), rec("teacher", 1, 0.0, 0.0, fused=(0.30, 0.35)),
+               rec("m2skd", 1, 0.08, 0.31, b)]
+    t = evidence.transfer(results)
+    assert set(t) == {"person", "truck"}  # motorcyclist has no ground truth in the report set
+    # person: teacher +10, +20 -> +15; m2skd +5, -2 -> +1.5, moving with the teacher in 1 of 2 seeds
+    assert t["person"]["teacher"] == pytest.approx(15.0) and t["person"]["m2skd"] == pytest.approx(1.5)
+    assert t["person"]["m2skd_toward"] == 1
+    # truck: teacher -5, +5 -> 0.0: no gain, so "moving with it" is not counted
+    assert t["truck"]["teacher"] == pytest.approx(0.0) and t["truck"]["m2skd_toward"] is None
+    r = evidence.small_recall(results)
+    # baseline: person 1-9: 2/8 = 25 %, 10-29: 5/20 = 25 %; m2skd seed 0: 50 %, 50 %, seed 1: 25 %, 25 %
+    assert r["baseline"]["person 1-9"]["mean"] == pytest.approx(25.0)
+    assert r["m2skd"]["person 10-29"]["mean"] == pytest.approx(37.5)
+    assert "bicycle 1-9" not in r["baseline"]  # no point of a small bicycle: no recall, not 0 %
+    md = evidence.transfer_markdown({"transfer": t}) + evidence.recall_markdown({"small_recall": r})
+    assert "| person | +15.0 | +1.5 (1/2) |" in md
+
+
+def test_kd_forward_probe_pairs_each_arm_with_its_control(fused_cache, tmp_path):
+    """The probe that picks `--kd-forward`'s default, at its smallest size: every arm
+    fine-tunes from the start baseline's weights, is scored on the val sequences, and is
+    paired with its control (differences recomputed here from the recorded val mIoUs)."""
+    from m2skd.experiments import kd_forward_probe as probe
+    from m2skd.train.checkpoint import load_checkpoint
+    from m2skd.train.config import TrainConfig
+    from m2skd.train.trainer import RunSpec, train
+
+    cfg = TrainConfig.preset("tiny").override(workers=0, train_sequences=("00",))  # the probe's network
+    teacher = train(RunSpec(kind="teacher", cfg=cfg, cache=fused_cache, out=tmp_path / "t", steps=2, progress=False))
+    record = tmp_path / "probe.json"
+    r = CliRunner().invoke(probe.main, ["--cache", str(fused_cache), "--out", str(tmp_path / "p"), "--teacher",
+                                        str(teacher), "--train-seqs", "00", "--val-seqs", "08", "--start", "2",
+                                        "--steps", "2", "--seeds", "0", "--lanes", "1", "--device", "cpu",
+                                        "--record", str(record)], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    res = json.loads(record.read_text())["arms"]
+    assert set(res) == set(probe.ARMS)
+    start = load_checkpoint(tmp_path / "p" / "runs" / "start" / "last.pt")
+    for arm in probe.ARMS:
+        state = load_checkpoint(tmp_path / "p" / "runs" / f"{arm}_s0" / "last.pt")
+        assert state["init_digest"] == start["digest"] and state["step"] == 2
+        assert state["config"]["distill"]["kd_forward"] == probe.ARMS[arm][1].get("kd_forward", "clean")
+    for arm, ctrl in probe.CONTROL.items():
+        assert res[arm]["diff"] == pytest.approx(res[arm]["val_miou"]["0"] - res[ctrl]["val_miou"]["0"])
+
+
+def test_kd_forward_probe_pairing_by_hand():
+    got = probe_paired({"seg_s0": 0.40, "seg_s1": 0.42, "kl-clean_s0": 0.39, "kl-clean_s1": 0.43,
+                        "nodrop_s0": 0.41, "nodrop-kl_s0": 0.38})
+    assert got["kl-clean"]["diffs"] == pytest.approx([-1.0, 1.0]) and got["kl-clean"]["diff"] == pytest.approx(0.0)
+    assert got["nodrop-kl"]["diff"] == pytest.approx(-3.0) and got["nodrop"]["diff"] == pytest.approx(1.0)
+    assert "diff" not in got["seg"]
+
+
+def probe_paired(results):
+    from m2skd.experiments.kd_forward_probe import paired
+
+    return paired(results)

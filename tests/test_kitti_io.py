@@ -146,3 +146,17 @@ def test_a_scan_behind_a_symlink_loop_is_named(tmp_path):
     lab.mkdir()
     with pytest.raises(K.KittiFormatError, match=r"000000.label: cannot read the label file"):
         K.read_label(lab)
+
+
+def test_a_second_tr_or_a_pose_a_planet_away_is_refused(tmp_path):
+    """Issue 33, item 5: two `Tr:` lines were read silently as the last one; a pose 1e30 m
+    away was accepted (fused points there are lost in float32 rounding)."""
+    tr = "Tr: 1 0 0 0 0 1 0 0 0 0 1 0\n"
+    (tmp_path / "calib.txt").write_text(tr + "Tr: 1 0 0 5 0 1 0 0 0 0 1 0\n")
+    with pytest.raises(K.KittiFormatError, match=r"calib.txt:2: a second 'Tr' entry \(the first is on line 1\)"):
+        K.read_calib(tmp_path / "calib.txt")
+    (tmp_path / "poses.txt").write_text("1 0 0 0 0 1 0 0 0 0 1 0\n1 0 0 1e30 0 1 0 0 0 0 1 0\n")
+    with pytest.raises(K.KittiFormatError, match=r"poses.txt:2: the pose is 1e\+30 m from the first scan"):
+        K.read_poses(tmp_path / "poses.txt")
+    (tmp_path / "poses.txt").write_text("1 0 0 0 0 1 0 0 0 0 1 0\n1 0 0 600 0 1 0 0 0 0 1 -250\n")
+    assert K.read_poses(tmp_path / "poses.txt")[1, 0, 3] == 600.0  # a real drive's distances pass

@@ -4,8 +4,10 @@ wants them (kind of network, shapes, label set)."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -25,6 +27,39 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt or belongs to another kind of run."""
 
 
+def content_digest(state: dict) -> str:
+    """sha256 of everything a checkpoint holds but its own digest: every tensor's dtype,
+    shape and bytes and every other value, walked in key order. Saved in the checkpoint
+    and checked on load, so a flipped byte or a weight set by hand (finite, so the
+    non-finite check misses it) is refused; a file copied whole keeps its digest, and a
+    run that distils from a checkpoint records that digest to know its teacher by content."""
+    h = hashlib.sha256()
+
+    def walk(x: Any) -> None:
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(x, dict):
+            h.update(b"{")
+            for k in sorted(x, key=str):
+                if k == "digest":
+                    continue
+                h.update(repr(k).encode())
+                walk(x[k])
+            h.update(b"}")
+        elif isinstance(x, list | tuple):
+            h.update(b"[")
+            for v in x:
+                walk(v)
+            h.update(b"]")
+        else:
+            h.update(repr(x).encode())
+
+    walk(state)
+    return h.hexdigest()
+
+
 def save_checkpoint(path: str | Path, *, kind: str, step: int, total_steps: int, cfg: TrainConfig,
                     hard_classes: tuple[str, ...], model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
                     seed: int, extra_state: dict | None = None) -> None:
@@ -36,6 +71,7 @@ def save_checkpoint(path: str | Path, *, kind: str, step: int, total_steps: int,
         "torch_rng": torch.get_rng_state(),
         **(extra_state or {}),
     }
+    state["digest"] = content_digest(state)
     path = Path(path)
     check_checkpoint_space(path, model)
     with atomic_path(path, "the previous checkpoint is intact; free some space and --resume") as tmp:
@@ -73,6 +109,11 @@ def load_checkpoint(path: str | Path) -> dict:
                   if isinstance(t, torch.Tensor) and t.is_floating_point())
         if bad:
             raise CheckpointError(f"{path}: {bad:,} weights are not finite (NaN or inf): not a usable model")
+    # checkpoints saved before the digest existed have none: loaded as they were
+    if "digest" in state and content_digest(state) != state["digest"]:
+        raise CheckpointError(f"{path}: its content no longer matches the digest saved with it (weights, optimiser "
+                              "state or settings changed after it was written): not loaded; use an intact copy or "
+                              "train again")
     if state["classes"] != list(CLASS_NAMES):
         raise CheckpointError(f"{path}: trained on another label set ({len(state['classes'])} classes: "
                               f"{state['classes'][:4]}...), this code uses the SemanticKITTI 19 + unlabelled")

@@ -10,15 +10,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import warnings
 from pathlib import Path
 
 import click
 from rich.console import Console
 
-from m2skd.common.cli import config_options, fail, knob_values
-from m2skd.common.kitti_io import KittiFormatError
+from m2skd.common.atomic import atomic_path
+from m2skd.common.cli import OutPath, config_options, fail, knob_values
+from m2skd.common.kitti_io import KittiFormatError, iter_sequences
 from m2skd.common.labels import UnknownLabelError
 from m2skd.common.outputs import OutputError, ensure_writable_dir, exclusive, refuse_inputs
 from m2skd.common.shards import ShardError
@@ -35,8 +38,9 @@ console = Console(stderr=True)
 ERRORS = (ShardError, CheckpointError, KittiFormatError, UnknownLabelError, ValueError, FileNotFoundError)
 
 
-def refuse_foreign_json(path: Path) -> None:
-    """`eval --json` replaces only an earlier eval result (a JSON object with its keys)."""
+def refuse_foreign_json(path: Path, ckpt: Path, force: bool = False) -> None:
+    """`eval --json` replaces only an earlier eval result (a JSON object with its keys) of
+    the same checkpoint; another checkpoint's only with `force`."""
     if not path.exists():
         return
     try:
@@ -47,18 +51,29 @@ def refuse_foreign_json(path: Path) -> None:
     if not ours:
         raise OutputError(f"--json {path}: the file exists and is not an earlier `m2skd-train eval` result; "
                           "refusing to overwrite it: choose another path")
+    if Path(str(old["checkpoint"])).resolve() != ckpt.resolve() and not force:
+        raise OutputError(f"--json {path}: holds the result of another checkpoint ({old['checkpoint']}); "
+                          "choose another path, or --force to replace it")
 
 
-def refuse_foreign_predictions(root: Path) -> None:
+def refuse_foreign_predictions(root: Path, option: str = "--predictions", also: tuple[str, ...] = ()) -> None:
     """`--predictions DIR` writes DIR/sequences/XX/predictions/*.label: an existing DIR may
-    hold only such files (an earlier run's), nothing else it would mix them with."""
+    hold only such files (an earlier run's), nothing else it would mix them with (`also`:
+    other files of ours at its top, predict's submission.zip)."""
     if not root.is_dir():
         return
+    for folder, dirs, files in os.walk(root):  # not following links: a link is refused, not entered
+        for name in dirs + files:
+            if (Path(folder) / name).is_symlink():
+                raise OutputError(f"{option} {root}: {Path(folder) / name} is a symbolic link; predictions "
+                                  "are written only into real folders of their own (a link could lead onto the "
+                                  "ground-truth labels): choose an empty or new folder")
     foreign = [p for p in root.rglob("*") if p.is_file() and not (
         p.suffix == ".label" and p.parent.name == "predictions" and p.parent.parent.parent.name == "sequences"
-        and p.parent.parent.parent.parent == root) and p.name != ".m2skd.lock"]
+        and p.parent.parent.parent.parent == root) and not (
+        p.parent == root and p.name in (".m2skd.lock", "predicted_by.json", *also))]
     if foreign:
-        raise OutputError(f"--predictions {root}: the folder holds other files than predictions ({foreign[0]}); "
+        raise OutputError(f"{option} {root}: the folder holds other files than predictions ({foreign[0]}); "
                           "choose an empty or new folder")
 DISTILL_KNOBS = tuple(DistillConfig.leaf_names())
 ONLINE_KNOBS = ("w_fused", "fused_loss")  # the fused view's own loss: only an online run has one
@@ -91,9 +106,12 @@ def run_options(skip: tuple[str, ...] = ()):
                               "released code's loss values on the tiny network)"),
             click.option("--steps", type=click.IntRange(min=1), help="optimiser steps (or --epochs)"),
             click.option("--epochs", type=click.IntRange(min=1), help="passes over the training scans (or --steps)"),
-            click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+            click.option("--out", type=OutPath(file_okay=False, path_type=Path),
                          help="run folder [default: data_cache/runs/KIND_MODEL_PRESET_sSEED]"),
             click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1), default=0, show_default=True),
+            click.option("--init", type=click.Path(dir_okay=False, path_type=Path),
+                         help="start from this checkpoint's network weights (same --model and widths) instead of a "
+                              "random init, as the released script starts from its model_save.pt"),
             click.option("--resume", is_flag=True, help="continue from OUT/last.pt"),
             click.option("--force", is_flag=True, help="start over even if OUT/last.pt exists"),
             click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1"),
@@ -117,7 +135,7 @@ def _run(kind: str, teacher: Path | None = None, **kw) -> None:
         out = kw["out"] or Path("data_cache/runs") / f"{kind}_{kw['model']}_{kw['preset']}_s{kw['seed']}"
         spec = RunSpec(kind=kind, cfg=cfg, cache=kw["cache"], out=out, steps=kw["steps"], epochs=kw["epochs"],
                        seed=kw["seed"], resume="yes" if kw["resume"] else "no", force=kw["force"], device=kw["device"],
-                       teacher=teacher, progress=not kw["quiet"], tags={"preset": kw["preset"]})
+                       teacher=teacher, progress=not kw["quiet"], tags={"preset": kw["preset"]}, init=kw["init"])
         if kw["dry_run"]:
             est = estimate(spec)
         else:
@@ -125,7 +143,9 @@ def _run(kind: str, teacher: Path | None = None, **kw) -> None:
     except (TrainError, *ERRORS) as e:
         fail(str(e))
     except TrainInterrupted as e:
-        fail(str(e), 130)
+        fail(str(e), e.exit_code)
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, nothing saved since the last checkpoint
+        fail("interrupted again: stopped at once; --resume continues from the last checkpoint", 130)
     if kw["dry_run"]:
         console.print(f"{kind} ({kw['model']}, {kw['preset']}) on {est['device']}: {est['s_per_step']:.3f} s/step, "
                       f"{est['scans_per_s']:.1f} scans/s, peak {est['peak_kind']} {est['peak_mib']:,.0f} MiB; "
@@ -174,18 +194,20 @@ for _kind in KINDS.values():
 @click.option("--sequences", help="explicit sequences instead of --split")
 @click.option("--view", type=click.Choice(VIEWS), default="single", show_default=True,
               help="fused: input the fused scan (teacher), score its own points (needs --cache)")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--predictions", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--json", "json_path", type=OutPath(dir_okay=False, path_type=Path))
+@click.option("--predictions", type=OutPath(file_okay=False, path_type=Path),
               help="write DIR/sequences/XX/predictions/NNNNNN.label in raw ids")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--batch-size", type=int, default=1, show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=1, show_default=True)
+@click.option("--workers", type=click.IntRange(0, 256), default=0, show_default=True)
+@click.option("--force", is_flag=True, help="--json or --predictions hold another checkpoint's: replace them")
 @click.option("--quiet", is_flag=True)
 def eval_cmd(ckpt: Path, data: Path | None, cache: Path | None, split: str, sequences: str | None, view: str,
              json_path: Path | None, predictions: Path | None, device: str, batch_size: int, workers: int,
-             quiet: bool) -> None:
+             force: bool, quiet: bool) -> None:
     """Per-class IoU, mIoU and hard-class mIoU of a checkpoint on single (or fused) scans."""
     from .evaluate import score_checkpoint
+    from .predict import PredictionFolderError, claim_folder
     from .report import print_table
     from .runtime import pick_device
 
@@ -193,26 +215,35 @@ def eval_cmd(ckpt: Path, data: Path | None, cache: Path | None, split: str, sequ
         inputs = {"checkpoint": ckpt, "fused cache": cache, "raw data": data}
         if json_path is not None:
             refuse_inputs(json_path, "--json", inputs)
-            refuse_foreign_json(json_path)
+            refuse_foreign_json(json_path, ckpt, force)
         if predictions is not None:
             refuse_inputs(predictions, "--predictions", inputs)
             refuse_foreign_predictions(predictions)
         for path in (json_path.parent if json_path else None, predictions):
             if path is not None:
                 ensure_writable_dir(path)
-        result, state = score_checkpoint(ckpt, pick_device(device), cache=cache, data=data, split=split, view=view,
-                                         sequences=tuple(parse_sequences(sequences)) if sequences else None,
-                                         batch_size=batch_size, workers=workers, predictions=predictions,
-                                         progress=not quiet)
-    except ERRORS as e:
+        # predictions as predict writes them: the folder locked and marked with the checkpoint that made it
+        with exclusive(predictions, "m2skd-train eval") if predictions else contextlib.nullcontext():
+            if predictions is not None:
+                claim_folder(predictions, ckpt, force)
+            result, state = score_checkpoint(ckpt, pick_device(device), cache=cache, data=data, split=split,
+                                             view=view, sequences=tuple(parse_sequences(sequences)) if sequences
+                                             else None, batch_size=batch_size, workers=workers,
+                                             predictions=predictions, progress=not quiet)
+    except (*ERRORS, PredictionFolderError) as e:
         fail(str(e))
+    except KeyboardInterrupt:
+        fail("interrupted: nothing scored; the prediction files written so far are complete", 130)
     seqs = state["sequences"]
     result.update(checkpoint=str(ckpt), kind=state["kind"], step=state["step"], sequences=seqs, view=view)
     print_table({f"{state['kind']} ({view})": result}, tuple(state["hard_classes"]),
                 title=f"{ckpt} on {','.join(seqs)} ({result['points']:,} points)")
     if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=1))
+        try:
+            with atomic_path(json_path) as tmp:  # a full disk is one line, and no 0-byte result is left
+                tmp.write_text(json.dumps(result, indent=1))
+        except OutputError as e:
+            fail(str(e))
     if predictions:
         console.print(f"predictions: {predictions}/sequences/*/predictions/*.label (raw ids)")
 
@@ -223,10 +254,10 @@ def eval_cmd(ckpt: Path, data: Path | None, cache: Path | None, split: str, sequ
 @click.option("--data", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="SemanticKITTI-layout root; labels are not needed")
 @click.option("--sequences", default="11-21", show_default=True, help="the test split by default")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", required=True, type=OutPath(file_okay=False, path_type=Path))
 @click.option("--zip/--no-zip", "make_zip", default=True, show_default=True, help="write OUT/submission.zip too")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="loader processes")
+@click.option("--workers", type=click.IntRange(0, 256), default=0, show_default=True, help="loader processes")
 @click.option("--force", is_flag=True, help="OUT holds another model's predictions: delete them and start over")
 @click.option("--quiet", is_flag=True)
 def predict_cmd(ckpt: Path, data: Path, sequences: str, out: Path, make_zip: bool, device: str, workers: int,
@@ -240,12 +271,15 @@ def predict_cmd(ckpt: Path, data: Path, sequences: str, out: Path, make_zip: boo
     try:
         names = parse_sequences(sequences)
         refuse_inputs(out, "--out", {"checkpoint": ckpt, "raw data": data})
+        refuse_foreign_predictions(out, "--out", also=("submission.zip",))  # e.g. a fused cache
         with exclusive(out, "m2skd-train predict"):
             dev = pick_device(device)
             model, cfg, state = load_model(ckpt, dev)
             if state["kind"] == "teacher":
                 raise CheckpointError(f"{ckpt}: a teacher needs fused scans, which the test split cannot give "
                                       "(no labels to find instances); deploy a student or a baseline")
+            for seq in iter_sequences(data, names):  # a missing sequence refused before the folder is claimed
+                seq.frames()
             claim_folder(out, ckpt, force)
             written, skipped = predict_sequences(model, cfg, data, names, out, dev, show=not quiet, workers=workers)
             problems = check_predictions(data, names, out)
@@ -253,6 +287,8 @@ def predict_cmd(ckpt: Path, data: Path, sequences: str, out: Path, make_zip: boo
                 problems = check_zip(write_zip(out, names), data, names)
     except (*ERRORS, PredictionFolderError) as e:
         fail(str(e))
+    except KeyboardInterrupt:
+        fail("interrupted: the predictions written so far are complete files; the same command resumes", 130)
     if problems:
         fail("the predictions would be rejected:\n  " + "\n  ".join(problems[:20]))
     console.print(f"{written} scans predicted, {skipped} already done; {out}/sequences/*/predictions valid"

@@ -11,13 +11,15 @@ import numpy as np
 import torch
 
 from .optimizer_step import OptimizerStep
-from .run import RunSpec, start_run
+from .run import RunSpec, start_run, total_steps
 
 
 def estimate(spec: RunSpec, steps: int = 6, warmup: int = 2) -> dict:
     """Time `steps` real steps of the run on its device (after `warmup`), writing nothing,
     and extrapolate: seconds a step, scans a second, minutes an epoch, hours the run."""
-    run = start_run(replace(spec, resume="no", force=True))
+    # timed on warmup + steps of its own, whatever the run's length (a 1-step run timed no step: nan)
+    run = start_run(replace(spec, resume="no", force=True, steps=warmup + steps, epochs=None))
+    run_total = total_steps(spec, len(run.dataset), run.dist.world)
     step = OptimizerStep(run)
     run.model.train()
     if run.device.type == "cuda":
@@ -40,5 +42,5 @@ def estimate(spec: RunSpec, steps: int = 6, warmup: int = 2) -> dict:
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return {"device": str(run.device), "s_per_step": s_step, "scans_per_s": scans / max(sum(times), 1e-9),
             "scans": len(run.dataset), "steps_per_epoch": per_epoch, "epoch_min": per_epoch * s_step / 60,
-            "run_steps": run.total, "run_h": run.total * s_step / 3600, "peak_mib": peak / 2**20,
+            "run_steps": run_total, "run_h": run_total * s_step / 3600, "peak_mib": peak / 2**20,
             "peak_kind": "GPU allocated" if run.device.type == "cuda" else "process RSS"}

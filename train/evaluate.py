@@ -71,4 +71,7 @@ def score_checkpoint(ckpt: str | Path, device: torch.device, *, cache: Path | No
                               "use the cache it was trained on")
     conf = evaluate(model, ds, device, view=view, batch_size=batch_size, workers=workers, predictions=predictions,
                     progress=progress, observe=observe)
-    return conf.summary(hard), {**state, "sequences": list(seqs)}
+    summary = conf.summary(hard)
+    if summary["points"] == 0:  # every IoU would be 0: a score of nothing, not of the model
+        raise ValueError(f"sequences {','.join(seqs)}: no labelled point to score (every label is 'unlabelled')")
+    return summary, {**state, "sequences": list(seqs)}

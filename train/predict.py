@@ -40,9 +40,14 @@ class PredictionFolderError(ValueError):
 def write_predictions(root: Path, batch, pred: np.ndarray) -> None:
     """ROOT/sequences/XX/predictions/NNNNNN.label in raw ids for each scan's own points."""
     start = 0
+    inside = Path(root).resolve()
     for size, n, (seq, frame) in zip(batch.sizes, batch.n_original, batch.meta, strict=True):
         raw = train_to_raw(pred[start:start + n])
         path = kitti_io.Sequence(root, seq).prediction_path(frame)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.parent.resolve().is_relative_to(inside) or path.is_symlink():
+            # a link inside the output folder would write through onto whatever it points at (labels)
+            raise PredictionFolderError(f"{path}: leads out of {root} through a symbolic link; not written")
         kitti_io.write_label(path, raw, np.zeros_like(raw))
         start += size
 
@@ -62,7 +67,7 @@ def claim_folder(out: Path, ckpt: Path, force: bool) -> None:
             prior = json.loads(made_by.read_text()).get("sha256")
         except (OSError, ValueError, AttributeError):
             prior = None
-    if (old or made_by.exists()) and prior != mine["sha256"]:
+    if (old or made_by.exists() or (out / "submission.zip").exists()) and prior != mine["sha256"]:
         if not force:
             who = "another checkpoint" if prior else "an unknown model (no predicted_by.json)"
             raise PredictionFolderError(f"{out}: holds predictions of {who}, not of {ckpt}; pass --force to delete "

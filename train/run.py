@@ -14,7 +14,14 @@ from m2skd.common.config import differences, worded
 from m2skd.common.outputs import refuse_inputs
 
 from .batch import collate
-from .checkpoint import CheckpointError, check_compatible, checkpoint_config, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    check_compatible,
+    checkpoint_config,
+    content_digest,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .config import DistillConfig, TrainConfig, with_legacy
 from .dataset import ShardDataset
 from .distill import Distiller, idle_knobs
@@ -49,6 +56,7 @@ class RunSpec:
     teacher: Path | None = None
     progress: bool = True
     tags: dict = field(default_factory=dict)  # recorded in OUT/config.json beside the config (preset, arm)
+    init: Path | None = None  # start from this checkpoint's weights (`--init`), not a random init
     on_finish: Callable[[Run], None] | None = None  # called with every rank's finished run (tests)
 
 
@@ -66,6 +74,9 @@ class Run:
     optimizer: torch.optim.Optimizer
     teacher: torch.nn.Module | None = None
     teacher_view: str | None = None  # the teacher's input: "fused" (M2SKD) or "single" (a single-scan teacher)
+    teacher_digest: str | None = None  # the teacher checkpoint's content digest: a resume checks it is the same
+    init_digest: str | None = None  # the --init checkpoint's content digest (None: a random init)
+    init_note: str | None = None  # what the run should say about its --init (other hard classes)
     distiller: Distiller | None = None
     val_dataset: ShardDataset | None = None
     step: int = 0
@@ -120,7 +131,9 @@ class Run:
                         optimizer=self.optimizer, seed=spec.seed,
                         extra_state={"distiller": self.distiller.state_dict() if self.distiller is not None else None,
                                "teacher": str(spec.teacher) if spec.teacher else None,
-                               "teacher_view": self.teacher_view, "best": self.best,
+                               "teacher_view": self.teacher_view, "teacher_digest": self.teacher_digest,
+                               "init_digest": self.init_digest,
+                               "best": self.best,
                                "cache_identity": self.dataset.identity,
                                "bad_validations": self.bad_validations, "stopped": self.stopped})
 
@@ -129,6 +142,7 @@ class Run:
         spec = self.spec
         return {"kind": spec.kind, "seed": spec.seed, "steps": self.total, "cache": str(spec.cache),
                 "teacher": str(spec.teacher) if spec.teacher else None, "teacher_view": self.teacher_view,
+                "init": str(spec.init) if spec.init else None, "init_digest": self.init_digest,
                 "device": str(self.device),
                 "world_size": self.dist.world, "hard_classes": list(self.dataset.hard_classes),
                 "config": spec.cfg.to_dict(), **spec.tags}
@@ -145,7 +159,8 @@ def check_spec(spec: RunSpec) -> None:
         raise TrainError(f"unknown run kind {spec.kind!r}; choose from {tuple(KINDS)}")
     kind = KINDS[spec.kind]
     ckpt = Path(spec.out) / CHECKPOINT
-    refuse_inputs(spec.out, "--out", {"teacher checkpoint": spec.teacher, "fused cache": spec.cache})
+    refuse_inputs(spec.out, "--out", {"teacher checkpoint": spec.teacher, "fused cache": spec.cache,
+                                      "--init checkpoint": spec.init})
     if spec.resume not in RESUME:
         raise TrainError(f"resume={spec.resume!r}: choose from {RESUME}")
     if spec.resume != "no" and spec.force:
@@ -176,10 +191,11 @@ def total_steps(spec: RunSpec, n_scans: int, world: int) -> int:
 
 
 def load_teacher(path: Path, cfg: TrainConfig, hard_classes: tuple[str, ...],
-                 device: torch.device) -> tuple[torch.nn.Module, str]:
+                 device: torch.device) -> tuple[torch.nn.Module, str, str]:
     """The frozen teacher and the view it reads: a teacher checkpoint (fused scans, M2SKD)
     or a baseline checkpoint (the student's own single scan: the control every
-    multi-to-single claim needs), of the student's network and the cache's hard classes."""
+    multi-to-single claim needs), of the student's network and the cache's hard classes;
+    and the checkpoint's content digest (a student knows its teacher by content, not path)."""
     state = load_checkpoint(path)
     check_compatible(state, cfg, path, "teacher")
     if state["kind"] not in ("teacher", "baseline"):
@@ -188,11 +204,32 @@ def load_teacher(path: Path, cfg: TrainConfig, hard_classes: tuple[str, ...],
     if tuple(state["hard_classes"]) != tuple(hard_classes):
         raise CheckpointError(f"{path}: teacher fused hard classes {state['hard_classes']}, the student's cache "
                               f"has {list(hard_classes)}")
-    teacher = build_model(checkpoint_config(state, path).model, device)
+    t_cfg = checkpoint_config(state, path)
+    if t_cfg.model.remission != cfg.model.remission:  # the loader feeds both views the student's features
+        raise CheckpointError(f"{path}: the teacher learnt {'with' if t_cfg.model.remission else 'without'} "
+                              f"remission, the student runs {'with' if cfg.model.remission else 'without'} it: "
+                              "the teacher would see inputs it never trained on; give both the same --remission")
+    teacher = build_model(t_cfg.model, device)
     teacher.load_state_dict(state["model"])
     teacher.eval()
     teacher.requires_grad_(False)
-    return teacher, "fused" if state["kind"] == "teacher" else "single"
+    return teacher, "fused" if state["kind"] == "teacher" else "single", state.get("digest") or content_digest(state)
+
+
+def init_weights(model: torch.nn.Module, path: Path, cfg: TrainConfig,
+                 hard_classes: tuple[str, ...]) -> tuple[str, str | None]:
+    """Load a checkpoint's network weights into `model` (`--init`, as the released script
+    starts from model_save.pt): refused when its network has another shape (backbone,
+    grid, widths); its other state (optimiser, step) is not taken. Returns its digest and
+    a note when it trained with other hard classes (the weights load, the focus differs)."""
+    state = load_checkpoint(path)
+    check_compatible(state, cfg, path, "--init")
+    model.load_state_dict(state["model"])
+    note = None
+    if list(state["hard_classes"]) != list(hard_classes):
+        note = (f"--init {path}: trained with hard classes {state['hard_classes']}, this run's cache has "
+                f"{list(hard_classes)}")
+    return state.get("digest") or content_digest(state), note
 
 
 def _resume(run: Run) -> None:
@@ -218,6 +255,17 @@ def _resume(run: Run) -> None:
                          "from changed input (scans, labels, poses or calibration). Resuming would train one run "
                          "on two datasets; start over (--force or another --out), or restore the input and "
                          "fuse again")
+    saved_teacher = state.get("teacher_digest")  # absent from checkpoints of older versions
+    if saved_teacher is not None and saved_teacher != run.teacher_digest:
+        raise TrainError(f"{path}: the run distilled from another teacher ({state.get('teacher')}, a "
+                         f"{state.get('teacher_view')}-view teacher of digest {saved_teacher[:12]}) than "
+                         f"{spec.teacher} (a {run.teacher_view}-view teacher of digest {run.teacher_digest[:12]}): "
+                         "a resumed run continues as it was; give it the teacher it started with, or start over "
+                         "(--force or another --out)")
+    saved_init = state.get("init_digest")
+    if spec.init is not None and saved_init != run.init_digest:
+        raise TrainError(f"{path}: the run started from {'another checkpoint' if saved_init else 'a random init'} "
+                         f"than --init {spec.init}; a resumed run continues as it was: drop --init or start over")
     if state["step"] > run.total:
         raise TrainError(f"{path}: the run is at step {state['step']}, past the {run.total} steps asked; ask for "
                          f"at least {state['step']} or start over with --force")
@@ -273,8 +321,8 @@ def start_run(spec: RunSpec) -> Run:
     kind = KINDS[spec.kind]
     dataset = ShardDataset(spec.cache, cfg.data.train_sequences, cfg, view=kind.reads)
     total = total_steps(spec, len(dataset), dist.world)
-    teacher, teacher_view = (load_teacher(Path(spec.teacher), cfg, dataset.hard_classes, device)
-                             if kind.teacher else (None, None))
+    teacher, teacher_view, teacher_digest = (load_teacher(Path(spec.teacher), cfg, dataset.hard_classes, device)
+                                             if kind.teacher else (None, None, None))
     if teacher_view == "single":
         dataset = dataset.with_view("single")
     val = None
@@ -295,7 +343,10 @@ def start_run(spec: RunSpec) -> Run:
     clean = kd_forward(kind.distills, cfg.distill)
     net = TwoViews(model, clean) if kind.two_views else Deterministic(model) if clean else model
     run = Run(spec, device, dist, dataset, total, model, net, torch.optim.Adam(params, lr=cfg.optim.lr),
-              teacher, teacher_view, distiller, val)
+              teacher=teacher, teacher_view=teacher_view, teacher_digest=teacher_digest, distiller=distiller,
+              val_dataset=val)
+    if spec.init is not None:
+        run.init_digest, run.init_note = init_weights(model, Path(spec.init), cfg, dataset.hard_classes)
     if spec.resume != "no" and run.ckpt_path.exists():
         _resume(run)
     if dist.world > 1:

@@ -23,6 +23,7 @@ from .checkpoint import check_checkpoint_space, write_config
 from .evaluate import evaluate
 from .optimizer_step import OptimizerStep
 from .run import Run, RunSpec, TrainError, check_spec, start_run
+from .run_folder import claim_fresh
 from .run_log import RunLog, TextLog, read_metrics
 from .runtime import close_distributed
 
@@ -32,37 +33,47 @@ __all__ = ["RunSpec", "TrainError", "TrainInterrupted", "read_metrics", "train"]
 class TrainInterrupted(Exception):
     """Ctrl-C stopped the run between two steps; its checkpoint holds the step reached."""
 
-    def __init__(self, ckpt: Path, step: int) -> None:
-        super().__init__(f"interrupted at step {step}: saved {ckpt}; rerun with --resume to continue from it")
-        self.ckpt, self.step = ckpt, step
+    def __init__(self, ckpt: Path, step: int, signum: int = signal.SIGINT) -> None:
+        name = signal.Signals(signum).name
+        super().__init__(f"interrupted at step {step} ({name}): saved {ckpt}; rerun with --resume to continue from it")
+        self.ckpt, self.step, self.signum = ckpt, step, int(signum)
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal, as a shell reports a process it stopped (130 Ctrl-C, 143 SIGTERM)."""
+        return 128 + self.signum
 
     def __reduce__(self):  # raised in a lane's process, re-raised in the parent (experiments/lanes.py)
-        return type(self), (self.ckpt, self.step)
+        return type(self), (self.ckpt, self.step, self.signum)
 
 
 class _DeferredInterrupt:
-    """Ctrl-C (SIGINT) while training lets the step in flight finish, so the run can save a
-    consistent state (weights, Adam, RNG: an optimiser step cut in half is neither the old
-    nor the new weights). A second Ctrl-C stops at once. Only for one process in its main
-    thread: DDP ranks would have to agree on the step first."""
+    """Ctrl-C (SIGINT) or SIGTERM (what a scheduler sends) while training lets the step in
+    flight finish, so the run can save a consistent state (weights, Adam, RNG: an optimiser
+    step cut in half is neither the old nor the new weights). A second one stops at once.
+    Only for one process in its main thread: DDP ranks would have to agree on the step first."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
         self.hit = False
+        self.signum = signal.SIGINT
 
     def __enter__(self) -> _DeferredInterrupt:
         if self.enabled:
-            self.previous = signal.signal(signal.SIGINT, self._handle)
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame) -> None:
         if self.hit:
             raise KeyboardInterrupt
-        self.hit = True
+        self.hit, self.signum = True, signum
 
     def __exit__(self, *exc) -> None:
         if self.enabled:
-            signal.signal(signal.SIGINT, self.previous)
+            for s, handler in self.previous.items():
+                signal.signal(s, handler)
 
 
 def train(spec: RunSpec) -> Path:
@@ -87,10 +98,15 @@ def _train(spec: RunSpec) -> Path:
     text, info = TextLog(out, run.dist.main), run.info()
     if run.dist.main:
         check_checkpoint_space(run.ckpt_path, run.model)  # up front: not after an hour of training
+        if run.step == 0:  # a fresh start: the folder's earlier files are this run's own, or --force
+            claim_fresh(out, spec.kind, spec.seed, cfg.to_dict(), spec.force)
         write_config(out, info)
     text.line(f"{spec.kind} ({cfg.model.backbone}) on {run.device}, seed {spec.seed}: "
               + (f"resumed at step {run.step} of {run.total}" if run.step else f"{run.total} steps")
+              + (f", from the weights of {spec.init}" if spec.init and not run.step else "")
               + f"\nresolved config: {json.dumps(info, sort_keys=True)}")
+    if run.init_note and not run.step:
+        text.line(f"note: {run.init_note}")
     try:
         with text.warnings():
             ckpt = _loop(run, text)
@@ -123,7 +139,7 @@ def _loop(run: Run, text: TextLog) -> Path:
                 text.line(f"checkpoint at step {run.step}: {run.ckpt_path}")
     run.save()
     if interrupt.hit:
-        raise TrainInterrupted(run.ckpt_path, run.step)
+        raise TrainInterrupted(run.ckpt_path, run.step, interrupt.signum)
     if spec.on_finish is not None:
         spec.on_finish(run)
     return run.ckpt_path
