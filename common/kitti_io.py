@@ -12,6 +12,7 @@ Every reader raises KittiFormatError naming the file and what is wrong.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -103,6 +104,8 @@ def read_poses(path: str | os.PathLike, n_scans: int | None = None) -> np.ndarra
     If `n_scans` is given, a file with fewer lines than scans is an error.
     """
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise KittiFormatError(f"{path}: not a file (a folder?); expected the sequence's poses")
     if not path.is_file():
         raise KittiFormatError(f"{path}: poses file does not exist")
     poses = []
@@ -139,6 +142,8 @@ def write_poses(path: str | os.PathLike, poses: np.ndarray) -> None:
 def read_calib(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read `calib.txt` into {key: (4, 4) float64}; `Tr` (velodyne -> camera 0) is required."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise KittiFormatError(f"{path}: not a file (a folder?); expected the sequence's calib")
     if not path.is_file():
         raise KittiFormatError(f"{path}: calib file does not exist")
     calib: dict[str, np.ndarray] = {}
@@ -251,7 +256,11 @@ class Sequence:
         vel = self.path / "velodyne"
         if not vel.is_dir():
             raise KittiFormatError(f"{vel}: no velodyne folder (is {self.root} a SemanticKITTI root?)")
-        frames = sorted(int(m.group(1)) for f in os.listdir(vel) if (m := _SCAN_RE.match(f)))
+        names = [f for f in os.listdir(vel) if _SCAN_RE.match(f)]
+        for f in names:  # a folder, a broken link or a link loop at a scan's name: say so, not a size later
+            if not (vel / f).is_file():
+                raise KittiFormatError(f"{vel / f}: not a scan file (a folder, a broken link or a link loop)")
+        frames = sorted(int(_SCAN_RE.match(f).group(1)) for f in names)
         if not frames:
             raise KittiFormatError(f"{vel}: no NNNNNN.bin scans")
         expected = range(frames[-1] + 1)
@@ -283,3 +292,27 @@ def iter_sequences(root: str | os.PathLike, spec: str | Iterable[str]) -> Iterat
         if not seq.path.is_dir():
             raise KittiFormatError(f"{seq.path}: sequence folder does not exist")
         yield seq
+
+
+# ---------------------------------------------------------------- what a fused shard was built from
+
+
+def input_fingerprint(seq: Sequence, first: int, last: int, span: tuple[int, int], n_frames: int) -> str:
+    """Hash of (name, size, mtime) of every file fused shard [first, last] is built from:
+    poses, calibration, and the scans and labels of frames first + span[0] .. last + span[1]
+    (the fusion window's reach, clipped to the sequence's n_frames).
+
+    Regenerated or edited input (a new synthetic dataset in the same folder, a relabelled
+    scan) changes it, so m2skd-fuse rebuilds that shard instead of keeping a stale one, and a
+    compact cache (which reads the scans' own points back from the dataset) is refused by
+    the loader; stat() only, so checking a finished cache costs no reads.
+    """
+    lo, hi = span
+    files = [seq.path / "poses.txt", seq.path / "calib.txt"]
+    for f in range(max(0, first + lo), min(n_frames - 1, last + hi) + 1):
+        files += [seq.scan_path(f), seq.label_path(f)]
+    h = hashlib.sha256()
+    for path in files:
+        st = path.stat()
+        h.update(f"{path.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()[:16]

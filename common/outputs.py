@@ -62,18 +62,19 @@ def exclusive(path: str | os.PathLike, what: str = "m2skd") -> Iterator[Path]:
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            try:
-                owner = int(lock.read_text().strip() or 0)
+            try:  # "PID" (older locks) or "PID what": the holder names itself
+                pid_text, _, holder = lock.read_text().strip().partition(" ")
+                owner = int(pid_text or 0)
             except (OSError, ValueError):
-                owner = 0
+                owner, holder = 0, ""
             if owner and owner != os.getpid() and _alive(owner):
-                raise OutputError(f"{path}: another {what} process (PID {owner}) is writing here; wait for it, "
-                                  "stop it, or choose another output folder") from None
+                raise OutputError(f"{path}: another {holder or 'm2skd'} process (PID {owner}) is writing here; wait "
+                                  "for it, stop it, or choose another output folder") from None
             with contextlib.suppress(FileNotFoundError):
                 lock.unlink()  # a dead owner's (or our own stale) lock: take it over
             continue
         with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
+            f.write(f"{os.getpid()} {what}")
         break
     else:
         raise OutputError(f"{lock}: could not take the lock")
@@ -81,7 +82,7 @@ def exclusive(path: str | os.PathLike, what: str = "m2skd") -> Iterator[Path]:
         yield path
     finally:
         with contextlib.suppress(OSError):
-            if lock.read_text().strip() == str(os.getpid()):
+            if lock.read_text().split(" ", 1)[0].strip() == str(os.getpid()):
                 lock.unlink()
         if created:
             with contextlib.suppress(OSError):

@@ -278,6 +278,8 @@ class ShardReader:
             self.n_original = f["n_original"][:]
             self.frames = f["frame"][:]
             self.attrs = {k: _attr(v) for k, v in f.attrs.items()}
+        if self.compact:
+            self._check_inputs()
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -299,6 +301,29 @@ class ShardReader:
     @property
     def compact(self) -> bool:
         return self.attrs.get("layout") == "compact"
+
+    def _check_inputs(self) -> None:
+        """A compact shard reads its scans' own points back from the dataset: the files it
+        was fused from must be those still on disk (same sizes and times), else a scan
+        edited in place with its point count kept (points moved, labels changed) would be
+        trained and scored on silently."""
+        from .kitti_io import Sequence, input_fingerprint
+
+        seq = Sequence(Path(self.attrs["data_root"]), str(self.attrs["sequence"]))
+        config = self.attrs["config"]
+        fusion = (json.loads(config) if isinstance(config, str) else config)["fusion"]
+        try:
+            n_frames = len(seq.frames())
+            now = input_fingerprint(seq, int(self.frames[0]), int(self.frames[-1]),
+                                    (-int(fusion["past"]), int(fusion["future"])), n_frames)
+        except (OSError, ValueError) as e:
+            raise ShardError(f"{self.path}: a compact cache reads each scan's own points from the dataset it was "
+                             f"fused from, which cannot be read as it was ({e}); move the data back or fuse "
+                             "again") from None
+        if now != self.attrs.get("input_hash"):
+            raise ShardError(f"{self.path}: the dataset it was fused from changed since `make fuse` (a scan, label, "
+                             f"poses or calib file of {seq.path} was edited or replaced); a compact cache reads "
+                             "the scans' own points from there: fuse again (m2skd-fuse rebuilds what changed)")
 
     def _own(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """A compact shard's scan i: its own points, train ids and instances from the dataset."""

@@ -19,7 +19,7 @@ from m2skd.common.atomic import remove_stale_temps
 from m2skd.common.outputs import exclusive
 from m2skd.common.shards import write_manifest
 
-from .cache_policy import check_manifest_is_ours, check_mixing, replaced_sequences
+from .cache_policy import check_manifest_is_ours, check_mixing, check_shards_are_ours, replaced_sequences
 from .config import FusionConfig
 from .plan import FusionError, SequencePlan, cache_config, plan
 from .pool import fuse_in_pool
@@ -42,12 +42,14 @@ def run_fusion(
     OUT is checked writable and locked against a second writer before anything else."""
     root, out = Path(root), Path(out)
     with exclusive(out, "m2skd-fuse"):
-        check_manifest_is_ours(out)
+        damaged = check_manifest_is_ours(out)
         plans = plan(root, names, cfg)
+        check_shards_are_ours(out, plans, force)
         config, chash = cache_config(cfg)
         dropped = check_mixing(out, names, chash, force)
         notes = [f"{out}: --force drops sequence(s) {dropped}, fused with another config, from the manifest"] \
             if dropped else []
+        notes += [damaged] if damaged else []
         if replaced := replaced_sequences(out, names, chash):
             notes.append(f"{out}: sequence(s) {replaced} were fused with another config; their shards are "
                          "replaced by this config's")

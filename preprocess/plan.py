@@ -3,7 +3,6 @@ what a finished shard's validity depends on (the config hash, the input files' f
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +11,6 @@ from m2skd.common.config import digest
 from m2skd.common.shards import FORMAT_VERSION
 
 from .config import FusionConfig
-from .walker import window_span
 
 
 class FusionError(ValueError):
@@ -34,25 +32,6 @@ def cache_config(cfg: FusionConfig) -> tuple[dict, str]:
     themselves, so a dataset moved elsewhere keeps its cache."""
     d = {"fusion": cfg.to_dict(), "format_version": FORMAT_VERSION}
     return d, digest(d)
-
-
-def input_fingerprint(seq: kitti_io.Sequence, first: int, last: int, offsets: tuple[int, ...],
-                      n_frames: int) -> str:
-    """Hash of (name, size, mtime) of every file shard [first, last] is built from.
-
-    Regenerated or edited input (a new synthetic dataset in the same folder, a relabelled
-    scan) changes it, so a rerun rebuilds that shard instead of keeping a stale one;
-    stat() only, so checking a finished cache costs no reads.
-    """
-    lo, hi = window_span(offsets)
-    files = [seq.path / "poses.txt", seq.path / "calib.txt"]
-    for f in range(max(0, first + lo), min(n_frames - 1, last + hi) + 1):
-        files += [seq.scan_path(f), seq.label_path(f)]
-    h = hashlib.sha256()
-    for path in files:
-        st = path.stat()
-        h.update(f"{path.name}:{st.st_size}:{st.st_mtime_ns};".encode())
-    return h.hexdigest()[:16]
 
 
 def plan(root: Path, names: list[str], cfg: FusionConfig) -> list[SequencePlan]:

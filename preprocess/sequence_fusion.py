@@ -12,8 +12,8 @@ from m2skd.common.shards import finished_entry, shard_name, write_shard
 
 from .config import FusionConfig
 from .fusion import fuse_scan, hard_lut
-from .plan import SequencePlan, cache_config, input_fingerprint
-from .walker import iter_windows
+from .plan import SequencePlan, cache_config
+from .walker import iter_windows, window_span
 
 
 def fuse_sequence(
@@ -27,7 +27,7 @@ def fuse_sequence(
     inputs = {}
     for first, last in sp.shards:
         path = out / shard_name(sp.name, first, last)
-        inputs[last] = input_fingerprint(seq, first, last, cfg.offsets, sp.n_frames)
+        inputs[last] = kitti_io.input_fingerprint(seq, first, last, window_span(cfg.offsets), sp.n_frames)
         entry = None if force else finished_entry(path, chash, inputs[last])
         if entry is None:
             todo.append((first, last))

@@ -181,3 +181,35 @@ def test_bad_manifest_and_bad_shard_name_the_file(fused_cache, tmp_path):
     # a truncated shard no longer matches the sha256 fusion recorded: refused before h5py opens it
     with pytest.raises(ShardError, match=f"{shard.name}: damaged.*make fuse"):
         ShardDataset(cache, ("00",), cfg)
+
+
+def test_a_damaged_manifest_of_our_cache_is_rewritten_a_foreign_shard_name_is_not(synth_root, tmp_path):
+    """Issue 33, item 12: a truncated manifest sent the trainer's user to `make fuse`, which
+    refused it too; now m2skd-fuse rewrites it from its shards' sidecars. Item 9: with no
+    manifest, a user's file at a shard's name was overwritten; now refused (--force replaces)."""
+    out = tmp_path / "c"
+    run_fusion(synth_root, ["08"], out, FusionConfig(shard_size=6))
+    good = read_manifest(out)
+    text = (out / "manifest.json").read_text()
+    (out / "manifest.json").write_text(text[: len(text) // 2])  # truncated
+    with pytest.raises(ShardError, match="rerun `make fuse`"):
+        read_manifest(out)
+    run_fusion(synth_root, ["08"], out, FusionConfig(shard_size=6))
+    assert read_manifest(out)["shards"] == good["shards"]
+    # a foreign manifest still is never written over
+    (out / "manifest.json").write_text('{"mine": true}')
+    for side in out.glob("*.h5.json"):
+        side.unlink()
+    with pytest.raises(FusionError, match="not a manifest m2skd-fuse wrote"):
+        run_fusion(synth_root, ["08"], out, FusionConfig(shard_size=6))
+    # a user's file at a shard's name, no manifest
+    mine = tmp_path / "m"
+    mine.mkdir()
+    name = sorted(p.name for p in out.glob("*.h5"))[0]
+    (mine / name).write_bytes(b"my data")
+    (mine / f"{name}.json").write_text('{"my": "notes"}')
+    with pytest.raises(FusionError, match="a file m2skd-fuse did not write"):
+        run_fusion(synth_root, ["08"], mine, FusionConfig(shard_size=6))
+    assert (mine / name).read_bytes() == b"my data"
+    run_fusion(synth_root, ["08"], mine, FusionConfig(shard_size=6), force=True)
+    assert read_manifest(mine)["scans"] == good["scans"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -371,3 +372,27 @@ def test_compact_cache_gives_the_same_batches_and_is_smaller(synth_root, tmp_pat
             assert x.sizes == y.sizes and x.n_original == y.n_original
     size = {d: sum(p.stat().st_size for p in (tmp_path / d).glob("*.h5")) for d in ("full", "compact")}
     assert size["compact"] < 0.5 * size["full"], size
+
+
+def test_a_compact_cache_refuses_a_dataset_edited_in_place(synth_root, tmp_path):
+    """Issue 33, item 4: a compact cache reads the scans' own points from the dataset; a scan
+    shifted 10 m (same point count) or relabelled was trained and scored on silently. Now the
+    loader compares the files with those fusion read (sizes and times) and refuses."""
+    from m2skd.common.shards import ShardError
+    from m2skd.train.dataset import ShardDataset
+
+    from .conftest import tiny_train_config
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_root / "sequences" / "00", data / "sequences" / "00")
+    run_fusion(data, ["00"], tmp_path / "compact", FusionConfig(shard_size=5, compact=True))
+    cfg = tiny_train_config()
+    ShardDataset(tmp_path / "compact", ("00",), cfg, view="pair")  # as fused: opens
+    scan = K.Sequence(data, "00").scan_path(7)
+    pts = K.read_scan(scan)
+    pts[:, 0] += 10.0
+    K.write_scan(scan, pts)  # the same number of points, moved
+    with pytest.raises(ShardError, match="changed since `make fuse`"):
+        ShardDataset(tmp_path / "compact", ("00",), cfg, view="pair")
+    run_fusion(data, ["00"], tmp_path / "compact", FusionConfig(shard_size=5, compact=True))  # fused again: opens
+    ShardDataset(tmp_path / "compact", ("00",), cfg, view="pair")

@@ -160,3 +160,23 @@ def test_a_second_tr_or_a_pose_a_planet_away_is_refused(tmp_path):
         K.read_poses(tmp_path / "poses.txt")
     (tmp_path / "poses.txt").write_text("1 0 0 0 0 1 0 0 0 0 1 0\n1 0 0 600 0 1 0 0 0 0 1 -250\n")
     assert K.read_poses(tmp_path / "poses.txt")[1, 0, 3] == 600.0  # a real drive's distances pass
+
+
+def test_a_folder_or_a_link_loop_where_a_file_belongs_is_named_as_such(tmp_path):
+    """Issue 33, items 11 and 13: a folder named 000001.bin gave '4132 labels but the scan
+    has 256 points' (the folder's size), a scan linked to itself a traceback, poses.txt as a
+    folder 'does not exist'."""
+    vel = tmp_path / "sequences" / "00" / "velodyne"
+    vel.mkdir(parents=True)
+    K.write_scan(vel / "000000.bin", np.zeros((3, 4), np.float32))
+    (vel / "000001.bin").mkdir()
+    seq = K.Sequence(tmp_path, "00")
+    with pytest.raises(K.KittiFormatError, match=r"000001.bin: not a scan file \(a folder"):
+        seq.frames()
+    (vel / "000001.bin").rmdir()
+    (vel / "000001.bin").symlink_to(vel / "000001.bin")
+    with pytest.raises(K.KittiFormatError, match=r"000001.bin: not a scan file .*link loop"):
+        seq.frames()
+    (tmp_path / "poses.txt").mkdir()
+    with pytest.raises(K.KittiFormatError, match=r"poses.txt: not a file \(a folder\?\)"):
+        K.read_poses(tmp_path / "poses.txt")

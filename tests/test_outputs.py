@@ -24,16 +24,21 @@ def test_a_file_or_a_path_under_a_file_is_refused(tmp_path):
 def test_a_live_owner_keeps_the_folder_a_dead_one_loses_it(tmp_path):
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        (tmp_path / outputs.LOCK).write_text(str(sleeper.pid))
-        with pytest.raises(OutputError, match=f"another m2skd-fuse process \\(PID {sleeper.pid}\\)"):
+        # the holder names itself in its lock: m2skd-fuse refused by a trainer says a trainer holds it
+        (tmp_path / outputs.LOCK).write_text(f"{sleeper.pid} m2skd-train")
+        with pytest.raises(OutputError, match=f"another m2skd-train process \\(PID {sleeper.pid}\\)"):
+            with exclusive(tmp_path, "m2skd-fuse"):
+                pass
+        (tmp_path / outputs.LOCK).write_text(str(sleeper.pid))  # a lock of an older version: the PID alone
+        with pytest.raises(OutputError, match=f"another m2skd process \\(PID {sleeper.pid}\\)"):
             with exclusive(tmp_path, "m2skd-fuse"):
                 pass
     finally:
         sleeper.kill()
         sleeper.wait()
     # the owner is dead now: its lock is taken over, and released at the end
-    with exclusive(tmp_path) as path:
-        assert (path / outputs.LOCK).read_text() == str(__import__("os").getpid())
+    with exclusive(tmp_path, "m2skd-fuse") as path:
+        assert (path / outputs.LOCK).read_text() == f"{__import__('os').getpid()} m2skd-fuse"
     assert not (tmp_path / outputs.LOCK).exists()
 
 

@@ -69,7 +69,8 @@ def claim_folder(out: Path, ckpt: Path, force: bool) -> None:
             prior = None
     if (old or made_by.exists() or (out / "submission.zip").exists()) and prior != mine["sha256"]:
         if not force:
-            who = "another checkpoint" if prior else "an unknown model (no predicted_by.json)"
+            who = ("another checkpoint" if prior else f"an unknown model (a {MADE_BY} m2skd did not write)"
+                   if made_by.exists() else f"an unknown model (no {MADE_BY})")
             raise PredictionFolderError(f"{out}: holds predictions of {who}, not of {ckpt}; pass --force to delete "
                                         "them and predict afresh, or choose another --out")
         for f in old:
