@@ -50,6 +50,11 @@ def main(data: Path, sequences: str, out: Path, preset: str, window: str | None,
         cfg = FusionConfig.preset(preset).override(**knobs)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
+    root, dest = Path(data).resolve(), Path(out).resolve()
+    if dest == root or dest.is_relative_to(root / "sequences"):
+        # shards and a manifest among the scans: a later `make fuse` or a reader of the dataset trips on them
+        fail(f"--out {out}: that is the dataset ({data}) or one of its sequence folders; write the cache beside it "
+             "(e.g. data_cache/fused)")
     try:
         _fuse(data, names, out, cfg, workers, force)
     except (FusionError, KittiFormatError, UnknownLabelError, OutputError, ShardError) as e:

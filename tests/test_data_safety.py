@@ -643,3 +643,28 @@ def test_dry_run_of_a_one_step_run_times_real_steps(fused_cache, tmp_path):
              "--train-sequences", "00", "--out", str(tmp_path / "run"), "--dry-run", "--quiet")
     assert r.exit_code == 0 and "nan" not in r.output and "s/step" in r.output, r.output
     assert "this run (1 steps)" in r.output
+
+
+def test_predict_redoes_a_scan_replaced_since_and_fuse_stays_out_of_the_dataset(fused_cache, synth_root, tmp_path):
+    """Issue 33, items 5 and 14: a resumed predict kept the old prediction of a scan
+    replaced with the same point count; m2skd-fuse wrote its cache into the dataset's root."""
+    from m2skd.common import kitti_io
+    from m2skd.preprocess.cli import main as fuse
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_root / "sequences" / "11", data / "sequences" / "11")
+    ckpt = _run(fused_cache, tmp_path / "A", steps=1)
+    args = ["predict", "--ckpt", str(ckpt), "--data", str(data), "--sequences", "11", "--out", str(tmp_path / "sub"),
+            "--quiet", "--device", "cpu", "--no-zip"]
+    assert _cli(*args).exit_code == 0
+    scan = kitti_io.Sequence(data, "11").scan_path(3)
+    pts = kitti_io.read_scan(scan)
+    pts[:, :2] *= -1.0  # the same points turned half a circle: other predictions, same count
+    kitti_io.write_scan(scan, pts)
+    r = _cli(*args)
+    assert r.exit_code == 0 and "1 scans predicted" in r.output, r.output
+    before = _tree(data)
+    for bad in (data, data / "sequences" / "11"):
+        r = CliRunner().invoke(fuse, ["--data", str(data), "--sequences", "11", "--out", str(bad)])
+        assert r.exit_code == 1 and "that is the dataset" in r.output, r.output
+    assert _tree(data) == before

@@ -81,10 +81,13 @@ def claim_folder(out: Path, ckpt: Path, force: bool) -> None:
 
 
 def _done(out: Path, seq: kitti_io.Sequence, frame: int) -> bool:
-    """A complete, valid prediction of the scan is on disk (one valid raw id a point): a
-    damaged one is predicted again instead of failing validation on every rerun."""
+    """A complete, valid prediction of the scan is on disk (one valid raw id a point) and
+    newer than the scan: a damaged one, or one of a scan replaced since, is predicted again."""
     pred = kitti_io.Sequence(out, seq.name).prediction_path(frame)
-    if not (pred.is_file() and pred.stat().st_size == seq.scan_path(frame).stat().st_size // 4):
+    scan = seq.scan_path(frame).stat()
+    if not (pred.is_file() and pred.stat().st_size == scan.st_size // 4):
+        return False
+    if pred.stat().st_mtime_ns < scan.st_mtime_ns:  # the scan changed after it was predicted (same point count)
         return False
     ids = np.fromfile(pred, dtype=np.uint32) & 0xFFFF
     return bool(np.isin(ids, list(VALID_RAW_IDS)).all())
