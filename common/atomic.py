@@ -32,6 +32,9 @@ def atomic_path(path: str | os.PathLike, remedy: str = "free some space and reru
         if disk_full(e):
             raise OutputError(f"{path}: the disk filled up while writing it (the partial file was removed); "
                               f"{remedy}") from None
+        if isinstance(e, PermissionError):  # a read-only folder, an immutable file (chattr +i) in the way
+            raise OutputError(f"{path}: cannot be written or replaced ({e.strerror}); make it writable or write "
+                              "elsewhere (nothing was changed)") from None
         raise
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,7 +104,12 @@ def check_free_space(path: str | os.PathLike, need: int, what: str) -> None:
 
 
 def disk_full(e: BaseException) -> bool:
-    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+    """An error of a full disk: ENOSPC/EDQUOT, or numpy's `tofile` short write, which carries
+    no errno ("4022 requested and 1024 written")."""
+    if not isinstance(e, OSError):
+        return False
+    return e.errno in (errno.ENOSPC, errno.EDQUOT) or (e.errno is None and bool(
+        re.search(r"\d+ requested and \d+ written", str(e))))
 
 
 def _within(a: Path, b: Path) -> bool:

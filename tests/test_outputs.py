@@ -54,3 +54,36 @@ def test_free_space_is_checked(tmp_path, monkeypatch):
     want = r"not enough free disk space for a test \(needs ~100 MiB and keeps 64 MiB spare, 10 MiB free\)"
     with pytest.raises(OutputError, match=want):
         check_free_space(tmp_path, 100 << 20, "a test")
+
+
+def test_a_short_write_without_errno_is_a_full_disk():
+    """Issue 33, item 13: numpy's `tofile` on a full disk raises OSError('4022 requested and
+    1024 written') with no errno; the generator then did not say the disk was full."""
+    import errno
+
+    from m2skd.common.outputs import disk_full
+
+    assert disk_full(OSError("4022 requested and 1024 written"))
+    assert disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert not disk_full(OSError(errno.EACCES, "Permission denied"))
+    assert not disk_full(ValueError("4022 requested and 1024 written"))
+
+
+def test_a_file_that_cannot_be_replaced_is_one_line_and_stays(tmp_path, monkeypatch):
+    """Issue 33, item 11: an immutable last.pt (chattr +i) ended `--force` in a
+    PermissionError traceback at save; the rename refused is now an OutputError naming it."""
+    import os
+
+    from m2skd.common.atomic import atomic_path
+
+    target = tmp_path / "last.pt"
+    target.write_text("old")
+
+    def refuse(src, dst):
+        raise PermissionError(1, "Operation not permitted", str(dst))
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(OutputError, match=r"last.pt: cannot be written or replaced \(Operation not permitted\)"):
+        with atomic_path(target) as tmp:
+            tmp.write_text("new")
+    assert target.read_text() == "old" and not list(tmp_path.glob(".*.tmp"))
