@@ -89,21 +89,30 @@ def test_class_balanced_logit_loss_by_hand():
 
 
 def test_released_logit_loss_is_the_released_formula():
-    """The released code: p = softmax(0.3 z); per point torch.mean(p_t * |log(p_t / p_s)|, dim=1)
-    over the 20 classes; points whose term is at most 0.01 are dropped; mean over the rest."""
-    C = 20
-    s, t = torch.zeros(3, C), torch.zeros(3, C)
-    t[0, 3] = 10.0  # point 0: the teacher is sure of class 3, the student uniform
-    s[1, 5] = t[1, 5] = 1.0  # point 1: they agree, term 0
-    t[2, 3] = 1.0  # point 2: a small disagreement: summed over classes above 0.01, averaged below
+    """The released line: p = softmax(0.3 z); per point
+    torch.mean(p_t * |log((p_t + 1e-6) / (p_s + 1e-6))|, dim=1) over the 20 classes; points
+    whose term is at most 0.01 dropped; the mean over the rest. Worked in double precision
+    on five points, three of them kept, one where the 1e-6 changes the term ten-fold."""
+    C, eps = 20, 1e-6
+    s, t = torch.zeros(5, C), torch.zeros(5, C)
+    t[0, 3] = 10.0  # the teacher sure of class 3, the student uniform: kept
+    s[1, 5] = t[1, 5] = 1.0  # they agree: term 0, dropped
+    t[2, 3] = 1.0  # a small disagreement: its mean over classes below 0.01, dropped
+    t[3, 7], s[3, 8] = 20.0, 30.0  # sure of different classes: kept
+    s[4, 1] = 100.0  # the teacher uniform, the student's other classes at e^-30 << 1e-6: kept
 
-    def released_term(zt: list[float], zs: list[float]) -> float:
-        et, es = [math.exp(0.3 * v) for v in zt], [math.exp(0.3 * v) for v in zs]
+    def released_term(zt: list[float], zs: list[float], eps: float) -> float:
+        et, es = [math.exp(0.3 * v) for v in zt], [math.exp(0.3 * (v - max(zs))) for v in zs]
         pt, ps = [v / sum(et) for v in et], [v / sum(es) for v in es]
-        return sum(a * abs(math.log(a / b)) for a, b in zip(pt, ps, strict=True)) / C
-    terms = [released_term(t[i].tolist(), s[i].tolist()) for i in range(3)]
-    assert terms[1] == 0.0 and terms[2] < 0.01 < terms[2] * C and terms[0] > 0.01
-    assert float(logit_loss(s, t, 2.0, "released")) == pytest.approx(terms[0], rel=1e-5)
+        return sum(a * abs(math.log((a + eps) / (b + eps))) for a, b in zip(pt, ps, strict=True)) / C
+
+    terms = [released_term(t[i].tolist(), s[i].tolist(), eps) for i in range(5)]
+    assert terms[1] < 1e-12 and terms[2] < 0.01 < terms[2] * C
+    assert all(terms[i] > 0.01 for i in (0, 3, 4))
+    # without the 1e-6 the last point's term would be ten times larger: the epsilon is in
+    assert released_term(t[4].tolist(), s[4].tolist(), 0.0) > 2 * terms[4]
+    want = (terms[0] + terms[3] + terms[4]) / 3
+    assert float(logit_loss(s, t, 2.0, "released")) == pytest.approx(want, rel=1e-4)
 
 
 def test_class_balanced_mean_leaves_unlabelled_points_out():
@@ -406,3 +415,32 @@ def test_no_distillation_term_is_dead(fused_cache, model, case):
     loss.backward()
     grad = math.sqrt(sum(float((p.grad**2).sum()) for p in student.parameters() if p.grad is not None))
     assert float(loss) > 1e-3 and grad > 1e-4, (float(loss), grad)
+
+
+def test_logit_term_per_voxel_reads_each_voxels_first_point_and_its_majority_label():
+    """`logit_on voxel` (the released level): the term over each single-scan voxel once, at
+    its lowest-index point, weighted by the voxel's majority label; worked by hand on five
+    points in two voxels, against the per-point term, which counts all five."""
+    vox = torch.tensor([[0, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]])
+    labels = torch.tensor([9, 6, 9, 9, 6])  # voxel A (points 1, 2, 4): 6 twice -> 6; voxel B (0, 3): 9
+    batch = Batch(feats=torch.zeros(5, 9), vox=vox, labels=labels, instance=torch.zeros(5, dtype=torch.long),
+                  sizes=[5], n_original=[5])
+    g = torch.Generator().manual_seed(0)
+    s_logits, t_logits = torch.randn(5, 20, generator=g), torch.randn(5, 20, generator=g) * 3
+    point_voxel = torch.tensor([1, 0, 0, 1, 0])
+    s_out = ModelOutput(s_logits, torch.arange(2), torch.zeros(2, 4), point_voxel)
+    t_out = ModelOutput(t_logits, torch.arange(2), torch.zeros(2, 4), point_voxel)
+    T = 2.0
+
+    def kl(i: int) -> float:  # over the 19 real classes (column 0 is train id 0, never a target)
+        log_pt = torch.log_softmax(t_logits[i, 1:].double() / T, 0)
+        log_ps = torch.log_softmax(s_logits[i, 1:].double() / T, 0)
+        return float((log_pt.exp() * (log_pt - log_ps)).sum()) * T * T
+
+    cfg = tiny_train_config("polarnet").distill
+    got = {on: float(Distiller(cfg.override(logit_on=on), DEFAULT_HARD_CLASSES, 4, 4, (2, 1, 1))(
+        batch, t_out, batch, s_out, {"logit": True})["logit"]) for on in ("voxel", "point")}
+    # per voxel: A's first point is 1 (class 6), B's is 0 (class 9); balanced over the two classes
+    assert got["voxel"] == pytest.approx((kl(1) + kl(0)) / 2, rel=1e-5)
+    # per point: class 6 = points 1, 4; class 9 = points 0, 2, 3
+    assert got["point"] == pytest.approx(((kl(1) + kl(4)) / 2 + (kl(0) + kl(2) + kl(3)) / 3) / 2, rel=1e-5)

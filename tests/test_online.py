@@ -72,7 +72,10 @@ def _e(*hot) -> torch.Tensor:
     return v
 
 
-def test_released_affinity_by_hand_on_two_scans():
+def test_released_affinity_leaves_a_one_voxel_scan_out_of_its_class():
+    """The project's generalisation of the released rule (docs/method.md, departures): a
+    scan with one voxel of a class is left out of that class's matrix, the other scan's
+    voxels kept (the released code keeps the whole class out when scan 0 has one voxel)."""
     # class 2: two voxels in scan 0, one in scan 1 (a one-voxel scan is left out);
     # class 5: one in scan 0 (left out), three in scan 1; class 10 is not hard
     s = torch.stack([_e(0), _e(0, 1), _e(7), _e(3), _e(0), _e(1), _e(2), _e(4)])
@@ -86,6 +89,19 @@ def test_released_affinity_by_hand_on_two_scans():
     assert float(got) == pytest.approx(want, rel=1e-6)
     # nothing hard, or one voxel a class: zero
     assert float(released_affinity_loss(s[:1], t[:1], labels[:1], sample[:1], (2,))) == 0.0
+
+
+def test_released_affinity_pools_both_scans_of_a_class_as_released():
+    """The released rule where it is defined (each scan >= 2 voxels of the class): one
+    cosine matrix over the class's voxels of both scans, mean |A_s - A_t|, summed over
+    classes; by hand on class 3 with two voxels in each scan."""
+    s = torch.stack([_e(0), _e(1), _e(0), _e(1)])
+    t = torch.stack([_e(0), _e(0), _e(0), _e(0)])
+    labels, sample = torch.tensor([3, 3, 3, 3]), torch.tensor([0, 0, 1, 1])
+    # A_s: cos 1 within {0, 2} and {1, 3}, 0 across (8 of 16 entries are 1); A_t: all ones -> 8 / 16
+    got = released_affinity_loss(s, t, labels, sample, tuple(range(2, 9)))
+    assert float(got) == pytest.approx(8 / 16, rel=1e-6)
+    # per scan apart, each 2 x 2 matrix would give 2 / 4 twice, summed 1.0: the pooling matters
 
 
 def test_augmentation_draw_ranges_and_z_is_not_scaled():
@@ -222,3 +238,26 @@ def test_the_student_trains_against_a_frozen_teacher(fused_cache, tmp_path):
     assert all(torch.equal(v, run.teacher.state_dict()[k]) for k, v in before.items())  # BN statistics too
     assert all(p.grad is None for p in run.teacher.parameters())
     assert IGNORE_INDEX == 0
+
+
+def test_changed_fused_cross_entropy_by_hand():
+    """`fused_loss changed` (the released online term): plain cross-entropy on the fused
+    view's voxels whose majority label the fused points set or flipped, each voxel once at
+    its first point; worked by hand on three voxels, one unchanged, one flipped, one new."""
+    from m2skd.train.losses import fused_view_loss
+
+    shape = (3, 1, 1)
+    # single view: voxel 0 (points labelled 4, 4), voxel 1 (6)
+    s_vox = torch.tensor([[0, 0, 0, 0], [0, 0, 0, 0], [0, 1, 0, 0]])
+    s_lab = torch.tensor([4, 4, 6])
+    # fused view: the same points first, then fused ones: two 2s in voxel 1 (6 -> 2), one 3 in voxel 2 (new)
+    f_vox = torch.cat([s_vox, torch.tensor([[0, 1, 0, 0], [0, 1, 0, 0], [0, 2, 0, 0]])])
+    f_lab = torch.cat([s_lab, torch.tensor([2, 2, 3])])
+    logits = torch.randn(6, 20, generator=torch.Generator().manual_seed(1))
+    got = fused_view_loss(logits, voxel_view(f_vox, f_lab, shape), voxel_view(s_vox, s_lab, shape), "changed")
+    # targets: voxel 1 -> 2 at its first point (2), voxel 2 -> 3 at point 5; voxel 0 unchanged: left out
+    ce = [float(torch.logsumexp(logits[i].double(), 0) - logits[i, c].double()) for i, c in ((2, 2), (5, 3))]
+    assert float(got) == pytest.approx(sum(ce) / 2, rel=1e-5)
+    every = fused_view_loss(logits, voxel_view(f_vox, f_lab, shape), voxel_view(s_vox, s_lab, shape), "all")
+    ce0 = float(torch.logsumexp(logits[0].double(), 0) - logits[0, 4].double())
+    assert float(every) == pytest.approx((ce0 + sum(ce)) / 3, rel=1e-5)

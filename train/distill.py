@@ -30,6 +30,7 @@ from .voxel_labels import VoxelView, voxel_view
 REAL = slice(IGNORE_INDEX + 1, None)
 RELEASED_SCALE = 0.3  # released code: softmax(logits * 0.3), i.e. T = 1/0.3
 RELEASED_THRESHOLD = 0.01  # released code: only voxels whose KD term exceeds this
+RELEASED_EPS = 1e-6  # released code: log((p_t + 1e-6) / (p_s + 1e-6))
 
 
 def join_voxels(student_keys: torch.Tensor, teacher_keys: torch.Tensor) -> torch.Tensor:
@@ -89,9 +90,9 @@ def class_balanced_mean(values: torch.Tensor, labels: torch.Tensor) -> torch.Ten
 def logit_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float = 2.0,
                variant: str = "kl", labels: torch.Tensor | None = None) -> torch.Tensor:
     """'kl': mean over points of KL(p_t || p_s) at temperature T, times T^2 (Hinton et al.).
-    'released': softmax(0.3 z), per point the mean over classes of p_t |log p_t - log p_s|
-    (the released code's `torch.mean(p_t * |log(p_t / p_s)|, dim=1)`), averaged over the
-    points whose term exceeds 0.01.
+    'released': softmax(0.3 z), per point the mean over classes of
+    p_t |log((p_t + 1e-6) / (p_s + 1e-6))| (the released code's line, epsilon included),
+    averaged over the points whose term exceeds 0.01.
     With `labels` (ground truth per point) the mean is taken per class, then over classes."""
     if len(s_logits) == 0:
         return s_logits.sum() * 0.0
@@ -107,9 +108,10 @@ def logit_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: floa
         kl = (log_pt.exp() * (log_pt - log_ps)).sum(dim=1)
         return mean(kl, labels) * temperature**2
     if variant == "released":
-        log_ps = F.log_softmax(s_logits * RELEASED_SCALE, dim=1)
-        log_pt = F.log_softmax(t_logits * RELEASED_SCALE, dim=1)
-        term = (log_pt.exp() * (log_pt - log_ps).abs()).mean(dim=1)
+        pt = F.softmax(t_logits * RELEASED_SCALE, dim=1)
+        ps = F.softmax(s_logits * RELEASED_SCALE, dim=1)
+        # the released line, epsilon included: mean(p_t * |log((p_t + 1e-6) / (p_s + 1e-6))|, dim=1)
+        term = (pt * ((pt + RELEASED_EPS).log() - (ps + RELEASED_EPS).log()).abs()).mean(dim=1)
         keep = term > RELEASED_THRESHOLD
         if not bool(keep.any()):
             return term.sum() * 0.0
