@@ -127,12 +127,12 @@ def main(cache: Path, steps: int, device: str) -> None:
                   f"{rate / consume:.1f}x")
     console.print(t)
     o = Table(title=f"the trainer's own steps (`--dry-run`'s estimate: loader, loss, backward, Adam), tiny, batch 2, "
-                    f"{dev}: online (tiny+released: both views through the network) against the baseline")
+                    f"{dev}: online (tiny+released-loss: both views through the network) against the baseline")
     for c in ("backbone", "baseline s/step", "online s/step", "online / baseline"):
         o.add_column(c, justify="right")
     for model in ("polarnet", "cylinder3d"):
         rows = {}
-        for kind, preset in (("baseline", "tiny"), ("online", "tiny+released")):
+        for kind, preset in (("baseline", "tiny"), ("online", "tiny+released-loss")):
             cfg = TrainConfig.preset(preset, model=model).override(train_sequences=("00",), workers=0)
             with tempfile.TemporaryDirectory() as tmp:
                 spec = RunSpec(kind=kind, cfg=cfg, cache=cache, out=Path(tmp) / "run", steps=steps + 2, seed=0,

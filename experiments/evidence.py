@@ -50,7 +50,7 @@ from m2skd.common.cli import fail
 from m2skd.common.labels import CLASS_NAMES, class_ids
 from m2skd.common.splits import parse_sequences
 from m2skd.train.checkpoint import load_checkpoint
-from m2skd.train.config import DEFAULT_MODEL, MODELS, RELEASED, TrainConfig
+from m2skd.train.config import DEFAULT_MODEL, MODELS, RELEASED_LOSS, TrainConfig
 from m2skd.train.distill import only
 from m2skd.train.run_log import read_metrics
 
@@ -67,7 +67,8 @@ GATE_ARMS = ("baseline", "teacher")
 GATE = {"min_lead": 3.0, "share": 0.8}
 TEACHER_OF = {"s2skd": "baseline", "m2skd": "teacher"}
 # the online arms: `m2skd-train online` with the released code's values, with and without distillation
-ONLINE = {"online": RELEASED, "online-nokd": {**RELEASED, **only()}}  # only(): every term off
+# the released loss values only: the arms keep the baseline's network and augmentation
+ONLINE = {"online": RELEASED_LOSS, "online-nokd": {**RELEASED_LOSS, **only()}}  # only(): every term off
 # a student and what it is distilled from, for the share of the teacher's gap it closes:
 # M2SKD's frozen teacher on fused scans, an online run's own network on fused scans
 GAP = {"m2skd": "teacher", "online": "online", "online-nokd": "online-nokd"}

@@ -33,7 +33,8 @@ from m2skd.train.trainer import RunSpec, read_metrics, train
 
 # the runs: (kind, extra knobs); a student distils from the teacher of its backbone
 RUNS = (("teacher", {}), ("baseline", {}), ("student", {}), ("online", {}),
-        ("student", {"preset": "released"}), ("online", {"preset": "released", "feat_level": "half", "w_feat": 0.1}))
+        ("student", {"preset": "released-loss"}),
+        ("online", {"preset": "released-loss", "feat_level": "half", "w_feat": 0.1}))
 
 
 def _shard_sha(path: Path) -> str:

@@ -31,8 +31,10 @@ console = Console(stderr=True)
               help="dataset root holding sequences/ (SemanticKITTI layout)")
 @click.option("--sequences", default="00", show_default=True, help="e.g. 00-10, 08 or 00,02,08")
 @click.option("--out", default=Path("data_cache/fused"), show_default=True, type=OutPath(path_type=Path))
-@click.option("--preset", type=click.Choice(FusionConfig.preset_names()), default="released", show_default=True,
-              help="released: the released code's 4 previous scans; symmetric: -2:+2")
+@click.option("--preset", type=click.Choice(FusionConfig.preset_names()), default="default", show_default=True,
+              help="default: pose-aligned, the moving-object rule, a 5 cm filter, the 4 previous scans; released: "
+                   "the released loader's fusion exactly (centroid-only, no filter, t < 4 unfused, t's instances "
+                   "appended again); symmetric: -2:+2")
 @click.option("--window", help=f"neighbour scans -K:+K (past:future) [default: {FusionConfig().window}, "
                                "or the preset's]")
 @config_options(FusionConfig)

@@ -45,6 +45,15 @@ class FusionConfig(Config):
     drift_threshold: float = knob(0.5, "centroid drift (m) after pose alignment that marks an instance as moving",
                                   at_least=0.0, at_most=100.0)
     centroid_correction: bool = knob(True, "shift moving instances onto the target instance's centroid")
+    # the released loader's alignment: no poses at all, every neighbour instance translated from
+    # its own scan's frame onto the target instance's centroid (docs/method.md, "Fusion")
+    align: str = knob("poses", "place neighbour instances with the KITTI poses (then the centroid rule for moving "
+                      "ones), or as released: translate every instance, in its own scan's frame, onto the target "
+                      "instance's centroid", choices=("poses", "centroid"))
+    full_window: bool = knob(False, "fuse only scans whose whole window is in the sequence (released: scans t < 4 "
+                             "stay unfused)")
+    append_own: bool = knob(False, "append scan t's own hard-class instance points again after the fused ones "
+                            "(released: every stored instance of t is appended a second time)")
     fuse_occluded_static: bool = knob(False, "also fuse static instances absent from scan t")
     shard_size: int = knob(50, "scans per HDF5 shard", at_least=1, at_most=10000)
     compress_points: bool = knob(False, "shuffle+lzf on the points too: 22% smaller shards, ~9x slower writes")
@@ -81,5 +90,18 @@ class FusionConfig(Config):
 
     @classmethod
     def _presets(cls) -> dict[str, dict[str, Any]]:
-        # released: the released M2SKD code's window; symmetric: past and future, offline
-        return {"released": {}, "symmetric": {"past": 2, "future": 2}}
+        # default: this project's fusion (pose-aligned, 5 cm filter; the released window);
+        # released: the released loader's, exactly; symmetric: past and future, offline
+        return {"default": {}, "released": RELEASED, "symmetric": {"past": 2, "future": 2}}
+
+
+# The released loader's fusion (skyshoumeng/M2SKD, dataloader/pc_dataset.py): the 4 past
+# scans, instances present in t only, each translated in its own frame onto t's instance
+# centroid (no poses: `offest = -mean(tmp_point) + mean(instance_dict[...])`), no thinning,
+# nothing fused while t < 4 (`if number_idx - self.multiscan >= 0`), and t's instances
+# appended after its scan a second time (`raw_data = concatenate((raw_data, list_all))`).
+RELEASED: dict[str, Any] = {"past": 4, "future": 0, "align": "centroid", "voxel": 0.0, "full_window": True,
+                            "append_own": True}
+# Knobs added after caches existed: at these values they are left out of a cache's config
+# (and its hash), so a cache fused before them keeps its identity and is not rebuilt
+LATER_DEFAULTS: dict[str, Any] = {"align": "poses", "full_window": False, "append_own": False}

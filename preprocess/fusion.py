@@ -7,7 +7,8 @@ moves in the world (25x raw id in either scan, or a centroid that drifts more th
 instance's centroid in t. By default only instances present in t are fused; optionally
 static instances occluded in t are fused too. Fused points are thinned by a voxel filter
 that keeps the first (nearest-scan) point of each voxel, and appended after the original
-points, which stay byte-identical.
+points, which stay byte-identical. `align centroid`, `full_window` and `append_own` are
+the released loader's fusion (preset `released`; config.RELEASED says where each comes from).
 """
 
 from __future__ import annotations
@@ -117,17 +118,19 @@ def _neighbour_points(offset: int, nb_scan: LabelledScan, rel: np.ndarray, tg: _
         sel, keys = sel[present], keys[present]
     if not len(sel):
         return None
-    xyz = K.transform(nb_scan.points[sel], rel)
+    released = cfg.align == "centroid"
+    # released: the instance stays in its own scan's frame and is only translated (below)
+    xyz = nb_scan.points[sel, :3].astype(np.float64) if released else K.transform(nb_scan.points[sel], rel)
     nb = _Instances.of(keys, xyz, nb_scan.moving[sel])
     g_pos, g_present = _lookup(tg.ids, nb.ids)
     shift = np.zeros((len(nb.ids), 3))
     keep_group = np.ones(len(nb.ids), bool)
     for g in range(len(nb.ids)):
         if g_present[g]:
-            if cfg.centroid_correction and moves(nb, g, tg, g_pos[g], cfg.drift_threshold):
+            if released or (cfg.centroid_correction and moves(nb, g, tg, g_pos[g], cfg.drift_threshold)):
                 shift[g] = tg.cent[g_pos[g]] - nb.cent[g]
-        elif nb.moving[g]:
-            keep_group[g] = False  # a moving object absent from t has nowhere to go
+        elif nb.moving[g] or released:
+            keep_group[g] = False  # a moving object absent from t (or any, without poses) has nowhere to go
     pts, rows = K.place(xyz, nb.group, shift, keep_group, nb_scan.points, sel)
     sel = sel[rows]
     return pts, nb_scan.labels[sel], nb_scan.instance[sel], np.full(len(sel), offset, np.int8)
@@ -143,6 +146,8 @@ def fuse_scan(
     lut = hard_lut(cfg) if lut is None else lut
     t_sel, t_keys = target.hard(lut)
     tg = _Instances.of(t_keys, target.points[t_sel, :3].astype(np.float64), target.moving[t_sel])
+    if cfg.full_window and len(neighbours) < len(cfg.offsets):
+        neighbours = []  # the window reaches past the sequence's ends: left unfused, as released
     parts = [p for offset, nb_scan, rel in neighbours
              if (p := _neighbour_points(offset, nb_scan, rel, tg, cfg, lut)) is not None]
     fused = [np.concatenate(cols) for cols in zip(*parts, strict=True)] if parts else [
@@ -150,6 +155,9 @@ def fuse_scan(
     if cfg.voxel > 0 and len(fused[0]):
         k = K.voxel_first(fused[0][:, :3], cfg.voxel)
         fused = [a[k] for a in fused]
+    if cfg.append_own and len(t_sel):  # released: t's instances once more (source 0), fused or not
+        own = (target.points[t_sel], target.labels[t_sel], target.instance[t_sel], np.zeros(len(t_sel), np.int8))
+        fused = [np.concatenate([a, b]) for a, b in zip(fused, own, strict=True)]
     n = len(target.points)
     return FusedScan(
         frame=target.frame,

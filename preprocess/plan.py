@@ -10,7 +10,7 @@ from m2skd.common import kitti_io
 from m2skd.common.config import digest
 from m2skd.common.shards import FORMAT_VERSION
 
-from .config import FusionConfig
+from .config import LATER_DEFAULTS, FusionConfig
 
 
 class FusionError(ValueError):
@@ -30,7 +30,8 @@ def cache_config(cfg: FusionConfig) -> tuple[dict, str]:
 
     The dataset's path is not part of it: the input fingerprint covers the files
     themselves, so a dataset moved elsewhere keeps its cache."""
-    d = {"fusion": cfg.to_dict(), "format_version": FORMAT_VERSION}
+    fusion = {k: v for k, v in cfg.to_dict().items() if not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
+    d = {"fusion": fusion, "format_version": FORMAT_VERSION}
     return d, digest(d)
 
 

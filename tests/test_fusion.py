@@ -396,3 +396,44 @@ def test_a_compact_cache_refuses_a_dataset_edited_in_place(synth_root, tmp_path)
         ShardDataset(tmp_path / "compact", ("00",), cfg, view="pair")
     run_fusion(data, ["00"], tmp_path / "compact", FusionConfig(shard_size=5, compact=True))  # fused again: opens
     ShardDataset(tmp_path / "compact", ("00",), cfg, view="pair")
+
+
+def _labelled(frame, pts, labels, instance):
+    from m2skd.preprocess.fusion import LabelledScan
+
+    n = len(pts)
+    return LabelledScan(frame, np.asarray(pts, np.float32), np.asarray(labels, np.uint8),
+                        np.asarray(instance, np.uint32), np.zeros(n, bool))
+
+
+def test_released_fusion_translates_in_the_neighbours_frame_skips_short_windows_and_appends_own():
+    """Preset `released` (the released loader): a neighbour's instance is translated, in its
+    own scan's frame (the pose is not used), onto the target instance's centroid; nothing is
+    fused while the window is incomplete; t's hard instances are appended once more. Worked
+    by hand on one person (train id 6) seen in scan t and in its neighbours."""
+    from m2skd.preprocess.fusion import fuse_scan
+
+    cfg = FusionConfig.preset("released")
+    assert (cfg.align, cfg.voxel, cfg.full_window, cfg.append_own, cfg.offsets) == ("centroid", 0.0, True, True,
+                                                                                  (-1, -2, -3, -4))
+    # target: a road point and a person (instance 5) with centroid (10, 0, 0)
+    t = _labelled(4, [[0, 0, 0, 0.1], [9, 0, 0, 0.2], [11, 0, 0, 0.3]], [9, 6, 6], [0, 5, 5])
+    # each neighbour: the same person at (20 + k, 5, 1) +- 0.5 m in its own frame, and a car
+    nbs = [_labelled(4 - k, [[19.5 + k, 5, 1, 0.4], [20.5 + k, 5, 1, 0.5], [3, 3, 0, 0.6]], [6, 6, 1],
+                     [5, 5, 7]) for k in range(1, 5)]
+    far = np.eye(4)
+    far[:3, 3] = (100.0, -50.0, 3.0)  # a pose that would put the person far away: not used
+    out = fuse_scan(t, [(-k, nb, far) for k, nb in zip(range(1, 5), nbs, strict=True)], cfg)
+    fused = out.points[out.n_original:]
+    # 4 neighbours x 2 person points, each pair centred on (10, 0, 0): x 9.5 and 10.5, y 0, z 0
+    assert np.allclose(fused[:8, :3], [[9.5, 0, 0], [10.5, 0, 0]] * 4, atol=1e-5)
+    assert np.allclose(fused[:8, 3], [0.4, 0.5] * 4) and out.source[out.n_original:][:8].tolist() == [
+        -1, -1, -2, -2, -3, -3, -4, -4]
+    # then t's own person points once more, source 0; the car (not hard) never
+    assert np.allclose(fused[8:], t.points[1:]) and out.labels[out.n_original:].tolist() == [6] * 10
+    # an incomplete window (t = 2: two past scans exist): nothing fused, t's person appended again
+    short = fuse_scan(t, [(-k, nb, far) for k, nb in zip(range(1, 3), nbs[:2], strict=True)], cfg)
+    assert np.array_equal(short.points[short.n_original:], t.points[1:])
+    # placing by the pose (the centroid rule off) puts the same person ~100 m away: the pose is what differs
+    default = fuse_scan(t, [(-1, nbs[0], far)], FusionConfig(voxel=0.0, centroid_correction=False))
+    assert default.points[default.n_original:, 0].min() > 100.0

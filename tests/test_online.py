@@ -121,16 +121,62 @@ def test_augmentation_draw_ranges_and_z_is_not_scaled():
     assert both.apply(p)[0, 2] == pytest.approx(2.0 * both.scale, rel=1e-5)
 
 
-def test_released_preset_holds_the_released_values():
-    cfg = TrainConfig.preset("tiny+released", model="cylinder3d")
-    d, o = cfg.distill, cfg.optim
-    assert (d.w_logit, d.logit_variant, d.logit_on, d.kd_balance, d.w_aff, d.aff_level, d.w_feat, d.w_fused,
-            d.fused_loss, o.seg_on, cfg.augment.scale_z) == (5.0, "released", "voxel", "point", 1.0, "released", 0.0,
-                                                             0.2, "changed", "voxel", False)
-    assert (d.feat_level, d.feat_variant) == ("half", "released")
-    assert cfg.model.grid_shape == TrainConfig.preset("tiny", model="cylinder3d").model.grid_shape
+# The released recipe, read off the released files (skyshoumeng/M2SKD at 8a54472), written
+# here by hand from them, not from train/config.py: (knob, value, where it is in the release)
+RELEASED_FILES = [
+    ("backbone", "cylinder3d", "config/semantickitti.yaml: model_architecture: cylinder_asym"),
+    ("rotate_deg", 45.0, "dataloader/dataset_semantickitti.py: np.deg2rad(np.random.random() * 90) - np.pi / 4"),
+    ("flip", True, "same file: flip_type = np.random.choice(4, 1): x, y, both or none"),
+    ("scale", [0.95, 1.05], "same file: noise_scale = np.random.uniform(0.95, 1.05)"),
+    ("scale_z", False, "same file: noise_scale multiplies xyz[:, 0] and xyz[:, 1] only"),
+    ("translate", [0.5, 0.5, 0.1], "same file: trans_std=[.5, .5, 0.1], np.random.normal(0, trans_std[i])"),
+    ("lr", 1e-3, "config/semantickitti.yaml: learning_rate: 0.001 (Adam, train_cylinder_asym.py)"),
+    ("batch_size", 2, "config/semantickitti.yaml: train_data_loader batch_size: 2"),
+    ("val_every", 3000, "train_cylinder_asym.py: check_iter = 3000; best val mIoU saved"),
+    ("seg_on", "voxel", "train_cylinder_asym.py: the loss on train_vox_label"),
+    ("w_logit", 5.0, "network/segmentator_3d_asymm_spconv.py: torch.mean(diss_loss) * 5."),
+    ("logit_variant", "released", "same file: softmax(yy * .3), mean(l2*abs(log((l2+1e-6)/(l1+1e-6))), dim=1)"),
+    ("logit_on", "voxel", "same file: on the voxel logits"),
+    ("kd_balance", "point", "same file: torch.mean over the kept voxels"),
+    ("w_aff", 1.0, "same file: aff_loss * 1.0"),
+    ("aff_level", "released", "same file: cosine_similarity of logits per thing class, both scans pooled"),
+    ("w_feat", 0.0, "same file: torch.mean(fea_loss) * .00"),
+    ("feat_level", "half", "same file: up2e = self.upBlock2(...)"),
+    ("w_fused", 0.2, "train_cylinder_asym.py: loss * 1. + loss2 * .2 + diss_loss"),
+    ("fused_loss", "changed", "same file: point_label_tensor2[point_label_tensor2==point_label_tensor] = 255"),
+    ("kd_warmup", 0, "train_cylinder_asym.py: no schedule"),
+]
+
+
+def test_released_preset_is_the_released_recipe():
+    """`--preset released` resolves to every value of the released recipe (the table above,
+    backbone and augmentation included); `released-loss` keeps the loss values alone (the
+    experiment's online arm beside a PolarNet baseline keeps PolarNet's augmentation)."""
+    from m2skd.train.config import RELEASED_MODEL
+
+    cfg = TrainConfig.preset("released", model=RELEASED_MODEL)
+    flat = {**cfg.model.to_dict(), **cfg.optim.to_dict(), **cfg.augment.to_dict(), **cfg.distill.to_dict(),
+            **cfg.runtime.to_dict()}
+    wrong = {k: (flat[k], v, where) for k, v, where in RELEASED_FILES if flat[k] != v}
+    assert not wrong, wrong
+    loss_only = TrainConfig.preset("released-loss", model="polarnet")
+    assert loss_only.augment == TrainConfig.preset("paper", model="polarnet").augment
+    assert loss_only.distill == TrainConfig.preset("released", model="polarnet").distill
     with pytest.raises(ValueError, match="unknown TrainConfig preset 'nope'"):
         TrainConfig.preset("tiny+nope")
+
+
+def test_released_preset_takes_the_released_backbone_unless_told(fused_cache, tmp_path):
+    """`m2skd-train online --preset tiny+released` trains Cylinder3D (the released backbone);
+    an explicit --model keeps its word."""
+    from m2skd.train.cli import main
+
+    base = ["online", "--cache", str(fused_cache), "--preset", "tiny+released", "--train-sequences", "00",
+            "--workers", "0", "--quiet", "--device", "cpu", "--dry-run", "--steps", "1"]
+    for extra, want in (([], "cylinder3d"), (["--model", "polarnet"], "polarnet")):
+        r = CliRunner().invoke(main, [*base, *extra, "--out", str(tmp_path / want)])
+        assert r.exit_code == 0, r.output
+        assert f"online ({want}, tiny+released)" in r.output, r.output
 
 
 def _spec(cache, out, kind="online", steps=3, **kw):

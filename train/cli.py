@@ -3,7 +3,7 @@
     m2skd-train teacher  --cache data_cache/fused --model cylinder3d --preset tiny --steps 300
     m2skd-train baseline --cache data_cache/fused --model cylinder3d --preset tiny --steps 300
     m2skd-train student  --teacher data_cache/runs/teacher_cylinder3d_tiny_s0/last.pt ...
-    m2skd-train online   --cache data_cache/fused --model cylinder3d --preset tiny+released --steps 300
+    m2skd-train online   --cache data_cache/fused --preset tiny+released --steps 300   # Cylinder3D, the released recipe
     m2skd-train eval     --ckpt .../last.pt --data data_cache/synth --split val --json r.json
     m2skd-train predict  --ckpt .../last.pt --data /path/to/semantickitti --sequences 11-21 --out submission
 """
@@ -29,7 +29,7 @@ from m2skd.common.splits import parse_sequences
 from m2skd.common.views import VIEWS
 
 from .checkpoint import CheckpointError
-from .config import DEFAULT_MODEL, MODELS, DistillConfig, TrainConfig
+from .config import DEFAULT_MODEL, MODELS, RELEASED_MODEL, DistillConfig, TrainConfig
 from .distill import TERMS
 from .kinds import KINDS, RunKind
 
@@ -103,7 +103,8 @@ def run_options(skip: tuple[str, ...] = ()):
                          help="polarnet (fast on a CPU) or cylinder3d (the released M2SKD code's)"),
             click.option("--preset", default="tiny", show_default=True, callback=_preset,
                          help=f"{', '.join(TrainConfig.preset_names())}, combined with '+' (tiny+released: the "
-                              "released code's loss values on the tiny network)"),
+                              "released recipe on the tiny network, Cylinder3D unless --model; released-loss: its loss "
+                              "values alone)"),
             click.option("--steps", type=click.IntRange(min=1), help="optimiser steps (or --epochs)"),
             click.option("--epochs", type=click.IntRange(min=1), help="passes over the training scans (or --steps)"),
             click.option("--out", type=OutPath(file_okay=False, path_type=Path),
@@ -130,6 +131,10 @@ def _run(kind: str, teacher: Path | None = None, **kw) -> None:
     from .estimate import estimate
     from .trainer import RunSpec, TrainError, TrainInterrupted, train
 
+    ctx = click.get_current_context(silent=True)
+    if "released" in kw["preset"].split("+") and ctx is not None \
+            and ctx.get_parameter_source("model") == click.core.ParameterSource.DEFAULT:
+        kw["model"] = RELEASED_MODEL  # the released recipe's backbone, unless --model says otherwise
     try:
         cfg = TrainConfig.preset(kw["preset"], model=kw["model"]).override(**knob_values(TrainConfig, kw))
         out = kw["out"] or Path("data_cache/runs") / f"{kind}_{kw['model']}_{kw['preset']}_s{kw['seed']}"

@@ -204,13 +204,13 @@ class TrainConfig(Config):
 
     @classmethod
     def _presets(cls) -> dict[str, dict[str, Any]]:
-        return {"paper": {}, "tiny": TINY, "released": RELEASED}
+        return {"paper": {}, "tiny": TINY, "released": RELEASED, "released-loss": RELEASED_LOSS}
 
     @classmethod
     def preset(cls, name: str, model: str = DEFAULT_MODEL) -> TrainConfig:  # type: ignore[override]
         """The named preset for one backbone: its published network and setting
         (its registry entry), narrowed by the preset, its grid bounds filled in. Presets combine
-        with '+', applied left to right: `tiny+released` is the released loss on the tiny network."""
+        with '+', applied left to right: `tiny+released` is the released recipe on the tiny network."""
         entry = backbone(model)
         presets = cls._presets()
         names = name.split("+")
@@ -243,13 +243,23 @@ def with_legacy(saved: dict[str, Any]) -> dict[str, Any]:
 # `tiny`: a 96 x 72 x 16 grid and narrow layers that train in minutes on two CPU cores
 TINY: dict[str, Any] = {"grid_shape": (96, 72, 16), "point_widths": (16, 32, 64), "init_size": 8, "compress": 8,
                         "checkpoint_every": 100}
-# `released`: every loss value of the released M2SKD code (github skyshoumeng/M2SKD;
-# docs/method.md, "The released code's values", gives each one's source line)
-RELEASED: dict[str, Any] = {"seg_on": "voxel", "w_logit": 5.0, "logit_variant": "released", "logit_on": "voxel",
-                            "kd_balance": "point", "kd_where": "all", "w_aff": 1.0, "aff_level": "released",
-                            "w_feat": 0.0, "feat_level": "half",
-                            "feat_variant": "released", "w_fused": 0.2, "fused_loss": "changed", "kd_warmup": 0,
-                            "scale_z": False}
+# `released-loss`: every loss value of the released M2SKD code (github skyshoumeng/M2SKD;
+# docs/method.md, "The released code's values", gives each one's source line), on any
+# network and augmentation: what the experiment's online arms use beside a PolarNet baseline
+RELEASED_LOSS: dict[str, Any] = {"seg_on": "voxel", "w_logit": 5.0, "logit_variant": "released", "logit_on": "voxel",
+                                 "kd_balance": "point", "kd_where": "all", "w_aff": 1.0, "aff_level": "released",
+                                 "w_feat": 0.0, "feat_level": "half",
+                                 "feat_variant": "released", "w_fused": 0.2, "fused_loss": "changed", "kd_warmup": 0,
+                                 "scale_z": False}
+# `released`: the released recipe end to end (issue 31): its loss values, and its loader's
+# augmentation (dataset_semantickitti.py: rotation random()*90 - 45 deg, 4 flips, x/y scaled
+# by U(0.95, 1.05), translation N(0, [.5, .5, .1])), Adam 1e-3, batch 2
+# (config/semantickitti.yaml), validation every 3000 iterations keeping the best val mIoU
+# (train_cylinder_asym.py: `check_iter = 3000`); its backbone, Cylinder3D, is what
+# `m2skd-train --preset released` takes when --model is not given
+RELEASED: dict[str, Any] = {**RELEASED_LOSS, "rotate_deg": 45.0, "flip": True, "scale": (0.95, 1.05),
+                            "translate": (0.5, 0.5, 0.1), "lr": 1e-3, "batch_size": 2, "val_every": 3000}
+RELEASED_MODEL = "cylinder3d"
 # Knobs whose default changed: a config saved before the knob existed ran the old way
 LEGACY: dict[str, Any] = {"seg_on": "point", "scale_z": True, "context_bn1": False, "kd_forward": "dropped"}
 # PolarNet's compressed width is its number of height bins, at every size
