@@ -316,3 +316,41 @@ def test_tensorboard_curves_hold_the_logged_values(fused_cache, tmp_path):
             conf.add(predict(model(b).point_logits), b.labels)
     miou = float(np.nanmean(np.where(conf.matrix.sum(0) + conf.matrix.sum(1) > 0, conf.iou(), np.nan)[1:]))
     assert acc.Scalars("val/miou")[0].value == pytest.approx(miou, rel=1e-5)
+
+
+def test_a_run_starts_from_a_config_file(fused_cache, tmp_path):
+    """Issue 32, item 4: `--config` takes a run's config.json (every setting it ran with)
+    or a hand-written subset; options given beside it override it; unknown names refused."""
+    import json
+
+    from click.testing import CliRunner
+
+    from m2skd.train.cli import main
+
+    base = ["--cache", str(fused_cache), "--train-sequences", "00", "--workers", "0", "--quiet", "--device", "cpu",
+            "--steps", "1"]
+    first = tmp_path / "first"
+    r = CliRunner().invoke(main, ["baseline", *base, "--out", str(first), "--grid-shape", "48,36,8", "--lr", "3e-4",
+                                  "--point-widths", "16,32", "--init-size", "4", "--no-flip"])
+    assert r.exit_code == 0, r.output
+    ran = json.loads((first / "config.json").read_text())["config"]
+    again = tmp_path / "again"
+    r = CliRunner().invoke(main, ["baseline", *base, "--out", str(again), "--config", str(first / "config.json")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((again / "config.json").read_text())["config"] == ran  # every setting, not the preset's
+    over = tmp_path / "over"
+    r = CliRunner().invoke(main, ["baseline", *base, "--out", str(over), "--config", str(first / "config.json"),
+                                  "--lr", "1e-4"])
+    assert r.exit_code == 0, r.output
+    got = json.loads((over / "config.json").read_text())["config"]
+    assert got["optim"]["lr"] == 1e-4 and got["model"] == ran["model"]
+    # a hand-written subset, flat: the preset gives the rest
+    mine = tmp_path / "mine.json"
+    mine.write_text(json.dumps({"lr": 5e-4, "grid_shape": [48, 36, 8], "point_widths": [16, 32], "init_size": 4}))
+    r = CliRunner().invoke(main, ["baseline", *base, "--out", str(tmp_path / "m"), "--config", str(mine)])
+    assert r.exit_code == 0, r.output
+    got = json.loads((tmp_path / "m" / "config.json").read_text())["config"]
+    assert got["optim"]["lr"] == 5e-4 and got["augment"]["flip"] is True  # the preset's flip, not the first run's
+    mine.write_text(json.dumps({"lr": 5e-4, "learning_rate": 1}))
+    r = CliRunner().invoke(main, ["baseline", *base, "--out", str(tmp_path / "bad"), "--config", str(mine)])
+    assert r.exit_code == 1 and "mine.json: unknown setting(s) ['learning_rate']" in r.output

@@ -29,7 +29,7 @@ from m2skd.common.splits import parse_sequences
 from m2skd.common.views import VIEWS
 
 from .checkpoint import CheckpointError
-from .config import DEFAULT_MODEL, MODELS, RELEASED_MODEL, DistillConfig, TrainConfig
+from .config import DEFAULT_MODEL, MODELS, RELEASED_MODEL, DistillConfig, TrainConfig, config_file_values
 from .distill import TERMS
 from .kinds import KINDS, RunKind
 
@@ -101,6 +101,10 @@ def run_options(skip: tuple[str, ...] = ()):
                          default=Path("data_cache/fused"), show_default=True, help="fused shards from `make fuse`"),
             click.option("--model", type=click.Choice(MODELS), default=DEFAULT_MODEL, show_default=True,
                          help="polarnet (fast on a CPU) or cylinder3d (the released M2SKD code's)"),
+            click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                         help="start from the settings of this file: a run's config.json (what every run writes) "
+                              "or a JSON object of knobs, nested or flat; the knobs it lacks take the preset's "
+                              "values, and options given here override it"),
             click.option("--preset", default="tiny", show_default=True, callback=_preset,
                          help=f"{', '.join(TrainConfig.preset_names())}, combined with '+' (tiny+released: the "
                               "released recipe on the tiny network, Cylinder3D unless --model; released-loss: its loss "
@@ -136,7 +140,18 @@ def _run(kind: str, teacher: Path | None = None, **kw) -> None:
             and ctx.get_parameter_source("model") == click.core.ParameterSource.DEFAULT:
         kw["model"] = RELEASED_MODEL  # the released recipe's backbone, unless --model says otherwise
     try:
-        cfg = TrainConfig.preset(kw["preset"], model=kw["model"]).override(**knob_values(TrainConfig, kw))
+        knobs = knob_values(TrainConfig, kw)
+        config_file = kw.pop("config_file")
+        if config_file is not None:  # the file's knobs over the preset, the command line's over the file's
+            from_file = config_file_values(str(config_file), config_file.read_text())
+            if ctx is not None and ctx.get_parameter_source("model") == click.core.ParameterSource.DEFAULT:
+                kw["model"] = from_file.pop("backbone", kw["model"])
+            elif from_file.get("backbone", kw["model"]) != kw["model"]:
+                raise ValueError(f"--config {config_file} is a {from_file['backbone']} run, --model says "
+                                 f"{kw['model']}: drop one of them")
+            from_file.pop("backbone", None)
+            knobs = {**from_file, **{k: v for k, v in knobs.items() if v is not None}}
+        cfg = TrainConfig.preset(kw["preset"], model=kw["model"]).override(**knobs)
         out = kw["out"] or Path("data_cache/runs") / f"{kind}_{kw['model']}_{kw['preset']}_s{kw['seed']}"
         spec = RunSpec(kind=kind, cfg=cfg, cache=kw["cache"], out=out, steps=kw["steps"], epochs=kw["epochs"],
                        seed=kw["seed"], resume="yes" if kw["resume"] else "no", force=kw["force"], device=kw["device"],

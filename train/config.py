@@ -230,6 +230,33 @@ class TrainConfig(Config):
         return super().from_dict(with_legacy(d))
 
 
+def config_file_values(path: str, text: str) -> dict[str, Any]:
+    """The knobs a config file sets, by leaf name: a run's config.json (`{"kind", "config":
+    {...}, ...}`, what every run writes) or a bare TrainConfig dict, nested as config.json
+    nests it or flat; a subset is fine (the preset gives the rest). Unknown names and a
+    file that is not a JSON object are refused, naming the file."""
+    import json
+
+    try:
+        d = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"--config {path}: not JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"--config {path}: not a JSON object of settings")
+    d = d["config"] if isinstance(d.get("config"), dict) else d
+    leaves = TrainConfig.leaf_names()
+    subs = {f.name for f in dataclasses.fields(TrainConfig)}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if k in subs and isinstance(v, dict):
+            out.update(v)
+        else:
+            out[k] = v
+    if bad := sorted(set(out) - leaves):
+        raise ValueError(f"--config {path}: unknown setting(s) {bad}")
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in out.items()}
+
+
 def with_legacy(saved: dict[str, Any]) -> dict[str, Any]:
     """`saved` (a TrainConfig dict) with each `LEGACY` knob it lacks filled in."""
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in saved.items()}
