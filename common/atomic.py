@@ -38,6 +38,12 @@ def atomic_path(path: str | os.PathLike, remedy: str = "free some space and reru
         raise
 
 
+def write_text(path: str | os.PathLike, text: str, remedy: str = "free some space and rerun") -> None:
+    """`path` holds `text`, or (a crash, a full disk) what it held before: never a part of it."""
+    with atomic_path(path, remedy) as tmp:
+        tmp.write_text(text)
+
+
 def remove_stale_temps(folder: str | os.PathLike, targets: tuple[str, ...] = ("*",)) -> list[Path]:
     """Delete temp files left in `folder` by writers that were killed (their PID is gone).
 

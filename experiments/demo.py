@@ -12,24 +12,24 @@ import time
 from pathlib import Path
 
 import click
-import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
 
-from m2skd.common.atomic import atomic_path
+from m2skd.common.atomic import write_text
 from m2skd.common.labels import CLASS_NAMES, class_ids
 from m2skd.common.splits import parse_sequences
 from m2skd.train.batch import collate
 from m2skd.train.checkpoint import load_checkpoint, load_model
 from m2skd.train.config import DEFAULT_MODEL, MODELS, TrainConfig
 from m2skd.train.dataset import ShardDataset
-from m2skd.train.evaluate import score_checkpoint
 from m2skd.train.metrics import predict
 from m2skd.train.runtime import pick_device
 from m2skd.train.trainer import read_metrics
 
 from .lanes import Job, check_cache, run_jobs
+from .scoring import score
+from .stats import points, spread
 
 console = Console()
 
@@ -49,16 +49,8 @@ def train_all(cfg: TrainConfig, cache: Path, runs_dir: Path, steps: int, teacher
     return run_jobs(jobs, lanes, device)
 
 
-def _score(ckpt: Path, cache: Path, view: str, device: torch.device, val: tuple[str, ...]) -> dict:
-    return score_checkpoint(ckpt, device, cache=cache, sequences=val, view=view)[0]
-
-
 def _row_names(hard: tuple[str, ...]) -> list[str]:
     return ["miou", "hard_miou", *[CLASS_NAMES[c] for c in class_ids(hard)]]
-
-
-def _value(r: dict, key: str) -> float:
-    return 100 * (r[key] if key in ("miou", "hard_miou") else r["iou"][key])
 
 
 def results_table(res: dict, hard: tuple[str, ...]) -> Table:
@@ -66,7 +58,7 @@ def results_table(res: dict, hard: tuple[str, ...]) -> Table:
     for col in ("", "baseline", "teacher (fused)", "M2SKD student", "student gain"):
         t.add_column(col, justify="right" if col else "left")
     for key in _row_names(hard):
-        b, te, s = (_value(res[k], key) for k in ("baseline", "teacher", "student"))
+        b, te, s = (points(res[k], key) for k in ("baseline", "teacher", "student"))
         name = {"miou": "[bold]mIoU", "hard_miou": "[bold]hard-class mIoU"}.get(key, key)
         gain = s - b
         t.add_row(name, f"{b:.1f}", f"{te:.1f}", f"{s:.1f}", f"[{'green' if gain > 0 else 'red'}]{gain:+.1f}")
@@ -76,7 +68,7 @@ def results_table(res: dict, hard: tuple[str, ...]) -> Table:
 def results_markdown(res: dict, hard: tuple[str, ...]) -> str:
     lines = ["| | baseline | teacher (fused val) | M2SKD student | student gain |", "|---|---:|---:|---:|---:|"]
     for key in _row_names(hard):
-        b, te, s = (_value(res[k], key) for k in ("baseline", "teacher", "student"))
+        b, te, s = (points(res[k], key) for k in ("baseline", "teacher", "student"))
         name = {"miou": "**mIoU**", "hard_miou": "**hard-class mIoU**"}.get(key, key)
         lines.append(f"| {name} | {b:.1f} | {te:.1f} | {s:.1f} | {s - b:+.1f} |")
     return "\n".join(lines) + "\n"
@@ -101,11 +93,6 @@ def _plots(out: Path, cache: Path, runs: dict[str, Path], device: torch.device, 
     panels["M2SKD student"] = panels.pop("student")
     plots.predictions(scan.points[: scan.n_original], panels, out / "predictions.png")
     plots.training_curves({k: read_metrics(v.parent) for k, v in runs.items()}, out / "training_curves.png")
-
-
-def _write(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -143,9 +130,9 @@ def main(cache: Path, out: Path, model: str, steps: int, teacher_steps: int | No
     per_seed = {}
     for seed in seed_list:
         per_seed[seed] = {
-            "baseline": _score(ckpts[f"baseline_s{seed}"], cache, "single", dev, cfg.data.val_sequences),
-            "student": _score(ckpts[f"student_s{seed}"], cache, "single", dev, cfg.data.val_sequences)}
-    res = {"teacher": _score(teacher, cache, "fused", dev, cfg.data.val_sequences), **per_seed[seed_list[0]]}
+            "baseline": score(ckpts[f"baseline_s{seed}"], cache, cfg.data.val_sequences, "single", dev),
+            "student": score(ckpts[f"student_s{seed}"], cache, cfg.data.val_sequences, "single", dev)}
+    res = {"teacher": score(teacher, cache, cfg.data.val_sequences, "fused", dev), **per_seed[seed_list[0]]}
     res = {k: res[k] for k in ("baseline", "teacher", "student")}
     res["setup"] = {"model": model, "preset": "tiny", "steps": steps, "teacher_steps": teacher_steps,
                     "seed": seed_list[0], "device": str(dev),
@@ -153,16 +140,16 @@ def main(cache: Path, out: Path, model: str, steps: int, teacher_steps: int | No
     hard = tuple(load_checkpoint(teacher)["hard_classes"])
     console.print(results_table(res, hard))
     out.mkdir(parents=True, exist_ok=True)
-    _write(out / "results.json", json.dumps(res, indent=1))
+    write_text(out / "results.json", json.dumps(res, indent=1))
     md = results_markdown(res, hard)
     if len(seed_list) > 1:
         seeds_res = _seed_summary(per_seed)
-        _write(out / "seeds.json", json.dumps({"seeds": seed_list, **seeds_res,
+        write_text(out / "seeds.json", json.dumps({"seeds": seed_list, **seeds_res,
                                                 "per_seed": {str(k): v for k, v in per_seed.items()}}, indent=1))
         smd = _seed_markdown(seeds_res, seed_list)
-        _write(out / "seeds.md", smd)
+        write_text(out / "seeds.md", smd)
         console.print(smd)
-    _write(out / "results.md", md)
+    write_text(out / "results.md", md)
     if not no_plots:
         _plots(out, cache, {"teacher": teacher, "baseline": runs_dir / f"baseline_s{seed_list[0]}" / "last.pt",
                             "student": runs_dir / f"student_s{seed_list[0]}" / "last.pt"}, dev, cfg.data.val_sequences)
@@ -171,15 +158,10 @@ def main(cache: Path, out: Path, model: str, steps: int, teacher_steps: int | No
 
 
 def _seed_summary(per_seed: dict) -> dict:
-    out = {}
-    for kind in ("baseline", "student"):
-        for key in ("miou", "hard_miou"):
-            vals = np.array([100 * r[kind][key] for r in per_seed.values()])
-            out.setdefault(kind, {})[key] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)),
-                                             "values": vals.round(2).tolist()}
-    gains = np.array([100 * (r["student"]["hard_miou"] - r["baseline"]["hard_miou"]) for r in per_seed.values()])
-    out["hard_miou_gain"] = {"mean": float(gains.mean()), "std": float(gains.std(ddof=1)),
-                             "values": gains.round(2).tolist(), "positive": int((gains > 0).sum())}
+    out = {kind: {key: spread([points(r[kind], key) for r in per_seed.values()]) for key in ("miou", "hard_miou")}
+           for kind in ("baseline", "student")}
+    gains = [points(r["student"], "hard_miou") - points(r["baseline"], "hard_miou") for r in per_seed.values()]
+    out["hard_miou_gain"] = {**spread(gains), "positive": sum(g > 0 for g in gains)}
     return out
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from m2skd.common.atomic import atomic_path
+from m2skd.common.atomic import write_text
 from m2skd.common.splits import parse_sequences
 from m2skd.train.config import DEFAULT_MODEL, MODELS, TrainConfig
 from m2skd.train.distill import only
@@ -110,8 +110,7 @@ def main(cache: Path, out: Path, teacher: Path, model: str, train_seqs: str, val
     summary = {"val_sequences": list(cfg.data.val_sequences), "start_steps": start, "steps": steps,
                "teacher": str(teacher), "arms": paired(results)}
     if record is not None:
-        with atomic_path(record) as tmp:
-            tmp.write_text(json.dumps(summary, indent=1))
+        write_text(record, json.dumps(summary, indent=1))
     for arm, row in summary["arms"].items():
         vals = ", ".join(f"{v:.1f}" for v in row["val_miou"].values())
         diff = f"; {row['diff']:+.2f} against {row['control']}" if "diff" in row else ""

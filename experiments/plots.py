@@ -12,6 +12,8 @@ import numpy as np
 
 from m2skd.common.labels import CLASS_NAMES, class_ids, train_colors_rgb
 
+from .arms import ARMS, arm_of
+
 VIEW_RANGE = 40.0  # metres around the sensor shown in bird's-eye views
 
 
@@ -76,6 +78,23 @@ def training_curves(runs: dict[str, list[dict]], path: Path, smooth: int = 20) -
         ax.set_title(term)
         ax.set_xlabel("step")
         ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_curves(results: list[dict], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    colours = dict(zip(ARMS, ("tab:grey", "tab:green", "tab:orange", "tab:blue", "tab:red", "tab:purple"),
+                       strict=True))
+    for r in results:
+        if r["val_curve"] and arm_of(r) in colours:  # the ablations have their own table, no curves
+            steps, vals = zip(*r["val_curve"], strict=True)
+            ax.plot(steps, [100 * v for v in vals], color=colours[arm_of(r)], alpha=0.8,
+                    label=arm_of(r) if r["seed"] == min(x["seed"] for x in results) else None)
+    ax.set_xlabel("step")
+    ax.set_ylabel("val mIoU (%)")
+    ax.legend()
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

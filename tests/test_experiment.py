@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from m2skd.common.labels import CLASS_NAMES
-from m2skd.experiments import evidence
+from m2skd.experiments import evidence, stats, tables
 from m2skd.synth.sequence import WORLD_VERSION
 
 from .conftest import SMALL
@@ -266,7 +266,7 @@ def test_gate_and_plateau_by_hand():
     results[3]["report_fused"]["iou"]["person"] = 0.23  # (0.23 + 0.15) / 2 - 0.15 = +4.0
     assert evidence.gate(results)["passed"]
     # mean curve: 35, 40, 41, 43 (%); window 2000: last (41 + 43) / 2 = 42, before (35 + 40) / 2 = 37.5
-    p = evidence.plateau(results, window=2000)
+    p = stats.plateau(results, window=2000)
     assert p["end"] == 4000 and p["last"] == pytest.approx(42.0) and p["gain"] == pytest.approx(4.5)
 
 
@@ -293,19 +293,19 @@ def test_transfer_and_small_instance_recall_by_hand():
                rec("m2skd", 0, 0.25, 0.28, [[2, 8, 4], [1, 20, 10], [0, 0, 0], [0, 0, 0], [0, 0, 0]]),
                rec("baseline", 1, 0.10, 0.30, b), rec("teacher", 1, 0.0, 0.0, fused=(0.30, 0.35)),
                rec("m2skd", 1, 0.08, 0.31, b)]
-    t = evidence.transfer(results)
+    t = stats.transfer(results)
     assert set(t) == {"person", "truck"}  # motorcyclist has no ground truth in the report set
     # person: teacher +10, +20 -> +15; m2skd +5, -2 -> +1.5, moving with the teacher in 1 of 2 seeds
     assert t["person"]["teacher"] == pytest.approx(15.0) and t["person"]["m2skd"] == pytest.approx(1.5)
     assert t["person"]["m2skd_toward"] == 1
     # truck: teacher -5, +5 -> 0.0: no gain, so "moving with it" is not counted
     assert t["truck"]["teacher"] == pytest.approx(0.0) and t["truck"]["m2skd_toward"] is None
-    r = evidence.small_recall(results)
+    r = stats.small_recall(results)
     # baseline: person 1-9: 2/8 = 25 %, 10-29: 5/20 = 25 %; m2skd seed 0: 50 %, 50 %, seed 1: 25 %, 25 %
     assert r["baseline"]["person 1-9"]["mean"] == pytest.approx(25.0)
     assert r["m2skd"]["person 10-29"]["mean"] == pytest.approx(37.5)
     assert "bicycle 1-9" not in r["baseline"]  # no point of a small bicycle: no recall, not 0 %
-    md = evidence.transfer_markdown({"transfer": t}) + evidence.recall_markdown({"small_recall": r})
+    md = tables.transfer_markdown({"transfer": t}) + tables.recall_markdown({"small_recall": r})
     assert "| person | +15.0 | +1.5 (1/2) |" in md
 
 
