@@ -26,10 +26,10 @@ from m2skd.preprocess.config import FusionConfig
 from m2skd.preprocess.pipeline import run_fusion
 from m2skd.synth.config import SynthConfig
 from m2skd.synth.sequence import generate_sequence
-from m2skd.train.batch import collate
 from m2skd.train.config import TrainConfig
-from m2skd.train.dataset import ShardDataset
-from m2skd.train.sampler import StepSampler
+from m2skd.train.data.batch import collate
+from m2skd.train.data.dataset import ShardDataset
+from m2skd.train.data.sampler import StepSampler
 
 
 def open_ms(cache: Path, verify: bool, repeats: int = 5) -> float:

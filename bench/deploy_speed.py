@@ -25,11 +25,11 @@ from rich.table import Table
 from m2skd.common.geometry import relative_pose, transform_points
 from m2skd.synth.config import SynthConfig
 from m2skd.synth.sequence import generate_sequence
-from m2skd.train.batch import make_batch
 from m2skd.train.config import TrainConfig
-from m2skd.train.dataset import voxelise
+from m2skd.train.data.batch import make_batch
+from m2skd.train.data.dataset import voxelise
+from m2skd.train.engine.runtime import pick_device
 from m2skd.train.models import build_model
-from m2skd.train.runtime import pick_device
 
 PAST = 4
 

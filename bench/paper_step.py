@@ -27,8 +27,8 @@ from rich.console import Console
 from rich.table import Table
 
 from m2skd.train.config import TrainConfig
-from m2skd.train.estimate import estimate
-from m2skd.train.trainer import RunSpec, train
+from m2skd.train.engine.estimate import estimate
+from m2skd.train.engine.trainer import RunSpec, train
 
 KITTI_TRAIN_SCANS = 19_130  # SemanticKITTI sequences 00-07, 09, 10 (docs/kitti.md)
 PAPER_EPOCHS = 40  # the paper's schedule (docs/method.md)

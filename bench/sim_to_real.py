@@ -31,12 +31,12 @@ from m2skd.preprocess.config import FusionConfig
 from m2skd.preprocess.pipeline import run_fusion
 from m2skd.synth.config import SynthConfig
 from m2skd.synth.sequence import generate_sequence
-from m2skd.train.batch import make_batch
-from m2skd.train.checkpoint import load_model
 from m2skd.train.config import TrainConfig
-from m2skd.train.dataset import voxelise
-from m2skd.train.metrics import Confusion, predict
-from m2skd.train.trainer import RunSpec, train
+from m2skd.train.data.batch import make_batch
+from m2skd.train.data.dataset import voxelise
+from m2skd.train.engine.checkpoint import load_model
+from m2skd.train.engine.trainer import RunSpec, train
+from m2skd.train.evaluation.metrics import Confusion, predict
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 SIX = ("road", "sidewalk", "building", "vegetation", "terrain", "car")

@@ -23,16 +23,16 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from m2skd.train.batch import collate
 from m2skd.train.config import TrainConfig
-from m2skd.train.dataset import ShardDataset
-from m2skd.train.distill import Distiller, affinity_loss, term_weights
-from m2skd.train.estimate import estimate
-from m2skd.train.losses import segmentation_loss
+from m2skd.train.data.batch import collate
+from m2skd.train.data.dataset import ShardDataset
+from m2skd.train.data.sampler import StepSampler
+from m2skd.train.distillation.distill import Distiller, affinity_loss, term_weights
+from m2skd.train.distillation.losses import segmentation_loss
+from m2skd.train.engine.estimate import estimate
+from m2skd.train.engine.runtime import pick_device
+from m2skd.train.engine.trainer import RunSpec
 from m2skd.train.models import build_model, deterministic_forward, for_distillation
-from m2skd.train.runtime import pick_device
-from m2skd.train.sampler import StepSampler
-from m2skd.train.trainer import RunSpec
 
 
 def _sync(device):

@@ -160,7 +160,7 @@ def content_sha256(scans: list[FusedScan | _Rows], offsets: np.ndarray) -> str:
     The file's sha256 tells a damaged file; it cannot tell "rebuilt from other inputs" from
     "rebuilt from the same ones", because h5py's lzf leaves its hash table uninitialised and
     the compressed bytes vary between processes. This digest can: a resumed run compares it
-    (train/run.py) and refuses a cache whose content changed under it."""
+    (train/engine/run.py) and refuses a cache whose content changed under it."""
     h = hashlib.sha256()
     for name, dtype in DATASETS.items():
         for s in scans:

@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from m2skd.train.config import RELEASED_LOSS, TrainConfig
-from m2skd.train.distill import only
+from m2skd.train.distillation.distill import only
 
 from .lanes import Job
 

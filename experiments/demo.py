@@ -19,13 +19,13 @@ from rich.table import Table
 from m2skd.common.atomic import write_text
 from m2skd.common.labels import CLASS_NAMES, class_ids
 from m2skd.common.splits import parse_sequences
-from m2skd.train.batch import collate
-from m2skd.train.checkpoint import load_checkpoint, load_model
 from m2skd.train.config import DEFAULT_MODEL, MODELS, TrainConfig
-from m2skd.train.dataset import ShardDataset
-from m2skd.train.metrics import predict
-from m2skd.train.runtime import pick_device
-from m2skd.train.trainer import read_metrics
+from m2skd.train.data.batch import collate
+from m2skd.train.data.dataset import ShardDataset
+from m2skd.train.engine.checkpoint import load_checkpoint, load_model
+from m2skd.train.engine.runtime import pick_device
+from m2skd.train.engine.trainer import read_metrics
+from m2skd.train.evaluation.metrics import predict
 
 from .lanes import Job, check_cache, run_jobs
 from .scoring import score

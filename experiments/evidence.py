@@ -48,9 +48,9 @@ from rich.console import Console
 from m2skd.common.atomic import write_text
 from m2skd.common.cli import fail
 from m2skd.common.splits import parse_sequences
-from m2skd.train.checkpoint import load_checkpoint
 from m2skd.train.config import DEFAULT_MODEL, MODELS, TrainConfig
-from m2skd.train.runtime import pick_device
+from m2skd.train.engine.checkpoint import load_checkpoint
+from m2skd.train.engine.runtime import pick_device
 
 from .arms import ARMS, DEFAULT_ARMS, GATE_ARMS, VARIANTS, extend_jobs, jobs_for
 from .lanes import check_cache, run_jobs

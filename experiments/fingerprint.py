@@ -25,11 +25,11 @@ from m2skd.preprocess.config import FusionConfig
 from m2skd.preprocess.pipeline import run_fusion
 from m2skd.synth.config import SynthConfig
 from m2skd.synth.sequence import generate_sequence
-from m2skd.train.checkpoint import load_checkpoint, load_model
 from m2skd.train.config import TrainConfig
-from m2skd.train.dataset import ShardDataset
-from m2skd.train.evaluate import evaluate
-from m2skd.train.trainer import RunSpec, read_metrics, train
+from m2skd.train.data.dataset import ShardDataset
+from m2skd.train.engine.checkpoint import load_checkpoint, load_model
+from m2skd.train.engine.trainer import RunSpec, read_metrics, train
+from m2skd.train.evaluation.evaluate import evaluate
 
 # the runs: (kind, extra knobs); a student distils from the teacher of its backbone
 RUNS = (("teacher", {}), ("baseline", {}), ("student", {}), ("online", {}),

@@ -25,8 +25,8 @@ import torch
 from m2skd.common.atomic import atomic_path
 from m2skd.common.labels import CLASS_NAMES, class_ids
 from m2skd.common.splits import parse_sequences
-from m2skd.train.evaluate import score_checkpoint
-from m2skd.train.metrics import Confusion
+from m2skd.train.evaluation.evaluate import score_checkpoint
+from m2skd.train.evaluation.metrics import Confusion
 
 # Instance sizes in points of one scan; a 64-beam scan's hard instances span 1 to ~2000.
 EDGES = (1, 10, 30, 100, 300)

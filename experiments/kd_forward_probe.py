@@ -29,8 +29,8 @@ import numpy as np
 from m2skd.common.atomic import write_text
 from m2skd.common.splits import parse_sequences
 from m2skd.train.config import DEFAULT_MODEL, MODELS, TrainConfig
-from m2skd.train.distill import only
-from m2skd.train.run_log import read_metrics
+from m2skd.train.distillation.distill import only
+from m2skd.train.engine.run_log import read_metrics
 
 from .lanes import Job, check_cache, run_jobs
 

@@ -22,8 +22,8 @@ from rich.console import Console
 from m2skd.common.cli import fail
 from m2skd.common.shards import ShardError
 from m2skd.train.config import TrainConfig
-from m2skd.train.dataset import cache_manifest
-from m2skd.train.trainer import RunSpec, TrainInterrupted, train
+from m2skd.train.data.dataset import cache_manifest
+from m2skd.train.engine.trainer import RunSpec, TrainInterrupted, train
 
 console = Console()
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import click
 import torch
 
-from m2skd.train.checkpoint import load_checkpoint
-from m2skd.train.run_log import read_metrics
+from m2skd.train.engine.checkpoint import load_checkpoint
+from m2skd.train.engine.run_log import read_metrics
 
 from .instance_size import EDGES, score_run
 from .lanes import deployable

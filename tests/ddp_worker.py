@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from m2skd.train.trainer import RunSpec, train
+from m2skd.train.engine.trainer import RunSpec, train
 from tests.conftest import tiny_train_config
 
 cache, out, kind = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from m2skd.train.batch import collate
-from m2skd.train.dataset import ShardDataset
+from m2skd.train.data.batch import collate
+from m2skd.train.data.dataset import ShardDataset
+from m2skd.train.engine.trainer import RunSpec, read_metrics, train
 from m2skd.train.models import build_model
-from m2skd.train.trainer import RunSpec, read_metrics, train
 
 from .conftest import tiny_train_config
 

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from m2skd.common.outputs import OutputError
-from m2skd.train.trainer import RunSpec, train
+from m2skd.train.engine.trainer import RunSpec, train
 
 from .conftest import tiny_train_config
 
@@ -131,7 +131,7 @@ def _cli(*args):
 
 def test_a_damaged_shard_is_refused_naming_it(fused_cache, tmp_path):
     from m2skd.common.shards import ShardError
-    from m2skd.train.dataset import ShardDataset
+    from m2skd.train.data.dataset import ShardDataset
 
     cache = tmp_path / "cache"
     shutil.copytree(fused_cache, cache)
@@ -151,7 +151,7 @@ def test_a_damaged_shard_is_refused_naming_it(fused_cache, tmp_path):
 def test_resume_refuses_another_cache(fused_cache, synth_root, tmp_path):
     from m2skd.preprocess.config import FusionConfig
     from m2skd.preprocess.pipeline import run_fusion
-    from m2skd.train.trainer import TrainError
+    from m2skd.train.engine.trainer import TrainError
 
     other = tmp_path / "other"
     run_fusion(synth_root, ["00", "08"], other, FusionConfig(hard_classes=("person", "bicycle"), shard_size=6))
@@ -169,8 +169,8 @@ def test_resume_refuses_another_cache(fused_cache, synth_root, tmp_path):
 def test_non_finite_weights_are_never_saved_or_loaded(fused_cache, tmp_path, monkeypatch):
     import torch
 
-    from m2skd.train.checkpoint import CheckpointError, load_checkpoint
-    from m2skd.train.trainer import TrainError
+    from m2skd.train.engine.checkpoint import CheckpointError, load_checkpoint
+    from m2skd.train.engine.trainer import TrainError
 
     with pytest.raises(ValueError, match="--lr: inf is not a finite number"):  # refused before the run now
         tiny_train_config(lr=float("inf"))
@@ -181,7 +181,7 @@ def test_non_finite_weights_are_never_saved_or_loaded(fused_cache, tmp_path, mon
             with torch.no_grad():
                 self.param_groups[0]["params"][0].fill_(float("inf"))
 
-    monkeypatch.setattr("m2skd.train.run.torch.optim.Adam", Diverging)
+    monkeypatch.setattr("m2skd.train.engine.run.torch.optim.Adam", Diverging)
     with pytest.raises(TrainError, match=r"not finite.*nothing was saved"):
         train(RunSpec(kind="baseline", cfg=tiny_train_config(), cache=fused_cache, out=tmp_path / "x",
                       steps=1, progress=False))
@@ -284,12 +284,12 @@ def test_a_disk_that_fills_mid_write_is_one_line_and_leaves_no_partial_file(synt
         def save(obj, f, err=err):
             open(f, "wb").write(b"partial")
             raise err
-        monkeypatch.setattr("m2skd.train.checkpoint.torch.save", save)
+        monkeypatch.setattr("m2skd.train.engine.checkpoint.torch.save", save)
         with pytest.raises(OutputError, match=r"last.pt: the disk filled up .* previous checkpoint is intact"):
             train(RunSpec(kind="baseline", cfg=tiny_train_config(), cache=fused_cache, out=tmp_path / "run",
                           steps=4, seed=0, progress=False, device="cpu", resume="yes"))
         assert ckpt.read_bytes() == before and not list(ckpt.parent.glob(".*.tmp"))
-    monkeypatch.setattr("m2skd.train.checkpoint.torch.save", torch.save)
+    monkeypatch.setattr("m2skd.train.engine.checkpoint.torch.save", torch.save)
 
 
 def test_make_passes_paths_with_spaces_as_one_argument(tmp_path):
@@ -432,7 +432,7 @@ def test_resume_refuses_a_cache_rebuilt_from_changed_input(synth_root, tmp_path)
 
     from m2skd.preprocess.config import FusionConfig
     from m2skd.preprocess.pipeline import run_fusion
-    from m2skd.train.trainer import TrainError
+    from m2skd.train.engine.trainer import TrainError
 
     data = tmp_path / "kitti"
     for name in ("00", "08"):
@@ -477,7 +477,7 @@ def _run(fused_cache, out, kind="baseline", steps=2, teacher=None, **kw):
 def test_a_student_resumes_only_with_the_teacher_it_started_with(fused_cache, tmp_path):
     """The teacher is known by content, not path: another teacher, a baseline, or another
     teacher's file copied over the first one's path is refused on resume."""
-    from m2skd.train.run import TrainError
+    from m2skd.train.engine.run import TrainError
 
     ta, tb = _run(fused_cache, tmp_path / "tA", "teacher"), _run(fused_cache, tmp_path / "tB", "teacher", seed=1)
     base = _run(fused_cache, tmp_path / "base")
@@ -499,7 +499,7 @@ def test_a_checkpoint_changed_after_it_was_written_is_refused(fused_cache, tmp_p
     digest saved with the checkpoint: evaluation, distillation and resume refuse it."""
     import torch
 
-    from m2skd.train.checkpoint import CheckpointError, load_checkpoint
+    from m2skd.train.engine.checkpoint import CheckpointError, load_checkpoint
 
     ckpt = _run(fused_cache, tmp_path / "a")
     load_checkpoint(ckpt)  # intact: loads
@@ -522,7 +522,7 @@ def test_a_fresh_start_never_keeps_or_overwrites_another_runs_files(fused_cache,
     """--force starts over without the old run's best.pt; without last.pt, a folder holding
     another run's best.pt, a config.json or a metrics.jsonl not ours is refused, naming the
     file, before anything is written; a run killed before its first checkpoint starts over."""
-    from m2skd.train.run import TrainError
+    from m2skd.train.engine.run import TrainError
 
     out = tmp_path / "r"
     _run(fused_cache, out, steps=2)

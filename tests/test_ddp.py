@@ -30,7 +30,7 @@ def _torchrun(fused_cache, out, *args):
 def test_two_process_distillation_keeps_ranks_identical(fused_cache, tmp_path):
     """A student under torchrun: the frozen teacher and the distillation terms on each rank's
     slice, the student's gradients all-reduced."""
-    from m2skd.train.trainer import RunSpec, train
+    from m2skd.train.engine.trainer import RunSpec, train
 
     from .conftest import tiny_train_config
 

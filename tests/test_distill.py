@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from m2skd.common.labels import DEFAULT_HARD_CLASSES, class_ids
-from m2skd.train.batch import Batch, collate
-from m2skd.train.dataset import ShardDataset
-from m2skd.train.distill import (
+from m2skd.train.data.batch import Batch, collate
+from m2skd.train.data.dataset import ShardDataset
+from m2skd.train.distillation.distill import (
     Distiller,
     affinity_groups,
     affinity_loss,
@@ -22,11 +22,11 @@ from m2skd.train.distill import (
     logit_loss,
     student_point_index,
 )
-from m2skd.train.losses import view_segmentation_loss
+from m2skd.train.distillation.losses import view_segmentation_loss
+from m2skd.train.engine.steps import Deterministic, TwoViews, online_step, student_step
 from m2skd.train.models import ModelOutput, build_model, set_feature_level
 from m2skd.train.models.polarnet import DropBlock2D
 from m2skd.train.models.voxels import group
-from m2skd.train.steps import Deterministic, TwoViews, online_step, student_step
 
 from .conftest import tiny_train_config
 
@@ -414,7 +414,7 @@ def test_no_distillation_term_is_dead(fused_cache, model, case):
                                            torch.Generator().manual_seed(0))[term]
     loss.backward()
     grad = math.sqrt(sum(float((p.grad**2).sum()) for p in student.parameters() if p.grad is not None))
-    assert float(loss) > 1e-3 and grad > 1e-4, (float(loss), grad)
+    assert float(loss.detach()) > 1e-3 and grad > 1e-4, (float(loss.detach()), grad)
 
 
 def test_logit_term_per_voxel_reads_each_voxels_first_point_and_its_majority_label():

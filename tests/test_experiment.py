@@ -127,8 +127,8 @@ def test_tagged_runs_and_ablations_pair_with_the_right_runs(tmp_path):
 def test_extend_continues_copies_of_the_students_and_keeps_the_teachers(fused_cache, tmp_path):
     """`--extend N`: copies named KIND-long of the runs that teach none of the others, with
     early stopping off, resuming from the copied checkpoint; the teachers stay themselves."""
-    from m2skd.train.checkpoint import load_checkpoint
-    from m2skd.train.trainer import RunSpec, train
+    from m2skd.train.engine.checkpoint import load_checkpoint
+    from m2skd.train.engine.trainer import RunSpec, train
 
     from .conftest import tiny_train_config
 
@@ -215,7 +215,7 @@ def test_an_interrupted_experiment_ends_in_one_line_and_exit_130(fused_cache, tm
     import pickle
 
     from m2skd.experiments import lanes
-    from m2skd.train.trainer import TrainInterrupted
+    from m2skd.train.engine.trainer import TrainInterrupted
 
     again = pickle.loads(pickle.dumps(TrainInterrupted(tmp_path / "last.pt", 41)))
     assert (again.ckpt, again.step) == (tmp_path / "last.pt", 41) and "step 41" in str(again)
@@ -314,9 +314,9 @@ def test_kd_forward_probe_pairs_each_arm_with_its_control(fused_cache, tmp_path)
     fine-tunes from the start baseline's weights, is scored on the val sequences, and is
     paired with its control (differences recomputed here from the recorded val mIoUs)."""
     from m2skd.experiments import kd_forward_probe as probe
-    from m2skd.train.checkpoint import load_checkpoint
     from m2skd.train.config import TrainConfig
-    from m2skd.train.trainer import RunSpec, train
+    from m2skd.train.engine.checkpoint import load_checkpoint
+    from m2skd.train.engine.trainer import RunSpec, train
 
     cfg = TrainConfig.preset("tiny").override(workers=0, train_sequences=("00",))  # the probe's network
     teacher = train(RunSpec(kind="teacher", cfg=cfg, cache=fused_cache, out=tmp_path / "t", steps=2, progress=False))

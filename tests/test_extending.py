@@ -9,16 +9,16 @@ import pytest
 import torch
 from torch import nn
 
-from m2skd.train.checkpoint import load_checkpoint, load_model
-from m2skd.train.dataset import ShardDataset
-from m2skd.train.distill import TERMS, Term, only, term_weights
-from m2skd.train.evaluate import evaluate
-from m2skd.train.kinds import KINDS, RunKind
+from m2skd.train.data.dataset import ShardDataset
+from m2skd.train.distillation.distill import TERMS, Term, only, term_weights
+from m2skd.train.engine.checkpoint import load_checkpoint, load_model
+from m2skd.train.engine.kinds import KINDS, RunKind
+from m2skd.train.engine.steps import _seg
+from m2skd.train.engine.trainer import RunSpec, read_metrics, train
+from m2skd.train.evaluation.evaluate import evaluate
 from m2skd.train.models import BACKBONES, ModelOutput
 from m2skd.train.models.registry import BackboneEntry
 from m2skd.train.models.voxels import group, max_pool
-from m2skd.train.steps import _seg
-from m2skd.train.trainer import RunSpec, read_metrics, train
 
 from .conftest import tiny_train_config
 

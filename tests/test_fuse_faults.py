@@ -162,7 +162,7 @@ def test_one_config_per_cache(synth_root, tmp_path):
 
 
 def test_bad_manifest_and_bad_shard_name_the_file(fused_cache, tmp_path):
-    from m2skd.train.dataset import ShardDataset
+    from m2skd.train.data.dataset import ShardDataset
 
     from .conftest import tiny_train_config
 

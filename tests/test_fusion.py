@@ -352,9 +352,9 @@ def test_hash_kernels_match_sort_based_numpy():
 def test_compact_cache_gives_the_same_batches_and_is_smaller(synth_root, tmp_path):
     """The compact layout stores only the fused points and reads each scan's own points
     from its .bin / .label: same samples for the same seed and step, far fewer bytes."""
-    from m2skd.train.batch import collate
-    from m2skd.train.dataset import ShardDataset
-    from m2skd.train.sampler import StepSampler
+    from m2skd.train.data.batch import collate
+    from m2skd.train.data.dataset import ShardDataset
+    from m2skd.train.data.sampler import StepSampler
 
     from .conftest import tiny_train_config
 
@@ -379,7 +379,7 @@ def test_a_compact_cache_refuses_a_dataset_edited_in_place(synth_root, tmp_path)
     shifted 10 m (same point count) or relabelled was trained and scored on silently. Now the
     loader compares the files with those fusion read (sizes and times) and refuses."""
     from m2skd.common.shards import ShardError
-    from m2skd.train.dataset import ShardDataset
+    from m2skd.train.data.dataset import ShardDataset
 
     from .conftest import tiny_train_config
 

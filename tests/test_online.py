@@ -10,14 +10,14 @@ import torch
 from click.testing import CliRunner
 
 from m2skd.common.labels import IGNORE_INDEX
-from m2skd.train.augment import Augmentation
-from m2skd.train.checkpoint import load_checkpoint
 from m2skd.train.config import AugmentConfig, TrainConfig
-from m2skd.train.distill import released_affinity_loss, step_weights
-from m2skd.train.losses import view_segmentation_loss
-from m2skd.train.run import start_run
-from m2skd.train.trainer import RunSpec, TrainError, read_metrics, train
-from m2skd.train.voxel_labels import VoxelView, changed_targets, majority_labels, voxel_view
+from m2skd.train.data.augment import Augmentation
+from m2skd.train.data.voxel_labels import VoxelView, changed_targets, majority_labels, voxel_view
+from m2skd.train.distillation.distill import released_affinity_loss, step_weights
+from m2skd.train.distillation.losses import view_segmentation_loss
+from m2skd.train.engine.checkpoint import load_checkpoint
+from m2skd.train.engine.run import start_run
+from m2skd.train.engine.trainer import RunSpec, TrainError, read_metrics, train
 
 from .conftest import tiny_train_config
 
@@ -206,7 +206,7 @@ def _fused_grads(run, batch) -> dict[str, float]:
 
     run.model.forward = spy
     losses, _ = run.kind.step(run, batch, torch.Generator().manual_seed(0))
-    from m2skd.train.steps import weighted_total
+    from m2skd.train.engine.steps import weighted_total
 
     weighted_total(losses, step_weights(run.spec.cfg.distill, 10**6)).backward()
     assert len(calls) == 2 and sum(calls[0].sizes) < sum(calls[1].sizes)  # single, then fused
@@ -272,7 +272,7 @@ def test_online_refuses_a_teacher(fused_cache, tmp_path):
 
 def test_the_student_trains_against_a_frozen_teacher(fused_cache, tmp_path):
     """The teacher the trainer builds: eval mode, no gradients, unchanged by the student's steps."""
-    from m2skd.train.optimizer_step import OptimizerStep
+    from m2skd.train.engine.optimizer_step import OptimizerStep
 
     t = train(_spec(fused_cache, tmp_path / "t", kind="teacher", steps=1))
     run = start_run(_spec(fused_cache, tmp_path / "s", kind="student", teacher=t))
@@ -290,7 +290,7 @@ def test_changed_fused_cross_entropy_by_hand():
     """`fused_loss changed` (the released online term): plain cross-entropy on the fused
     view's voxels whose majority label the fused points set or flipped, each voxel once at
     its first point; worked by hand on three voxels, one unchanged, one flipped, one new."""
-    from m2skd.train.losses import fused_view_loss
+    from m2skd.train.distillation.losses import fused_view_loss
 
     shape = (3, 1, 1)
     # single view: voxel 0 (points labelled 4, 4), voxel 1 (6)

@@ -14,8 +14,8 @@ import torch
 from m2skd.common import kitti_io, outputs
 from m2skd.common.labels import LEARNING_MAP_INV
 from m2skd.common.outputs import OutputError
-from m2skd.train.checkpoint import load_checkpoint
-from m2skd.train.trainer import RunSpec, TrainError, train
+from m2skd.train.engine.checkpoint import load_checkpoint
+from m2skd.train.engine.trainer import RunSpec, TrainError, train
 
 from .conftest import RAW_OF_TRAIN, by_hand_class, by_hand_model, raw_scan, tiny_train_config
 
@@ -72,7 +72,7 @@ def test_a_run_saved_before_a_knob_existed_resumes_with_its_default(fused_cache,
 def test_a_run_saved_before_a_default_changed_keeps_its_old_behaviour(fused_cache, tmp_path):
     """Knobs whose default changed (voxel loss, z not scaled, Cylinder3D's bn1): a config that
     lacks them ran the old way, and resumes and loads that way (`LEGACY`)."""
-    from m2skd.train.checkpoint import checkpoint_config
+    from m2skd.train.engine.checkpoint import checkpoint_config
 
     out = tmp_path / "old"
     train(_spec(fused_cache, out, steps=2, cfg={"seg_on": "point", "scale_z": True}))
@@ -154,7 +154,7 @@ def test_predict_writes_one_valid_raw_id_per_point_and_resumes(baseline_ckpt, sy
 def test_predict_writes_the_labels_of_logits_set_by_hand(synth_root, tmp_path):
     """Every point's written raw id is the one its hand-set logits choose (from its x in the
     raw .bin, mapped by the benchmark's table written out by hand), in the scan's order."""
-    from m2skd.train.predict import predict_sequences
+    from m2skd.train.evaluation.predict import predict_sequences
 
     written, _ = predict_sequences(by_hand_model(), tiny_train_config(), synth_root, ["11"], tmp_path,
                                    torch.device("cpu"), show=False)
@@ -216,8 +216,8 @@ def test_every_run_keeps_a_text_log_of_what_it_said(fused_cache, tmp_path, monke
     import json
     import warnings
 
-    from m2skd.train.kinds import KINDS
-    from m2skd.train.steps import seg_step
+    from m2skd.train.engine.kinds import KINDS
+    from m2skd.train.engine.steps import seg_step
 
     def warning_step(run, batch, gen):
         if run.step == 1:
@@ -270,7 +270,7 @@ def test_init_starts_from_a_checkpoints_weights_and_refuses_another_shape(fused_
     """`--init` (issue 31, item 2): a run's weights before its first step are the given
     checkpoint's (seen after one step at a learning rate of 1e-30, which moves no weight);
     another network shape is refused; a resume with another --init is refused."""
-    from m2skd.train.checkpoint import CheckpointError
+    from m2skd.train.engine.checkpoint import CheckpointError
 
     out = tmp_path / "init"
     ckpt = train(_spec(fused_cache, out, steps=1, cfg={"lr": 1e-30}, init=baseline_ckpt))
@@ -289,7 +289,7 @@ def test_init_starts_from_a_checkpoints_weights_and_refuses_another_shape(fused_
 def test_a_teacher_and_its_student_share_remission(fused_cache, tmp_path):
     """Issue 31, item 3: a teacher trained with remission distilled into a student without
     it was accepted (the teacher then saw zeros where it learnt remission)."""
-    from m2skd.train.checkpoint import CheckpointError
+    from m2skd.train.engine.checkpoint import CheckpointError
 
     teacher = train(_spec(fused_cache, tmp_path / "t", kind="teacher", steps=1))
     with pytest.raises(CheckpointError, match="learnt with remission, the student runs without it"):

@@ -13,14 +13,14 @@ import torch
 
 from m2skd.common.labels import raw_to_train
 from m2skd.common.shards import ShardError
-from m2skd.train.batch import collate
-from m2skd.train.checkpoint import CheckpointError, load_checkpoint, load_model
-from m2skd.train.dataset import RawDataset, ShardDataset
-from m2skd.train.evaluate import evaluate
-from m2skd.train.losses import segmentation_loss
-from m2skd.train.metrics import Confusion, predict
+from m2skd.train.data.batch import collate
+from m2skd.train.data.dataset import RawDataset, ShardDataset
+from m2skd.train.distillation.losses import segmentation_loss
+from m2skd.train.engine.checkpoint import CheckpointError, load_checkpoint, load_model
+from m2skd.train.engine.trainer import RunSpec, TrainError, read_metrics, train
+from m2skd.train.evaluation.evaluate import evaluate
+from m2skd.train.evaluation.metrics import Confusion, predict
 from m2skd.train.models import build_model
-from m2skd.train.trainer import RunSpec, TrainError, read_metrics, train
 
 from .conftest import RAW_OF_TRAIN, by_hand_class, by_hand_model, raw_scan, tiny_train_config
 
@@ -216,7 +216,7 @@ def test_student_run_leaves_its_teacher_untouched(fused_cache, tmp_path):
 def test_baseline_and_student_of_one_seed_see_the_same_batches(fused_cache, tmp_path):
     """Same seed: the baseline's batches are the student's single view, scan for scan and
     augmentation for augmentation, so the two differ only by the distillation."""
-    from m2skd.train.run import start_run
+    from m2skd.train.engine.run import start_run
 
     teacher = train(_spec(fused_cache, tmp_path / "t", steps=1))
     base = start_run(_spec(fused_cache, tmp_path / "b", kind="baseline", steps=4))
@@ -233,7 +233,7 @@ def test_baseline_and_student_of_one_seed_see_the_same_batches(fused_cache, tmp_
 def test_single_scan_teacher_is_the_control(fused_cache, tmp_path):
     """`student --teacher BASELINE.pt`: the teacher reads the student's own scan; everything
     else as for an M2SKD student, and the run records which kind of teacher it had."""
-    from m2skd.train.run import start_run
+    from m2skd.train.engine.run import start_run
 
     baseline = train(_spec(fused_cache, tmp_path / "b", kind="baseline", steps=2))
     spec = _spec(fused_cache, tmp_path / "s", kind="student", steps=2, teacher=baseline)

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from m2skd.common.geometry import PolarGrid
-from m2skd.train.augment import Augmentation
 from m2skd.train.config import TrainConfig
-from m2skd.train.losses import lovasz_softmax, segmentation_loss
-from m2skd.train.metrics import Confusion
+from m2skd.train.data.augment import Augmentation
+from m2skd.train.data.sampler import StepSampler
+from m2skd.train.distillation.losses import lovasz_softmax, segmentation_loss
+from m2skd.train.evaluation.metrics import Confusion
 from m2skd.train.models.polarnet import PolarConv, circular_pad
 from m2skd.train.models.voxels import group, keys_to_vox, max_pool, voxel_keys
-from m2skd.train.sampler import StepSampler
 
 
 def test_voxel_index_of_hand_placed_points():
@@ -50,8 +50,8 @@ def test_augmentation_rotation_flip_scale_by_hand():
 
 
 def test_same_augmentation_for_both_views(fused_cache):
-    from m2skd.train.batch import collate
-    from m2skd.train.dataset import ShardDataset
+    from m2skd.train.data.batch import collate
+    from m2skd.train.data.dataset import ShardDataset
 
     from .conftest import tiny_train_config
 

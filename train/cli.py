@@ -28,10 +28,10 @@ from m2skd.common.shards import ShardError
 from m2skd.common.splits import parse_sequences
 from m2skd.common.views import VIEWS
 
-from .checkpoint import CheckpointError
 from .config import DEFAULT_MODEL, MODELS, RELEASED_MODEL, DistillConfig, TrainConfig, config_file_values
-from .distill import TERMS
-from .kinds import KINDS, RunKind
+from .distillation.distill import TERMS
+from .engine.checkpoint import CheckpointError
+from .engine.kinds import KINDS, RunKind
 
 warnings.filterwarnings("ignore", category=FutureWarning, module="spconv")
 console = Console(stderr=True)
@@ -132,8 +132,8 @@ def run_options(skip: tuple[str, ...] = ()):
 
 
 def _run(kind: str, teacher: Path | None = None, **kw) -> None:
-    from .estimate import estimate
-    from .trainer import RunSpec, TrainError, TrainInterrupted, train
+    from .engine.estimate import estimate
+    from .engine.trainer import RunSpec, TrainError, TrainInterrupted, train
 
     ctx = click.get_current_context(silent=True)
     if "released" in kw["preset"].split("+") and ctx is not None \
@@ -226,10 +226,10 @@ def eval_cmd(ckpt: Path, data: Path | None, cache: Path | None, split: str, sequ
              json_path: Path | None, predictions: Path | None, device: str, batch_size: int, workers: int,
              force: bool, quiet: bool) -> None:
     """Per-class IoU, mIoU and hard-class mIoU of a checkpoint on single (or fused) scans."""
-    from .evaluate import score_checkpoint
-    from .predict import PredictionFolderError, claim_folder
-    from .report import print_table
-    from .runtime import pick_device
+    from .engine.runtime import pick_device
+    from .evaluation.evaluate import score_checkpoint
+    from .evaluation.predict import PredictionFolderError, claim_folder
+    from .evaluation.report import print_table
 
     try:
         inputs = {"checkpoint": ckpt, "fused cache": cache, "raw data": data}
@@ -284,9 +284,16 @@ def predict_cmd(ckpt: Path, data: Path, sequences: str, out: Path, make_zip: boo
                 force: bool, quiet: bool) -> None:
     """Predictions for the benchmark server: OUT/sequences/XX/predictions/NNNNNN.label in raw
     ids, checked as its validator checks them, and the zip it takes. Resumes where it stopped."""
-    from .checkpoint import load_model
-    from .predict import PredictionFolderError, check_predictions, check_zip, claim_folder, predict_sequences, write_zip
-    from .runtime import pick_device
+    from .engine.checkpoint import load_model
+    from .engine.runtime import pick_device
+    from .evaluation.predict import (
+        PredictionFolderError,
+        check_predictions,
+        check_zip,
+        claim_folder,
+        predict_sequences,
+        write_zip,
+    )
 
     try:
         names = parse_sequences(sequences)

@@ -22,9 +22,9 @@ from m2skd.common.atomic import atomic_path
 from m2skd.common.labels import LEARNING_MAP_INV, train_to_raw
 from m2skd.common.progress import progress
 
-from .batch import collate
-from .config import TrainConfig
-from .dataset import RawDataset
+from ..config import TrainConfig
+from ..data.batch import collate
+from ..data.dataset import RawDataset
 from .metrics import predict
 
 VALID_RAW_IDS = frozenset(LEARNING_MAP_INV[1:])  # a prediction is never 'unlabelled'

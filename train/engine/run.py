@@ -13,7 +13,12 @@ import torch
 from m2skd.common.config import differences, worded
 from m2skd.common.outputs import refuse_inputs
 
-from .batch import collate
+from ..config import DistillConfig, TrainConfig, with_legacy
+from ..data.batch import collate
+from ..data.dataset import ShardDataset
+from ..data.sampler import StepSampler
+from ..distillation.distill import Distiller, idle_knobs
+from ..models import build_model, set_feature_level
 from .checkpoint import (
     CheckpointError,
     check_compatible,
@@ -22,13 +27,8 @@ from .checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from .config import DistillConfig, TrainConfig, with_legacy
-from .dataset import ShardDataset
-from .distill import Distiller, idle_knobs
 from .kinds import KINDS, RunKind
-from .models import build_model, set_feature_level
 from .runtime import Dist, init_distributed, pick_device
-from .sampler import StepSampler
 from .steps import Deterministic, TwoViews, kd_forward
 
 CHECKPOINT = "last.pt"

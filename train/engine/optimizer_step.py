@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .distill import step_weights
+from ..distillation.distill import step_weights
 from .run import Run, TrainError
 from .steps import weighted_total
 

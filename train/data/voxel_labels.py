@@ -16,7 +16,7 @@ import torch
 
 from m2skd.common.labels import IGNORE_INDEX, NUM_CLASSES
 
-from .models.voxels import voxel_keys
+from ..models.voxels import voxel_keys
 
 
 @dataclass

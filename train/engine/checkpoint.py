@@ -16,8 +16,8 @@ from m2skd.common.config import differences, worded
 from m2skd.common.labels import CLASS_NAMES
 from m2skd.common.outputs import check_free_space
 
-from .config import TrainConfig
-from .models import build_model
+from ..config import TrainConfig
+from ..models import build_model
 
 # 2: nested TrainConfig, the cache's hard classes saved beside it
 FORMAT = "m2skd-checkpoint-2"

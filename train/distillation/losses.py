@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from m2skd.common.labels import IGNORE_INDEX as IGNORE
 
-from .voxel_labels import VoxelView, changed_targets, voxel_view
+from ..data.voxel_labels import VoxelView, changed_targets, voxel_view
 
 
 def lovasz_grad(gt_sorted: torch.Tensor) -> torch.Tensor:

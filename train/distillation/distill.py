@@ -18,10 +18,10 @@ from torch import nn
 
 from m2skd.common.labels import IGNORE_INDEX, class_ids
 
-from .batch import Batch
-from .config import DistillConfig
-from .models import ModelOutput
-from .voxel_labels import VoxelView, voxel_view
+from ..config import DistillConfig
+from ..data.batch import Batch
+from ..data.voxel_labels import VoxelView, voxel_view
+from ..models import ModelOutput
 
 # The logits' real classes: train id 0 (unlabelled) is never a target, and PolarNet puts a
 # constant -1e4 there, which makes every logit vector nearly parallel (the released

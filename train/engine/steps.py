@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from .batch import Batch
-from .distill import term_weights
-from .losses import fused_view_loss, view_segmentation_loss
-from .models import ModelOutput, deterministic_forward, for_distillation
-from .voxel_labels import voxel_view
+from ..data.batch import Batch
+from ..data.voxel_labels import voxel_view
+from ..distillation.distill import term_weights
+from ..distillation.losses import fused_view_loss, view_segmentation_loss
+from ..models import ModelOutput, deterministic_forward, for_distillation
 
 if TYPE_CHECKING:
     from .run import Run

@@ -21,8 +21,8 @@ from m2skd.common.labels import raw_to_train
 from m2skd.common.shards import MANIFEST, FusedScan, ShardError, ShardReader, cache_content, read_manifest
 from m2skd.common.views import LOADER_VIEWS, check_view
 
+from ..config import TrainConfig
 from .augment import Augmentation
-from .config import TrainConfig
 from .sample import Sample
 
 

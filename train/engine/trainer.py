@@ -19,8 +19,8 @@ import torch
 
 from m2skd.common.outputs import exclusive
 
+from ..evaluation.evaluate import evaluate
 from .checkpoint import check_checkpoint_space, write_config
-from .evaluate import evaluate
 from .optimizer_step import OptimizerStep
 from .run import Run, RunSpec, TrainError, check_spec, start_run
 from .run_folder import claim_fresh

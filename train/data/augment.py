@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import AugmentConfig
+from ..config import AugmentConfig
 
 
 @dataclass(frozen=True)

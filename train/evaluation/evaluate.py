@@ -14,9 +14,9 @@ import torch
 
 from m2skd.common.progress import progress as progress_bar
 
-from .batch import Batch, collate
-from .checkpoint import CheckpointError, load_model
-from .dataset import RawDataset, ShardDataset
+from ..data.batch import Batch, collate
+from ..data.dataset import RawDataset, ShardDataset
+from ..engine.checkpoint import CheckpointError, load_model
 from .metrics import Confusion, predict
 from .predict import write_predictions
 
