@@ -421,9 +421,12 @@ def test_released_fusion_translates_in_the_neighbours_frame_skips_short_windows_
     # each neighbour: the same person at (20 + k, 5, 1) +- 0.5 m in its own frame, and a car
     nbs = [_labelled(4 - k, [[19.5 + k, 5, 1, 0.4], [20.5 + k, 5, 1, 0.5], [3, 3, 0, 0.6]], [6, 6, 1],
                      [5, 5, 7]) for k in range(1, 5)]
-    far = np.eye(4)
-    far[:3, 3] = (100.0, -50.0, 3.0)  # a pose that would put the person far away: not used
-    out = fuse_scan(t, [(-k, nb, far) for k, nb in zip(range(1, 5), nbs, strict=True)], cfg)
+    def pose(k: int) -> np.ndarray:  # would place neighbour k's person 0.3 m off t's (a static object by the
+        m = np.eye(4)                 # drift rule, so the project's fusion keeps it there): not used here
+        m[:3, 3] = (-(10.0 + k) + 0.3, -5.0, -1.0)
+        return m
+
+    out = fuse_scan(t, [(-k, nb, pose(k)) for k, nb in zip(range(1, 5), nbs, strict=True)], cfg)
     fused = out.points[out.n_original:]
     # 4 neighbours x 2 person points, each pair centred on (10, 0, 0): x 9.5 and 10.5, y 0, z 0
     assert np.allclose(fused[:8, :3], [[9.5, 0, 0], [10.5, 0, 0]] * 4, atol=1e-5)
@@ -432,8 +435,8 @@ def test_released_fusion_translates_in_the_neighbours_frame_skips_short_windows_
     # then t's own person points once more, source 0; the car (not hard) never
     assert np.allclose(fused[8:], t.points[1:]) and out.labels[out.n_original:].tolist() == [6] * 10
     # an incomplete window (t = 2: two past scans exist): nothing fused, t's person appended again
-    short = fuse_scan(t, [(-k, nb, far) for k, nb in zip(range(1, 3), nbs[:2], strict=True)], cfg)
+    short = fuse_scan(t, [(-k, nb, pose(k)) for k, nb in zip(range(1, 3), nbs[:2], strict=True)], cfg)
     assert np.array_equal(short.points[short.n_original:], t.points[1:])
-    # placing by the pose (the centroid rule off) puts the same person ~100 m away: the pose is what differs
-    default = fuse_scan(t, [(-1, nbs[0], far)], FusionConfig(voxel=0.0, centroid_correction=False))
-    assert default.points[default.n_original:, 0].min() > 100.0
+    # the project's fusion places the same person by the pose: 0.3 m off, left there (drift under 0.5 m)
+    default = fuse_scan(t, [(-1, nbs[0], pose(1))], FusionConfig(voxel=0.0))
+    assert np.allclose(default.points[default.n_original:, :3], [[9.8, 0, 0], [10.8, 0, 0]], atol=1e-5)

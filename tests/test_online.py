@@ -159,6 +159,8 @@ def test_released_preset_is_the_released_recipe():
             **cfg.runtime.to_dict()}
     wrong = {k: (flat[k], v, where) for k, v, where in RELEASED_FILES if flat[k] != v}
     assert not wrong, wrong
+    # the recipe's augmentation whatever the backbone (PolarNet's published one differs)
+    assert TrainConfig.preset("released", model="polarnet").augment == cfg.augment
     loss_only = TrainConfig.preset("released-loss", model="polarnet")
     assert loss_only.augment == TrainConfig.preset("paper", model="polarnet").augment
     assert loss_only.distill == TrainConfig.preset("released", model="polarnet").distill
