@@ -93,3 +93,20 @@ def test_a_new_run_kind_is_one_entry_and_one_step(fused_cache, tmp_path, monkeyp
     assert "val_miou" in read_metrics(tmp_path / "b")[-1]  # validated on its single view
     net, _, _ = load_model(ckpt, torch.device("cpu"))  # deploys like any single-scan model
     assert net.feature_dim > 0
+
+
+def test_one_registry_mechanism_for_backbones_terms_and_kinds():
+    """Issue 32, item 3: the three tables are one kind of object, which refuses a name
+    twice and names the entries there are when one is missing."""
+    from m2skd.train.registry import Registry
+
+    for table in (BACKBONES, TERMS, KINDS):
+        assert isinstance(table, Registry)
+    reg: Registry[int] = Registry("widget")
+    assert reg.add("a", 1) == 1 and reg.entry("a") == 1
+    with pytest.raises(ValueError, match="widget 'a' registered twice"):
+        reg.add("a", 2)
+    with pytest.raises(ValueError, match=r"unknown widget 'b'; choose from \('a',\)"):
+        reg.entry("b")
+    with pytest.raises(ValueError, match="distillation term 'feat' registered twice"):
+        TERMS.add("feat", TERMS["feat"])

@@ -22,6 +22,7 @@ from ..config import DistillConfig
 from ..data.batch import Batch
 from ..data.voxel_labels import VoxelView, voxel_view
 from ..models import ModelOutput
+from ..registry import Registry
 
 # The logits' real classes: train id 0 (unlabelled) is never a target, and PolarNet puts a
 # constant -1e4 there, which makes every logit vector nearly parallel (the released
@@ -259,11 +260,10 @@ class Term:
 # The distillation terms, in the order they are computed. A new term: one function of
 # `Views` and one entry here (and its weight knob in DistillConfig); ablations, the
 # trainer's weighting and the logs follow this table.
-TERMS: dict[str, Term] = {
-    "feat": Term(feat_term, "w_feat", ("feat_variant",), lambda d: True),
-    "logit": Term(logit_term, "w_logit", ("temperature", "logit_variant", "kd_balance", "kd_where", "logit_on")),
-    "aff": Term(aff_term, "w_aff", ("aff_level", "aff_cap"), lambda d: d.get("aff_level") != "released"),
-}
+TERMS: Registry[Term] = Registry("distillation term")
+TERMS.add("feat", Term(feat_term, "w_feat", ("feat_variant",), lambda d: True))
+TERMS.add("logit", Term(logit_term, "w_logit", ("temperature", "logit_variant", "kd_balance", "kd_where", "logit_on")))
+TERMS.add("aff", Term(aff_term, "w_aff", ("aff_level", "aff_cap"), lambda d: d.get("aff_level") != "released"))
 
 
 def idle_knobs(distill: dict) -> set[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..registry import Registry
 from .steps import online_step, seg_step, student_step
 
 
@@ -26,7 +27,8 @@ class RunKind:
     teacher_refusal: str = "only a student distils from a --teacher checkpoint"
 
 
-KINDS: dict[str, RunKind] = {k.name: k for k in (
+KINDS: Registry[RunKind] = Registry("run kind")
+for _kind in (
     RunKind("teacher", "fused", "fused", False, False, seg_step,
             "Train the teacher on fused scans (segmentation loss)."),
     RunKind("baseline", "single", "single", False, False, seg_step,
@@ -39,4 +41,5 @@ KINDS: dict[str, RunKind] = {k.name: k for k in (
             two_views=True,
             teacher_refusal="an online run is its own teacher (its fused view, each step): it takes no --teacher; "
                             "use `m2skd-train student --teacher` to distil a frozen one"),
-)}
+):
+    KINDS.add(_kind.name, _kind)

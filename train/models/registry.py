@@ -12,6 +12,8 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..registry import Registry
+
 _PI = 3.141592653589793
 
 
@@ -24,20 +26,15 @@ class BackboneEntry:
     published: dict[str, Any] = field(default_factory=dict)  # the published network's knobs (TrainConfig)
 
 
-BACKBONES: dict[str, BackboneEntry] = {}
+BACKBONES: Registry[BackboneEntry] = Registry("model")
 
 
 def register(entry: BackboneEntry) -> BackboneEntry:
-    if entry.name in BACKBONES:
-        raise ValueError(f"backbone {entry.name!r} registered twice")
-    BACKBONES[entry.name] = entry
-    return entry
+    return BACKBONES.add(entry.name, entry)
 
 
 def backbone(name: str) -> BackboneEntry:
-    if name not in BACKBONES:
-        raise ValueError(f"unknown model {name!r}; choose from {tuple(BACKBONES)}")
-    return BACKBONES[name]
+    return BACKBONES.entry(name)
 
 
 def backbone_class(name: str) -> type:
