@@ -22,7 +22,7 @@ import click
 import numpy as np
 import torch
 
-from m2skd.common.atomic import atomic_path
+from m2skd.common.atomic import write_text
 from m2skd.common.labels import CLASS_NAMES, class_ids
 from m2skd.common.splits import parse_sequences
 from m2skd.train.evaluation.evaluate import score_checkpoint
@@ -164,8 +164,7 @@ def main(cache: Path | None, runs: Path | None, seeds: str, report_seqs: str, re
             result["runs"][f"{arm}_s{seed}:{view}"] = score_run(ckpt, cache, seqs, view, torch.device("cpu"))
             click.echo(f"{arm}_s{seed} ({view}) scored", err=True)
     if record is not None:
-        with atomic_path(record) as tmp:
-            tmp.write_text(json.dumps(result, indent=1))
+        write_text(record, json.dumps(result, indent=1))
     click.echo(table(result))
 
 

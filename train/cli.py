@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from m2skd.common.atomic import atomic_path
+from m2skd.common.atomic import write_text
 from m2skd.common.cli import OutPath, config_options, fail, knob_values
 from m2skd.common.kitti_io import KittiFormatError, iter_sequences
 from m2skd.common.labels import UnknownLabelError
@@ -259,9 +259,8 @@ def eval_cmd(ckpt: Path, data: Path | None, cache: Path | None, split: str, sequ
     print_table({f"{state['kind']} ({view})": result}, tuple(state["hard_classes"]),
                 title=f"{ckpt} on {','.join(seqs)} ({result['points']:,} points)")
     if json_path:
-        try:
-            with atomic_path(json_path) as tmp:  # a full disk is one line, and no 0-byte result is left
-                tmp.write_text(json.dumps(result, indent=1))
+        try:  # atomic: a full disk is one line, and no 0-byte result is left
+            write_text(json_path, json.dumps(result, indent=1))
         except OutputError as e:
             fail(str(e))
     if predictions:

@@ -10,6 +10,7 @@ they are the fused cache's (its manifest), so a run cannot disagree with its dat
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 from dataclasses import dataclass
 from typing import Any
@@ -235,8 +236,6 @@ def config_file_values(path: str, text: str) -> dict[str, Any]:
     {...}, ...}`, what every run writes) or a bare TrainConfig dict, nested as config.json
     nests it or flat; a subset is fine (the preset gives the rest). Unknown names and a
     file that is not a JSON object are refused, naming the file."""
-    import json
-
     try:
         d = json.loads(text)
     except ValueError as e:

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from m2skd.common.atomic import atomic_path
+from m2skd.common.atomic import atomic_path, write_text
 from m2skd.common.config import differences, worded
 from m2skd.common.labels import CLASS_NAMES
 from m2skd.common.outputs import check_free_space
@@ -137,8 +137,7 @@ def check_compatible(state: dict, cfg: TrainConfig, path: str | Path, role: str)
 
 
 def write_config(out: str | Path, payload: dict) -> None:
-    with atomic_path(Path(out) / "config.json") as tmp:
-        tmp.write_text(json.dumps(payload, indent=1))
+    write_text(Path(out) / "config.json", json.dumps(payload, indent=1))
 
 
 def load_model(ckpt: str | Path, device: torch.device) -> tuple[torch.nn.Module, TrainConfig, dict]:

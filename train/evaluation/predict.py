@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from m2skd.common import kitti_io
-from m2skd.common.atomic import atomic_path
+from m2skd.common.atomic import atomic_path, write_text
 from m2skd.common.labels import LEARNING_MAP_INV, train_to_raw
 from m2skd.common.progress import progress
 
@@ -76,18 +76,18 @@ def claim_folder(out: Path, ckpt: Path, force: bool) -> None:
         for f in old:
             f.unlink()
         (out / "submission.zip").unlink(missing_ok=True)
-    with atomic_path(made_by) as tmp:
-        tmp.write_text(json.dumps(mine, indent=1))
+    write_text(made_by, json.dumps(mine, indent=1))
 
 
 def _done(out: Path, seq: kitti_io.Sequence, frame: int) -> bool:
     """A complete, valid prediction of the scan is on disk (one valid raw id a point) and
     newer than the scan: a damaged one, or one of a scan replaced since, is predicted again."""
     pred = kitti_io.Sequence(out, seq.name).prediction_path(frame)
-    scan = seq.scan_path(frame).stat()
-    if not (pred.is_file() and pred.stat().st_size == scan.st_size // 4):
+    if not pred.is_file():
         return False
-    if pred.stat().st_mtime_ns < scan.st_mtime_ns:  # the scan changed after it was predicted (same point count)
+    scan, done = seq.scan_path(frame).stat(), pred.stat()
+    # the scan changed after it was predicted (same point count): not done
+    if done.st_size != scan.st_size // 4 or done.st_mtime_ns < scan.st_mtime_ns:
         return False
     ids = np.fromfile(pred, dtype=np.uint32) & 0xFFFF
     return bool(np.isin(ids, list(VALID_RAW_IDS)).all())
