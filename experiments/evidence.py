@@ -40,6 +40,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -49,11 +50,11 @@ from m2skd.common.atomic import write_text
 from m2skd.common.cli import fail
 from m2skd.common.splits import parse_sequences
 from m2skd.train.config import DEFAULT_MODEL, MODELS, TrainConfig
-from m2skd.train.engine.checkpoint import load_checkpoint
+from m2skd.train.engine.checkpoint import keep_weights, load_checkpoint
 from m2skd.train.engine.runtime import pick_device
 
-from .arms import ARMS, DEFAULT_ARMS, GATE_ARMS, VARIANTS, extend_jobs, jobs_for
-from .lanes import check_cache, run_jobs
+from .arms import ARMS, DEFAULT_ARMS, GATE_ARMS, TEACHER_OF, VARIANTS, extend_jobs, jobs_for
+from .lanes import check_cache, deployable, run_jobs
 from .scoring import run_result, world_of
 from .stats import GATE, gate, summarise
 from .tables import gate_markdown, markdown
@@ -76,6 +77,31 @@ def _plot(results: list[dict], path: Path) -> None:
         plot_curves(results, path)
     except ImportError:
         console.print("matplotlib missing (the `experiments` extra): no val_curves.png")
+
+
+def teacher_file(record: Path, name: str) -> Path:
+    """Where `--record` keeps the weights a recorded run teaches with (its best.pt without the
+    optimiser state, ~3.4 MB for tiny PolarNet): data_cache/ does not outlive a session, and
+    without them a later session would train every teacher again before its students."""
+    return record / "teachers" / f"{name}.pt"
+
+
+def carried(jobs: dict, record: Path, world: dict | None, teaching: set[str]) -> dict[str, dict]:
+    """The jobs an earlier invocation finished and recorded, on the same world and step
+    budget (and, for a job that teaches others here, with its weights kept): their records
+    stand in for them, so an experiment spanning sessions trains each run once."""
+    out = {}
+    for name, job in jobs.items():
+        path = record / f"{name}.json"
+        if not path.is_file():
+            continue
+        prior = json.loads(path.read_text())
+        if prior.get("budget") != job.steps or prior.get("world") != world or prior.get("stopped_at") is None:
+            continue
+        if name in teaching and not teacher_file(record, name).is_file():
+            continue
+        out[name] = prior
+    return out
 
 
 def _names(text: str, allowed: tuple[str, ...], option: str) -> tuple[str, ...]:
@@ -152,21 +178,39 @@ def main(cache: Path, out: Path, runs: Path | None, model: str, seeds: str, trai
     world_rec = world_of(world, tuple(sorted({*cfg.data.train_sequences, *cfg.data.val_sequences,
                                                *parse_sequences(report_seqs)})))
 
-    def on_done(name: str, last: Path) -> None:  # score and record each run as it ends
-        kept = record / f"{name}.json" if record is not None else None
-        if kept is not None and kept.is_file():  # recorded at this very step by an earlier invocation: kept
-            prior = json.loads(kept.read_text())
-            if prior["stopped_at"] == load_checkpoint(last)["step"]:
-                results[name] = prior
-                return
-        results[name] = run_result(name, last, cache, tuple(parse_sequences(report_seqs)), dev, world_rec)
-        if record is not None:
-            record.mkdir(parents=True, exist_ok=True)
-            write_text(record / f"{name}.json", json.dumps(results[name], indent=1))
-
     jobs = jobs_for(cfg, cache, runs or out / "runs", seed_list, max_steps, chosen, arm_list, tag)
     if extend:
         jobs = extend_jobs(jobs, extend)
+    # the runs that teach (here or in a later invocation, e.g. after the gate alone): their weights are kept
+    teaching = {j.teacher for j in jobs.values() if j.teacher} | {
+        n for n in jobs if n.rsplit("_s", 1)[0] in {f"{t}{tag}" for t in TEACHER_OF.values()}}
+
+    def on_done(name: str, last: Path) -> Path | None:  # score and record each run as it ends
+        kept = record / f"{name}.json" if record is not None else None
+        results.pop(name, None)
+        if kept is not None and kept.is_file():  # recorded at this very step by an earlier invocation: kept
+            prior = json.loads(kept.read_text())
+            if prior["stopped_at"] == load_checkpoint(last)["step"] and prior.get("world") == world_rec:
+                results[name] = prior
+        if name not in results:
+            results[name] = run_result(name, last, cache, tuple(parse_sequences(report_seqs)), dev, world_rec)
+        if record is None:
+            return None
+        if not kept.is_file() or json.loads(kept.read_text()) != results[name]:
+            record.mkdir(parents=True, exist_ok=True)
+            write_text(kept, json.dumps(results[name], indent=1))
+            teacher_file(record, name).unlink(missing_ok=True)  # an older run's copy
+        if name in teaching and not teacher_file(record, name).is_file():
+            keep_weights(deployable(last), teacher_file(record, name))
+        return teacher_file(record, name) if name in teaching else None
+
+    if record is not None and not extend:  # runs recorded by an earlier session are not trained again
+        for name, prior in carried(jobs, record, world_rec, teaching).items():
+            console.print(f"{name}: recorded in {record} (stopped at step {prior['stopped_at']}): not trained again")
+            results[name] = prior
+            del jobs[name]
+        jobs = {n: replace(j, teacher=None, teacher_ckpt=teacher_file(record, j.teacher))
+                if j.teacher in results else j for n, j in jobs.items()}
     first = {n: j for n, j in jobs.items() if n.rsplit("_s", 1)[0] in GATE_ARMS}
     if first and len(first) < len(jobs) and not tag:  # the gate: baseline and teacher first, then the rest
         run_jobs(first, lanes, device, on_done)

@@ -77,11 +77,13 @@ def deployable(ckpt: Path) -> Path:
 
 
 def run_jobs(jobs: dict[str, Job], lanes: int, device: str = "auto",
-             on_done: Callable[[str, Path], None] | None = None) -> dict[str, Path]:
+             on_done: Callable[[str, Path], Path | None] | None = None) -> dict[str, Path]:
     """Train every job (teachers before their students); returns each job's last.pt.
     `on_done(name, last.pt)` runs in this process as each job finishes (record it at once:
-    a long experiment may be stopped before the rest are done). Ctrl-C ends it with one
-    line and exit 130, once every run in flight has saved its step."""
+    a long experiment may be stopped before the rest are done); when it returns a path,
+    that file, not the run's best.pt, teaches the job's students (a copy kept beside the
+    records). Ctrl-C ends it with one line and exit 130, once every run in flight has
+    saved its step."""
     done: dict[str, Path] = {}
     try:
         return _run_all(jobs, lanes, device, on_done, done)
@@ -90,16 +92,25 @@ def run_jobs(jobs: dict[str, Job], lanes: int, device: str = "auto",
              "last.pt; the same command resumes them", 130)
 
 
-def _run_all(jobs: dict[str, Job], lanes: int, device: str, on_done: Callable[[str, Path], None] | None,
+def _run_all(jobs: dict[str, Job], lanes: int, device: str, on_done: Callable[[str, Path], Path | None] | None,
              done: dict[str, Path]) -> dict[str, Path]:
     order = _order(jobs)  # also refuses a job whose teacher is no job
+    kept: dict[str, Path] = {}  # what on_done named as a finished job's teaching file
+
+    def teacher_of(job: Job) -> Path | None:
+        if job.teacher is None:
+            return job.teacher_ckpt
+        return kept.get(job.teacher) or deployable(done[job.teacher])
+
+    def finished(name: str, last: Path) -> None:
+        done[name] = last
+        if on_done and (keep := on_done(name, last)) is not None:
+            kept[name] = keep
+
     if lanes <= 1:
         for name in order:
             job = jobs[name]
-            done[name] = _run(job, deployable(done[job.teacher]) if job.teacher else job.teacher_ckpt, device, True,
-                              done[job.init] if job.init else None)
-            if on_done:
-                on_done(name, done[name])
+            finished(name, _run(job, teacher_of(job), device, True, done[job.init] if job.init else None))
         return done
     threads = max(1, (os.cpu_count() or 2) // lanes)
     console.print(f"training {len(jobs)} runs, {lanes} at a time ({threads} thread(s) each); a line as each run "
@@ -113,14 +124,12 @@ def _run_all(jobs: dict[str, Job], lanes: int, device: str, on_done: Callable[[s
             ready = [n for n, j in waiting.items() if all(d in done for d in j.needs)]
             for name in ready[:max(0, lanes - len(running))]:
                 job = waiting.pop(name)
-                teacher = deployable(done[job.teacher]) if job.teacher else job.teacher_ckpt
-                running[pool.submit(_run, job, teacher, device, False, done[job.init] if job.init else None)] = name
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for fut in finished:
+                running[pool.submit(_run, job, teacher_of(job), device, False,
+                                    done[job.init] if job.init else None)] = name
+            ended, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in ended:
                 name = running.pop(fut)
-                done[name] = fut.result()
-                if on_done:
-                    on_done(name, done[name])
+                finished(name, fut.result())
     return done
 
 

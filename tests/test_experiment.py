@@ -4,8 +4,10 @@ tables rebuilt from the recorded per-run results alone."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from m2skd.common.labels import CLASS_NAMES
@@ -29,8 +31,15 @@ def test_harness_trains_the_controls_and_pairs_them(fused_cache, synth_root, tmp
     args = ["--cache", str(fused_cache), "--out", str(out), "--seeds", "0,1", "--train-seqs", "00", "--val-seqs", "08",
             "--report-seqs", "08", "--max-steps", "4", "--val-every", "2", "--lanes", "1", "--world", str(synth_root),
             "--device", "cpu", "--record", str(record), "--variants", "aff_only", "--arms", ",".join(evidence.ARMS)]
-    # the gate first: 4-step teachers lead nobody, so only baseline and teacher are trained
+    # `make experiment-gate`: the gate's arms alone (seed 0 here); their weights are kept for
+    # the students a later invocation trains
+    r = CliRunner().invoke(evidence.main, [*args, "--arms", "baseline,teacher", "--variants", "", "--seeds", "0"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (record / "teachers").iterdir()) == ["baseline_s0.pt", "teacher_s0.pt"]
+    # the gate first: 4-step teachers lead nobody, so only baseline and teacher are trained (seed 0's recorded)
     r = CliRunner().invoke(evidence.main, args, catch_exceptions=False)
+    assert "baseline_s0: recorded in" in r.output and "teacher_s0: recorded in" in r.output
     assert r.exit_code == 3 and "the gate is not passed" in r.output, r.output
     assert sorted(p.stem for p in record.glob("*.json")) == ["baseline_s0", "baseline_s1", "teacher_s0", "teacher_s1"]
     assert "**Gate**" in (out / "results.md").read_text()
@@ -43,8 +52,13 @@ def test_harness_trains_the_controls_and_pairs_them(fused_cache, synth_root, tmp
     for s in (0, 1):
         s2 = json.loads((out / "runs" / f"s2skd_s{s}" / "config.json").read_text())
         m2 = json.loads((out / "runs" / f"m2skd_s{s}" / "config.json").read_text())
-        assert s2["teacher_view"] == "single" and s2["teacher"].endswith(f"baseline_s{s}/best.pt")
-        assert m2["teacher_view"] == "fused" and m2["teacher"].endswith(f"teacher_s{s}/best.pt")
+        # from the weights kept beside the records (the first invocation trained the teachers)
+        assert s2["teacher_view"] == "single" and s2["teacher"] == str(record / "teachers" / f"baseline_s{s}.pt")
+        assert m2["teacher_view"] == "fused" and m2["teacher"] == str(record / "teachers" / f"teacher_s{s}.pt")
+        kept, best = (torch.load(p, weights_only=False) for p in (m2["teacher"], out / "runs" / f"teacher_s{s}" /
+                                                                  "best.pt"))
+        assert kept["optimizer"] is None and best["optimizer"] is not None and kept["step"] == best["step"]
+        assert all(torch.equal(kept["model"][k], v) for k, v in best["model"].items())
         # the ablation: M2SKD's teacher and settings, the feature and logit terms off
         ab = json.loads((out / "runs" / f"m2skd-aff_only_s{s}" / "config.json").read_text())
         assert ab["teacher"] == m2["teacher"] and ab["config"]["distill"]["w_feat"] == 0 == ab["config"]["distill"][
@@ -83,6 +97,19 @@ def test_harness_trains_the_controls_and_pairs_them(fused_cache, synth_root, tmp
     r = CliRunner().invoke(evidence.main, ["--out", str(again), "--rebuild", str(record)], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert (again / "results.md").read_text() == (out / "results.md").read_text()
+    # a later session (data_cache/ gone): recorded runs are not trained again, their records
+    # stand in; a run recorded on another world is
+    shutil.rmtree(out / "runs")
+    rec = json.loads((record / "s2skd_s1.json").read_text())
+    rec["world"]["seed"] += 1
+    (record / "s2skd_s1.json").write_text(json.dumps(rec))
+    r = CliRunner().invoke(evidence.main, [*args, "--skip-gate", "--out", str(tmp_path / "later")],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "later" / "runs").iterdir()) == ["s2skd_s1"]
+    assert json.loads((record / "s2skd_s1.json").read_text())["world"]["seed"] == SMALL.seed
+    later = json.loads((tmp_path / "later" / "results.json").read_text())
+    assert {x["name"]: x for x in later["runs"]}["m2skd_s0"] == runs["m2skd_s0"]
 
 
 def test_tagged_runs_and_ablations_pair_with_the_right_runs(tmp_path):

@@ -14,7 +14,7 @@ import torch
 from m2skd.common import kitti_io, outputs
 from m2skd.common.labels import LEARNING_MAP_INV
 from m2skd.common.outputs import OutputError
-from m2skd.train.engine.checkpoint import load_checkpoint
+from m2skd.train.engine.checkpoint import CheckpointError, keep_weights, load_checkpoint
 from m2skd.train.engine.trainer import RunSpec, TrainError, train
 
 from .conftest import RAW_OF_TRAIN, by_hand_class, by_hand_model, raw_scan, tiny_train_config
@@ -50,6 +50,22 @@ def test_resume_refuses_what_it_would_not_honour(fused_cache, baseline_ckpt, tmp
     assert not (tmp_path / "fresh").exists()
     # what changes neither the result nor its order may change
     train(_spec(fused_cache, out, steps=3, resume="yes", cfg={"log_every": 5}))
+
+
+def test_weights_kept_for_teaching_teach_but_do_not_resume(fused_cache, baseline_ckpt, tmp_path):
+    kept = keep_weights(baseline_ckpt, tmp_path / "kept" / "baseline.pt")
+    full, slim = torch.load(baseline_ckpt, weights_only=False), load_checkpoint(kept)  # load checks the digest
+    assert slim["optimizer"] is None and full["optimizer"] is not None
+    assert kept.stat().st_size < 0.6 * baseline_ckpt.stat().st_size
+    assert slim["model"].keys() == full["model"].keys()
+    assert all(torch.equal(slim["model"][k], v) for k, v in full["model"].items())
+    student = train(_spec(fused_cache, tmp_path / "student", kind="student", teacher=kept))
+    assert load_checkpoint(student)["teacher_digest"] == slim["digest"] != full["digest"]
+    run = tmp_path / "copied"
+    run.mkdir()
+    (run / "last.pt").write_bytes(kept.read_bytes())
+    with pytest.raises(CheckpointError, match=r"weights only.*--init"):
+        train(_spec(fused_cache, run, steps=4, resume="yes"))
 
 
 def test_a_run_saved_before_a_knob_existed_resumes_with_its_default(fused_cache, tmp_path):

@@ -149,3 +149,18 @@ def load_model(ckpt: str | Path, device: torch.device) -> tuple[torch.nn.Module,
     model.load_state_dict(state["model"])
     model.eval()
     return model, cfg, state
+
+
+def keep_weights(src: str | Path, dst: str | Path) -> Path:
+    """A copy of checkpoint `src` without its optimiser state (a third of its size), for
+    a teacher kept beside an experiment's records: it teaches, evaluates and serves as
+    `--init` as `src` does, but cannot be resumed. Its digest is its own (the content
+    differs), so a student records the copy it actually distilled from."""
+    state = load_checkpoint(src)
+    state["optimizer"] = None
+    state["digest"] = content_digest(state)
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(dst, f"{dst} is unchanged") as tmp:
+        torch.save(state, tmp)
+    return dst

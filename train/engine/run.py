@@ -236,6 +236,10 @@ def _resume(run: Run) -> None:
     spec, path = run.spec, run.ckpt_path
     state = load_checkpoint(path)
     check_compatible(state, spec.cfg, path, "resumed")
+    if state["optimizer"] is None:
+        raise CheckpointError(f"{path}: holds the network's weights only (a teacher kept beside an experiment's "
+                              "records), not the optimiser's state a resume continues from; start a run from it "
+                              "with --init, or use another --out")
     if state["kind"] != spec.kind or state["seed"] != spec.seed:
         raise CheckpointError(f"{path}: a {state['kind']} run with seed {state['seed']}, not a "
                               f"{spec.kind} run with seed {spec.seed}; use another --out or --force")
