@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -23,7 +22,7 @@ from m2skd.train.distillation.distill import (
     student_point_index,
 )
 from m2skd.train.distillation.losses import view_segmentation_loss
-from m2skd.train.engine.steps import Deterministic, TwoViews, online_step, student_step
+from m2skd.train.engine.steps import Deterministic, SegLoss, StepContext, TwoViews, online_step, student_step
 from m2skd.train.models import ModelOutput, build_model, set_feature_level
 from m2skd.train.models.polarnet import DropBlock2D
 from m2skd.train.models.voxels import group
@@ -333,10 +332,9 @@ def test_student_distils_the_dropblock_free_forward(fused_cache):
                           cfg.model.grid_shape)
 
     def step(net: torch.nn.Module) -> dict[str, float]:
-        run = SimpleNamespace(spec=SimpleNamespace(cfg=cfg), device=torch.device("cpu"), teacher=teacher,
-                              teacher_view="fused", step_net=net, distiller=distiller)
+        ctx = StepContext(net, torch.device("cpu"), SegLoss.of(cfg), cfg.distill, teacher, "fused", distiller)
         torch.manual_seed(5)
-        losses, _ = student_step(run, (fused, single), torch.Generator().manual_seed(3))
+        losses, _ = student_step(ctx, (fused, single), torch.Generator().manual_seed(3))
         return {k: float(v.detach()) for k, v in losses.items()}
 
     got = step(Deterministic(student))
@@ -367,9 +365,9 @@ def test_online_distils_both_views_dropblock_free(fused_cache):
     model = build_model(cfg.model).train()
     ref = _dropblock_free_copy(model)
     distiller = Distiller(cfg.distill, DEFAULT_HARD_CLASSES, model.feature_dim, model.feature_dim, cfg.model.grid_shape)
-    run = SimpleNamespace(spec=SimpleNamespace(cfg=cfg), step_net=TwoViews(model, deterministic=True),
-                          distiller=distiller, device=torch.device("cpu"))
-    losses, _ = online_step(run, (fused, single), torch.Generator().manual_seed(3))
+    ctx = StepContext(TwoViews(model, deterministic=True), torch.device("cpu"), SegLoss.of(cfg), cfg.distill,
+                      distiller=distiller)
+    losses, _ = online_step(ctx, (fused, single), torch.Generator().manual_seed(3))
     with torch.no_grad():
         want = distiller(fused, ref(fused), single, ref(single), ALL_TERMS, torch.Generator().manual_seed(3))
     for term in ALL_TERMS:

@@ -257,6 +257,14 @@ def test_an_interrupted_experiment_ends_in_one_line_and_exit_130(fused_cache, tm
     monkeypatch.setattr(lanes, "_run", fake_run)
     recorded = []
     monkeypatch.setattr(evidence, "run_result", lambda name, *a: recorded.append(name) or {"name": name})
+    kept = []  # the baseline teaches S2SKD: its weights are kept (a stand-in file, the runs are fakes)
+
+    def fake_keep(src, dst):
+        kept.append(src.name)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_bytes(b"w")
+
+    monkeypatch.setattr(evidence, "keep_weights", fake_keep)
     r = CliRunner().invoke(evidence.main, ["--cache", str(fused_cache), "--out", str(tmp_path / "exp"),
                                            "--seeds", "0", "--arms", "baseline,teacher", "--lanes", "1",
                                            "--train-seqs", "00", "--val-seqs", "08", "--report-seqs", "08",
@@ -264,6 +272,7 @@ def test_an_interrupted_experiment_ends_in_one_line_and_exit_130(fused_cache, tm
     assert r.exit_code == 130 and "Traceback" not in r.output, r.output
     assert "interrupted: 1 of 2 runs finished" in r.output and "resumes" in r.output
     assert trained == recorded == ["baseline_s0"] and (tmp_path / "rec" / "baseline_s0.json").is_file()
+    assert kept == ["last.pt"] and (tmp_path / "rec" / "teachers" / "baseline_s0.pt").is_file()
 
 
 def test_gate_and_plateau_by_hand():

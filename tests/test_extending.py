@@ -5,6 +5,9 @@ and trained, distilled and scored through the unchanged pipeline."""
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -13,7 +16,6 @@ from m2skd.train.data.dataset import ShardDataset
 from m2skd.train.distillation.distill import TERMS, Term, only, term_weights
 from m2skd.train.engine.checkpoint import load_checkpoint, load_model
 from m2skd.train.engine.kinds import KINDS, RunKind
-from m2skd.train.engine.steps import _seg
 from m2skd.train.engine.trainer import RunSpec, read_metrics, train
 from m2skd.train.evaluation.evaluate import evaluate
 from m2skd.train.models import BACKBONES, ModelOutput
@@ -80,9 +82,9 @@ def test_a_new_distillation_term_is_one_function_and_one_table_entry(fused_cache
 
 
 def test_a_new_run_kind_is_one_entry_and_one_step(fused_cache, tmp_path, monkeypatch):
-    def both_views_step(run, batch, gen):  # segmentation on the single and the fused view
-        fused, single = (b.to(run.device) for b in batch)
-        seg = _seg(run, run.step_net(single), single) + _seg(run, run.step_net(fused), fused)
+    def both_views_step(ctx, batch, gen):  # segmentation on the single and the fused view
+        fused, single = (b.to(ctx.device) for b in batch)
+        seg = ctx.seg(ctx.net(single), single) + ctx.seg(ctx.net(fused), fused)
         return {"seg": seg}, single.batch_size
 
     monkeypatch.setitem(KINDS, "both", RunKind("both", "pair", "single", False, False, both_views_step,
@@ -110,3 +112,50 @@ def test_one_registry_mechanism_for_backbones_terms_and_kinds():
         reg.entry("b")
     with pytest.raises(ValueError, match="distillation term 'feat' registered twice"):
         TERMS.add("feat", TERMS["feat"])
+
+
+def _imports(root: Path, package: str) -> dict[str, set[str]]:
+    """Module -> the package's modules it imports, read from the source (type-only
+    imports under `if TYPE_CHECKING` included: they tie the modules together for a reader too)."""
+    graph = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root).with_suffix("").parts
+        mod = ".".join((package, *parts[:-1])) if parts[-1] == "__init__" else ".".join((package, *parts))
+        pkg = mod if parts[-1] == "__init__" else mod.rsplit(".", 1)[0]
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = pkg.split(".")[: len(pkg.split(".")) - node.level + 1] if node.level else []
+                name = ".".join([*base, node.module] if node.module else base)
+                found.add(name)
+                found.update(f"{name}.{a.name}" for a in node.names)
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+        graph[mod] = found
+    return {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
+
+
+def test_the_training_package_has_no_import_circle():
+    """Issue 32, item 2: no module of train/ reaches itself through its imports (the run's
+    steps read a narrow context, not the run: kinds -> steps -> run -> kinds is gone)."""
+    graph = _imports(Path(__file__).resolve().parents[1] / "train", "m2skd.train")
+    assert "m2skd.train.engine.steps" in graph and "m2skd.train.engine.run" in graph["m2skd.train.engine.trainer"]
+    state: dict[str, int] = {}
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for d in sorted(graph[m]):
+            if state.get(d) == 1:
+                pytest.fail("import circle: " + " -> ".join([*path[path.index(d):], d]))
+            if d not in state:
+                visit(d, [*path, d])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    # the finder is not blind: a two-module circle is found
+    loop = {"a": {"b"}, "b": {"a"}}
+    with pytest.raises(pytest.fail.Exception, match="a -> b -> a"):
+        graph, state = loop, {}
+        visit("a", ["a"])

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from m2skd.common.labels import IGNORE_INDEX
 from m2skd.train.config import AugmentConfig, TrainConfig
 from m2skd.train.data.augment import Augmentation
-from m2skd.train.data.voxel_labels import VoxelView, changed_targets, majority_labels, voxel_view
+from m2skd.train.data.voxel_labels import VoxelLabels, changed_targets, majority_labels, voxel_labels
 from m2skd.train.distillation.distill import released_affinity_loss, step_weights
 from m2skd.train.distillation.losses import view_segmentation_loss
 from m2skd.train.engine.checkpoint import load_checkpoint
@@ -22,9 +22,9 @@ from m2skd.train.engine.trainer import RunSpec, TrainError, read_metrics, train
 from .conftest import tiny_train_config
 
 
-def _view(keys, labels) -> VoxelView:
+def _view(keys, labels) -> VoxelLabels:
     keys, labels = torch.tensor(keys), torch.tensor(labels)
-    return VoxelView(keys, torch.arange(len(keys)), torch.arange(len(keys)), labels, torch.zeros_like(keys))
+    return VoxelLabels(keys, torch.arange(len(keys)), torch.arange(len(keys)), labels, torch.zeros_like(keys))
 
 
 def test_changed_voxel_mask_by_hand():
@@ -43,7 +43,7 @@ def test_voxel_majority_labels_with_a_tie():
     assert majority_labels(inverse, labels, 3).tolist() == [3, 0, 9]
     # through grid indices: (sample, rho, phi, z) rows, points of one voxel not adjacent
     vox = torch.tensor([[0, 1, 1, 1], [1, 0, 0, 0], [0, 1, 1, 1], [0, 0, 0, 0], [0, 1, 1, 1]])
-    v = voxel_view(vox, torch.tensor([4, 2, 4, 1, 6]), (2, 2, 2))
+    v = voxel_labels(vox, torch.tensor([4, 2, 4, 1, 6]), (2, 2, 2))
     assert v.keys.tolist() == [0, 7, 8] and v.labels.tolist() == [1, 4, 2]
     assert v.first.tolist() == [3, 0, 1] and v.sample.tolist() == [0, 0, 1]
     assert v.inverse.tolist() == [1, 2, 1, 0, 1]
@@ -207,7 +207,7 @@ def _fused_grads(run, batch) -> dict[str, float]:
         return out
 
     run.model.forward = spy
-    losses, _ = run.kind.step(run, batch, torch.Generator().manual_seed(0))
+    losses, _ = run.kind.step(run.step_context(), batch, torch.Generator().manual_seed(0))
     from m2skd.train.engine.steps import weighted_total
 
     weighted_total(losses, step_weights(run.spec.cfg.distill, 10**6)).backward()
@@ -274,15 +274,13 @@ def test_online_refuses_a_teacher(fused_cache, tmp_path):
 
 def test_the_student_trains_against_a_frozen_teacher(fused_cache, tmp_path):
     """The teacher the trainer builds: eval mode, no gradients, unchanged by the student's steps."""
-    from m2skd.train.engine.optimizer_step import OptimizerStep
-
     t = train(_spec(fused_cache, tmp_path / "t", kind="teacher", steps=1))
     run = start_run(_spec(fused_cache, tmp_path / "s", kind="student", teacher=t))
     before = {k: v.clone() for k, v in run.teacher.state_dict().items()}
     assert not run.teacher.training and not any(p.requires_grad for p in run.teacher.parameters())
-    step = OptimizerStep(run)
-    for batch, _ in zip(run.loader(), range(2), strict=False):
-        step(batch)
+    step = run.optimizer_step()
+    for batch, i in zip(run.loader(), range(2), strict=False):
+        step(batch, i)
     assert all(torch.equal(v, run.teacher.state_dict()[k]) for k, v in before.items())  # BN statistics too
     assert all(p.grad is None for p in run.teacher.parameters())
     assert IGNORE_INDEX == 0
@@ -302,10 +300,10 @@ def test_changed_fused_cross_entropy_by_hand():
     f_vox = torch.cat([s_vox, torch.tensor([[0, 1, 0, 0], [0, 1, 0, 0], [0, 2, 0, 0]])])
     f_lab = torch.cat([s_lab, torch.tensor([2, 2, 3])])
     logits = torch.randn(6, 20, generator=torch.Generator().manual_seed(1))
-    got = fused_view_loss(logits, voxel_view(f_vox, f_lab, shape), voxel_view(s_vox, s_lab, shape), "changed")
+    got = fused_view_loss(logits, voxel_labels(f_vox, f_lab, shape), voxel_labels(s_vox, s_lab, shape), "changed")
     # targets: voxel 1 -> 2 at its first point (2), voxel 2 -> 3 at point 5; voxel 0 unchanged: left out
     ce = [float(torch.logsumexp(logits[i].double(), 0) - logits[i, c].double()) for i, c in ((2, 2), (5, 3))]
     assert float(got) == pytest.approx(sum(ce) / 2, rel=1e-5)
-    every = fused_view_loss(logits, voxel_view(f_vox, f_lab, shape), voxel_view(s_vox, s_lab, shape), "all")
+    every = fused_view_loss(logits, voxel_labels(f_vox, f_lab, shape), voxel_labels(s_vox, s_lab, shape), "all")
     ce0 = float(torch.logsumexp(logits[0].double(), 0) - logits[0, 4].double())
     assert float(every) == pytest.approx((ce0 + sum(ce)) / 3, rel=1e-5)

@@ -235,10 +235,13 @@ def test_every_run_keeps_a_text_log_of_what_it_said(fused_cache, tmp_path, monke
     from m2skd.train.engine.kinds import KINDS
     from m2skd.train.engine.steps import seg_step
 
-    def warning_step(run, batch, gen):
-        if run.step == 1:
+    calls = []
+
+    def warning_step(ctx, batch, gen):
+        calls.append(1)
+        if len(calls) == 2:
             warnings.warn("a warning the run raised", UserWarning, stacklevel=1)
-        return seg_step(run, batch, gen)
+        return seg_step(ctx, batch, gen)
 
     monkeypatch.setitem(KINDS, "baseline", dataclasses.replace(KINDS["baseline"], step=warning_step))
     out = tmp_path / "run"

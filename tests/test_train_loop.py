@@ -354,3 +354,20 @@ def test_a_run_starts_from_a_config_file(fused_cache, tmp_path):
     mine.write_text(json.dumps({"lr": 5e-4, "learning_rate": 1}))
     r = CliRunner().invoke(main, ["baseline", *base, "--out", str(tmp_path / "bad"), "--config", str(mine)])
     assert r.exit_code == 1 and "mine.json: unknown setting(s) ['learning_rate']" in r.output
+
+
+def test_read_metrics_reads_a_gzipped_step_log_like_a_plain_one(tmp_path):
+    """The committed records keep step logs gzipped (metrics.jsonl.gz); the reader gives the
+    same rows as from the plain file the trainer writes, and [] for a folder with neither."""
+    import gzip
+
+    rows = [{"step": 1, "seg": 2.5, "total": 2.5}, {"step": 2, "seg": 2.25, "total": 2.75, "kl": 0.5}]
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "metrics.jsonl").write_text(text + "\n")
+    (tmp_path / "packed").mkdir()
+    (tmp_path / "packed" / "metrics.jsonl.gz").write_bytes(gzip.compress(text.encode()))
+    assert read_metrics(tmp_path / "plain") == read_metrics(tmp_path / "packed") == rows
+    assert read_metrics(tmp_path) == []
+    committed = read_metrics(Path(__file__).parents[1] / "docs" / "demo" / "train_logs" / "teacher")
+    assert [r["step"] for r in committed] == list(range(1, len(committed) + 1)) and len(committed) > 100

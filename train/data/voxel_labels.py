@@ -20,7 +20,7 @@ from ..models.voxels import voxel_keys
 
 
 @dataclass
-class VoxelView:
+class VoxelLabels:
     keys: torch.Tensor  # (M,) sorted int64 keys (sample index included)
     first: torch.Tensor  # (M,) index of one point of each voxel (the lowest)
     inverse: torch.Tensor  # (N,) voxel of every point
@@ -36,17 +36,17 @@ def majority_labels(inverse: torch.Tensor, labels: torch.Tensor, n_voxels: int,
     return counts.view(n_voxels, n_classes).argmax(dim=1)  # argmax: the first maximal index
 
 
-def voxel_view(vox: torch.Tensor, labels: torch.Tensor, shape: tuple[int, ...]) -> VoxelView:
+def voxel_labels(vox: torch.Tensor, labels: torch.Tensor, shape: tuple[int, ...]) -> VoxelLabels:
     """The voxels of (N, 1 + 3) indices on a grid of `shape`, with majority labels."""
     keys, inverse = torch.unique(voxel_keys(vox, shape), sorted=True, return_inverse=True)
     n = len(keys)
     idx = torch.arange(len(inverse), device=inverse.device)
     first = torch.full((n,), len(inverse), dtype=torch.long, device=inverse.device)
     first = first.scatter_reduce(0, inverse, idx, reduce="amin", include_self=True)
-    return VoxelView(keys, first, inverse, majority_labels(inverse, labels, n), vox[first, 0])
+    return VoxelLabels(keys, first, inverse, majority_labels(inverse, labels, n), vox[first, 0])
 
 
-def changed_targets(fused: VoxelView, single: VoxelView) -> torch.Tensor:
+def changed_targets(fused: VoxelLabels, single: VoxelLabels) -> torch.Tensor:
     """The released fused-view target: per fused voxel its majority label where that
     differs from the single view's label of the same voxel (0 where the single view has no
     point there), else ignored (train id 0). The released line marks those 255, which its

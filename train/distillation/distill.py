@@ -20,7 +20,7 @@ from m2skd.common.labels import IGNORE_INDEX, class_ids
 
 from ..config import DistillConfig
 from ..data.batch import Batch
-from ..data.voxel_labels import VoxelView, voxel_view
+from ..data.voxel_labels import VoxelLabels, voxel_labels
 from ..models import ModelOutput
 from ..registry import Registry
 
@@ -168,7 +168,7 @@ def released_affinity_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, label
     """The released code's affinity term, on single-scan voxels: for each hard class, the
     voxels of that (majority) label in every scan of the batch that has at least two of
     them, pooled into one set; the cosine-similarity matrices of their student and
-    teacher logits (the released code's 20; `Views` gives the 19 real classes'); mean
+    teacher logits (the released code's 20; `Pairing` gives the 19 real classes'); mean
     |A_s - A_t| per class, summed over classes, no cap.
     (Released: two scans hard-coded, and a scan with exactly one such voxel before one with
     more keeps the class out; here any batch size, and a one-voxel scan is left out.)"""
@@ -185,7 +185,7 @@ def released_affinity_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, label
     return total
 
 
-class Views:
+class Pairing:
     """What the terms read: one (teacher, student) batch pair and their outputs, matched.
     Each join is computed once, when a term first asks for it."""
 
@@ -210,19 +210,19 @@ class Views:
         return self.s_out.point_logits[:, REAL], self.t_out.point_logits[rows][:, REAL], self.student.labels
 
     @functools.cached_property
-    def voxel_logits(self) -> tuple[torch.Tensor, torch.Tensor, VoxelView]:
+    def voxel_logits(self) -> tuple[torch.Tensor, torch.Tensor, VoxelLabels]:
         """The same at each single-scan voxel once (its first point), labelled by majority."""
         s, t, _ = self.point_logits
-        v = voxel_view(self.student.vox, self.student.labels, self.grid_shape)
+        v = voxel_labels(self.student.vox, self.student.labels, self.grid_shape)
         return s[v.first], t[v.first], v
 
 
-def feat_term(v: Views) -> torch.Tensor:
+def feat_term(v: Pairing) -> torch.Tensor:
     s_feat, t_feat = v.features
     return feature_loss(s_feat, t_feat, v.cfg.feat_variant)
 
 
-def logit_term(v: Views) -> torch.Tensor:
+def logit_term(v: Pairing) -> torch.Tensor:
     cfg = v.cfg
     if cfg.logit_on == "voxel":
         s_logits, t_logits, view = v.voxel_logits
@@ -236,7 +236,7 @@ def logit_term(v: Views) -> torch.Tensor:
                       labels if cfg.kd_balance == "class" else None)
 
 
-def aff_term(v: Views) -> torch.Tensor:
+def aff_term(v: Pairing) -> torch.Tensor:
     cfg = v.cfg
     if cfg.aff_level == "released":
         s_logits, t_logits, view = v.voxel_logits
@@ -248,7 +248,7 @@ def aff_term(v: Views) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Term:
-    fn: Callable[[Views], torch.Tensor]
+    fn: Callable[[Pairing], torch.Tensor]
     weight: str  # its weight knob in DistillConfig (0: off)
     # the DistillConfig knobs that shape this term alone: with its weight 0 they change
     # nothing (a term of weight 0 is not computed), so a run may resume with them changed
@@ -258,7 +258,7 @@ class Term:
 
 
 # The distillation terms, in the order they are computed. A new term: one function of
-# `Views` and one entry here (and its weight knob in DistillConfig); ablations, the
+# `Pairing` and one entry here (and its weight knob in DistillConfig); ablations, the
 # trainer's weighting and the logs follow this table.
 TERMS: Registry[Term] = Registry("distillation term")
 TERMS.add("feat", Term(feat_term, "w_feat", ("feat_variant",), lambda d: True))
@@ -313,5 +313,5 @@ class Distiller(nn.Module):
 
     def forward(self, teacher: Batch, t_out: ModelOutput, student: Batch, s_out: ModelOutput,
                 use: dict[str, bool], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        views = Views(self, teacher, t_out, student, s_out, generator)
-        return {name: term.fn(views) for name, term in TERMS.items() if use.get(name)}
+        pairing = Pairing(self, teacher, t_out, student, s_out, generator)
+        return {name: term.fn(pairing) for name, term in TERMS.items() if use.get(name)}

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from m2skd.common.labels import IGNORE_INDEX as IGNORE
 
-from ..data.voxel_labels import VoxelView, changed_targets, voxel_view
+from ..data.voxel_labels import VoxelLabels, changed_targets, voxel_labels
 
 
 def lovasz_grad(gt_sorted: torch.Tensor) -> torch.Tensor:
@@ -53,11 +53,11 @@ def view_segmentation_loss(logits: torch.Tensor, vox: torch.Tensor, labels: torc
     (`voxel_labels.py`), as PolarSeg and Cylinder3D train."""
     if seg_on == "point":
         return segmentation_loss(logits, labels, lovasz_weight)
-    v = voxel_view(vox, labels, shape)
+    v = voxel_labels(vox, labels, shape)
     return segmentation_loss(logits[v.first], v.labels, lovasz_weight)
 
 
-def fused_view_loss(fused_logits: torch.Tensor, fused: VoxelView, single: VoxelView, mode: str) -> torch.Tensor:
+def fused_view_loss(fused_logits: torch.Tensor, fused: VoxelLabels, single: VoxelLabels, mode: str) -> torch.Tensor:
     """`online`'s cross-entropy on the fused view's voxels: 'changed' (released: only where
     the fused points changed a voxel's label, `changed_targets`) or 'all' voxels. Plain
     cross-entropy, no Lovasz term (the released line has it commented out); 0 when no voxel

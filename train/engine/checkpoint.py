@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -60,16 +61,41 @@ def content_digest(state: dict) -> str:
     return h.hexdigest()
 
 
+@dataclass(frozen=True)
+class Provenance:
+    """What a run was made from, saved with every checkpoint: a resume checks it is the same."""
+
+    teacher: str | None = None  # the --teacher path, as given
+    teacher_view: str | None = None  # "fused" (M2SKD) or "single" (a single-scan teacher)
+    teacher_digest: str | None = None  # the teacher checkpoint's content digest
+    init_digest: str | None = None  # the --init checkpoint's (None: a random init)
+    cache_identity: dict | None = None  # the cache's fusion config, hard classes and content digest
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where validation and early stopping stand."""
+
+    best: dict = field(default_factory=dict)  # {"step", "val_miou", "val_hard_miou"} of best.pt
+    bad_validations: int = 0  # validations since the best one
+    stopped: bool = False  # stopped early (--patience)
+
+
+# The keys of a checkpoint (FORMAT), in one place: `save_checkpoint` writes them, the
+# readers below and `load_checkpoint` read them. Checkpoints of older versions lack some
+# of the provenance keys; they read as unknown (None), never as a mismatch.
 def save_checkpoint(path: str | Path, *, kind: str, step: int, total_steps: int, cfg: TrainConfig,
                     hard_classes: tuple[str, ...], model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
-                    seed: int, extra_state: dict | None = None) -> None:
+                    seed: int, distiller: torch.nn.Module | None = None, provenance: Provenance = Provenance(),
+                    progress: Progress = Progress()) -> None:
     state = {
         "format": FORMAT, "kind": kind, "step": step, "total_steps": total_steps, "seed": seed,
         "config": cfg.to_dict(), "classes": list(CLASS_NAMES), "hard_classes": list(hard_classes),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "torch_rng": torch.get_rng_state(),
-        **(extra_state or {}),
+        "distiller": distiller.state_dict() if distiller is not None else None,
+        **asdict(provenance), **asdict(progress),
     }
     state["digest"] = content_digest(state)
     path = Path(path)
@@ -164,3 +190,16 @@ def keep_weights(src: str | Path, dst: str | Path) -> Path:
     with atomic_path(dst, f"{dst} is unchanged") as tmp:
         torch.save(state, tmp)
     return dst
+
+
+def digest_of(state: dict) -> str:
+    """A loaded checkpoint's content digest (computed for one saved before digests were)."""
+    return state.get("digest") or content_digest(state)
+
+
+def provenance_of(state: dict) -> Provenance:
+    return Provenance(**{f.name: state.get(f.name) for f in fields(Provenance)})
+
+
+def progress_of(state: dict) -> Progress:
+    return Progress(state.get("best") or {}, int(state.get("bad_validations") or 0), bool(state.get("stopped")))

@@ -10,8 +10,8 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from .optimizer_step import OptimizerStep
-from .run import RunSpec, start_run, total_steps
+from .run import start_run
+from .spec import RunSpec, total_steps
 
 
 def estimate(spec: RunSpec, steps: int = 6, warmup: int = 2) -> dict:
@@ -20,13 +20,14 @@ def estimate(spec: RunSpec, steps: int = 6, warmup: int = 2) -> dict:
     # timed on warmup + steps of its own, whatever the run's length (a 1-step run timed no step: nan)
     run = start_run(replace(spec, resume="no", force=True, steps=warmup + steps, epochs=None))
     run_total = total_steps(spec, len(run.dataset), run.dist.world)
-    step = OptimizerStep(run)
+    step = run.optimizer_step()
     run.model.train()
     if run.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(run.device)
     times, t0, scans = [], time.perf_counter(), 0
     for i, batch in enumerate(run.loader()):
-        _, n = step(batch)
+        _, n = step(batch, run.step)
+        run.step += 1
         if run.device.type == "cuda":
             torch.cuda.synchronize(run.device)
         now = time.perf_counter()

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from .checkpoint import CheckpointError, load_checkpoint
-from .run import TrainError
+from .spec import TrainError
 
 RUN_FILES = ("best.pt", "config.json", "metrics.jsonl")
 

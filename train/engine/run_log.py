@@ -7,6 +7,7 @@ ended), appended across resumes, so a run's messages outlive the terminal."""
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import time
 import warnings
@@ -122,5 +123,13 @@ def trim_metrics(path: Path, upto: int) -> None:
 
 
 def read_metrics(out: str | Path) -> list[dict]:
+    """A run folder's step log, one dict a step: `metrics.jsonl` as the trainer writes it, or
+    `metrics.jsonl.gz` as the committed records keep it (gzip -9 of the same lines)."""
     path = Path(out) / METRICS
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
+    if path.exists():
+        text = path.read_text()
+    elif path.with_name(METRICS + ".gz").exists():
+        text = gzip.decompress(path.with_name(METRICS + ".gz").read_bytes()).decode()
+    else:
+        return []
+    return [json.loads(ln) for ln in text.splitlines() if ln.strip()]

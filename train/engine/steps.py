@@ -14,52 +14,78 @@ online              the released code's training: one network on the single view
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from ..config import DistillConfig, TrainConfig
 from ..data.batch import Batch
-from ..data.voxel_labels import voxel_view
-from ..distillation.distill import term_weights
+from ..data.voxel_labels import voxel_labels
+from ..distillation.distill import Distiller, term_weights
 from ..distillation.losses import fused_view_loss, view_segmentation_loss
 from ..models import ModelOutput, deterministic_forward, for_distillation
-
-if TYPE_CHECKING:
-    from .run import Run
 
 Losses = dict[str, torch.Tensor]
 
 
-def _seg(run: Run, out: ModelOutput, b: Batch) -> torch.Tensor:
-    cfg = run.spec.cfg
-    return view_segmentation_loss(out.point_logits, b.vox, b.labels, cfg.optim.seg_on, tuple(cfg.model.grid_shape),
-                                  cfg.optim.lovasz_weight)
+@dataclass(frozen=True)
+class SegLoss:
+    """The segmentation loss as the run's config resolves it (`view_segmentation_loss`)."""
+
+    seg_on: str
+    grid_shape: tuple[int, ...]
+    lovasz_weight: float
+
+    @classmethod
+    def of(cls, cfg: TrainConfig) -> SegLoss:
+        return cls(cfg.optim.seg_on, tuple(cfg.model.grid_shape), cfg.optim.lovasz_weight)
+
+    def __call__(self, out: ModelOutput, b: Batch) -> torch.Tensor:
+        return view_segmentation_loss(out.point_logits, b.vox, b.labels, self.seg_on, self.grid_shape,
+                                      self.lovasz_weight)
 
 
-def seg_step(run: Run, batch: Batch, gen: torch.Generator) -> tuple[Losses, int]:
-    b = batch.to(run.device)
-    return {"seg": _seg(run, run.step_net(b), b)}, b.batch_size
+@dataclass(frozen=True)
+class StepContext:
+    """What a step reads, and nothing else of the run: the network it calls (`net`: the
+    model, wrapped for its deterministic forward or both views, in DDP under torchrun), the
+    frozen teacher and the view it reads, the distiller, the resolved losses and the device.
+    A step changes none of it; the optimiser step applies its losses."""
+
+    net: nn.Module
+    device: torch.device
+    seg: SegLoss
+    distill: DistillConfig
+    teacher: nn.Module | None = None
+    teacher_view: str | None = None  # "fused" (M2SKD) or "single" (a single-scan teacher)
+    distiller: Distiller | None = None
+
+    @property
+    def uses(self) -> dict[str, bool]:
+        """Which distillation terms are on (a weight > 0)."""
+        return {k: w > 0 for k, w in term_weights(self.distill).items()}
 
 
-def _uses(run: Run) -> dict[str, bool]:
-    return {k: w > 0 for k, w in term_weights(run.spec.cfg.distill).items()}
+def seg_step(ctx: StepContext, batch: Batch, gen: torch.Generator) -> tuple[Losses, int]:
+    b = batch.to(ctx.device)
+    return {"seg": ctx.seg(ctx.net(b), b)}, b.batch_size
 
 
-def student_step(run: Run, batch: tuple[Batch, Batch] | Batch, gen: torch.Generator) -> tuple[Losses, int]:
-    if run.teacher_view == "single":  # a single-scan teacher reads the student's own scan
-        fused = single = batch.to(run.device)
+def student_step(ctx: StepContext, batch: tuple[Batch, Batch] | Batch, gen: torch.Generator) -> tuple[Losses, int]:
+    if ctx.teacher_view == "single":  # a single-scan teacher reads the student's own scan
+        fused = single = batch.to(ctx.device)
     else:
-        fused, single = (b.to(run.device) for b in batch)
+        fused, single = (b.to(ctx.device) for b in batch)
     with torch.no_grad():
-        t_out = run.teacher(fused)
-    s_out = run.step_net(single)
-    losses = {"seg": _seg(run, s_out, single)}
-    losses.update(run.distiller(fused, t_out, single, for_distillation(s_out), _uses(run), gen))
+        t_out = ctx.teacher(fused)
+    s_out = ctx.net(single)
+    losses = {"seg": ctx.seg(s_out, single)}
+    losses.update(ctx.distiller(fused, t_out, single, for_distillation(s_out), ctx.uses, gen))
     return losses, single.batch_size
 
 
-def kd_forward(run_kind_distills: bool, distill_cfg) -> bool:
+def kd_forward(run_kind_distills: bool, distill_cfg: DistillConfig) -> bool:
     """Whether a run's steps need the deterministic forward: it distils, some term is on,
     and the terms read the clean forward (`kd_forward clean`)."""
     return run_kind_distills and distill_cfg.kd_forward == "clean" and any(
@@ -99,19 +125,19 @@ def detached(out: ModelOutput) -> ModelOutput:
     return ModelOutput(out.point_logits.detach(), out.voxel_keys, out.voxel_feats.detach(), out.point_voxel)
 
 
-def online_step(run: Run, batch: tuple[Batch, Batch], gen: torch.Generator) -> tuple[Losses, int]:
-    fused, single = (b.to(run.device) for b in batch)
-    s_out, f_out = run.step_net(single, fused)
-    cfg = run.spec.cfg
-    losses = {"seg": _seg(run, s_out, single)}
-    if cfg.distill.fused_loss != "off" and cfg.distill.w_fused > 0:  # the only gradient through the fused view
-        shape = tuple(cfg.model.grid_shape)
-        losses["fused"] = fused_view_loss(f_out.point_logits, voxel_view(fused.vox, fused.labels, shape),
-                                          voxel_view(single.vox, single.labels, shape), cfg.distill.fused_loss)
+def online_step(ctx: StepContext, batch: tuple[Batch, Batch], gen: torch.Generator) -> tuple[Losses, int]:
+    fused, single = (b.to(ctx.device) for b in batch)
+    s_out, f_out = ctx.net(single, fused)
+    d = ctx.distill
+    losses = {"seg": ctx.seg(s_out, single)}
+    if d.fused_loss != "off" and d.w_fused > 0:  # the only gradient through the fused view
+        shape = ctx.seg.grid_shape
+        losses["fused"] = fused_view_loss(f_out.point_logits, voxel_labels(fused.vox, fused.labels, shape),
+                                          voxel_labels(single.vox, single.labels, shape), d.fused_loss)
     # both sides deterministic: the student's as for a frozen teacher, and the fused view's
     # outputs as a frozen teacher's would be (its own cross-entropy above keeps DropBlock)
-    losses.update(run.distiller(fused, detached(for_distillation(f_out)), single, for_distillation(s_out),
-                                _uses(run), gen))
+    losses.update(ctx.distiller(fused, detached(for_distillation(f_out)), single, for_distillation(s_out),
+                                ctx.uses, gen))
     return losses, single.batch_size
 
 

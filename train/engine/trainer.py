@@ -3,7 +3,8 @@
 Data order and augmentation are a pure function of (seed, step) (`sampler.py`), the
 torch RNG is saved with every checkpoint, so `--resume` ends with the same weights as
 an unbroken run. The parts are built in `run.py`, the per-kind losses in `steps.py`,
-the logging in `run_log.py`; one optimiser step in `optimizer_step.py`; this module only wires them into the loop.
+the logging in `run_log.py`; one optimiser step in `optimizer_step.py`, resume policy in
+`resume.py`; this module only wires them into the loop.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ from m2skd.common.outputs import exclusive
 
 from ..evaluation.evaluate import evaluate
 from .checkpoint import check_checkpoint_space, write_config
-from .optimizer_step import OptimizerStep
-from .run import Run, RunSpec, TrainError, check_spec, start_run
+from .run import Run, start_run
 from .run_folder import claim_fresh
 from .run_log import RunLog, TextLog, read_metrics
 from .runtime import close_distributed
+from .spec import RunSpec, TrainError, check_spec
 
 __all__ = ["RunSpec", "TrainError", "TrainInterrupted", "read_metrics", "train"]
 
@@ -99,9 +100,9 @@ def _train(spec: RunSpec) -> Path:
     if run.dist.main:
         check_checkpoint_space(run.ckpt_path, run.model)  # up front: not after an hour of training
         if run.step == 0:  # a fresh start: the folder's earlier files are this run's own, or --force
-            claim_fresh(out, spec.kind, spec.seed, cfg.to_dict(), spec.force)
+            claim_fresh(out, spec.kind.name, spec.seed, cfg.to_dict(), spec.force)
         write_config(out, info)
-    text.line(f"{spec.kind} ({cfg.model.backbone}) on {run.device}, seed {spec.seed}: "
+    text.line(f"{spec.kind.name} ({cfg.model.backbone}) on {run.device}, seed {spec.seed}: "
               + (f"resumed at step {run.step} of {run.total}" if run.step else f"{run.total} steps")
               + (f", from the weights of {spec.init}" if spec.init and not run.step else "")
               + f"\nresolved config: {json.dumps(info, sort_keys=True)}")
@@ -119,16 +120,17 @@ def _train(spec: RunSpec) -> Path:
 
 def _loop(run: Run, text: TextLog) -> Path:
     spec, cfg, out = run.spec, run.spec.cfg, Path(run.spec.out)
-    step = OptimizerStep(run)
+    step = run.optimizer_step()
     run.model.train()
     if run.stopped:  # a run that stopped early (--patience) has nothing left to do
         return run.ckpt_path
-    with RunLog(out, f"{spec.kind} ({cfg.model.backbone})", run.total, run.step, enabled=run.dist.main,
+    with RunLog(out, f"{spec.kind.name} ({cfg.model.backbone})", run.total, run.step, enabled=run.dist.main,
                 show=spec.progress, every=cfg.runtime.log_every, tensorboard=cfg.runtime.tensorboard,
                 text=text) as log, \
             _DeferredInterrupt(run.dist.world == 1) as interrupt:
         for batch in _batches(run, interrupt):
-            values, n_scans = step(batch)
+            values, n_scans = step(batch, run.step)
+            run.step += 1
             if cfg.runtime.val_every and (run.step % cfg.runtime.val_every == 0 or run.step == run.total):
                 values.update(_validate(run))
             log.record(run.step, values, n_scans * run.dist.world, lr=run.optimizer.param_groups[0]["lr"])
