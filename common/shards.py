@@ -29,6 +29,7 @@ import h5py
 import numpy as np
 
 from .atomic import atomic_path
+from .digest import file_sha256
 from .outputs import check_free_space, ensure_writable_dir
 from .views import check_view
 
@@ -173,14 +174,6 @@ def content_sha256(scans: list[FusedScan | _Rows], offsets: np.ndarray) -> str:
 
 def sidecar(path: str | os.PathLike) -> Path:
     return Path(f"{path}.json")
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def finished_entry(path: str | os.PathLike, config_hash: str, input_hash: str | None = None,

@@ -170,7 +170,7 @@ def test_predict_writes_one_valid_raw_id_per_point_and_resumes(baseline_ckpt, sy
 def test_predict_writes_the_labels_of_logits_set_by_hand(synth_root, tmp_path):
     """Every point's written raw id is the one its hand-set logits choose (from its x in the
     raw .bin, mapped by the benchmark's table written out by hand), in the scan's order."""
-    from m2skd.train.evaluation.predict import predict_sequences
+    from m2skd.train.evaluation.export import predict_sequences
 
     written, _ = predict_sequences(by_hand_model(), tiny_train_config(), synth_root, ["11"], tmp_path,
                                    torch.device("cpu"), show=False)

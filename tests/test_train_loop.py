@@ -19,6 +19,7 @@ from m2skd.train.distillation.losses import segmentation_loss
 from m2skd.train.engine.checkpoint import CheckpointError, load_checkpoint, load_model
 from m2skd.train.engine.trainer import RunSpec, TrainError, read_metrics, train
 from m2skd.train.evaluation.evaluate import evaluate
+from m2skd.train.evaluation.export import write_predictions
 from m2skd.train.evaluation.metrics import Confusion, predict
 from m2skd.train.models import build_model
 
@@ -126,8 +127,8 @@ def test_eval_scores_and_writes_the_labels_of_logits_set_by_hand(synth_root, fus
     """eval over raw scans: its confusion is the one counted from the raw files and the
     hand-set logits; each written file holds the raw ids those logits choose."""
     cfg = tiny_train_config()
-    conf = evaluate(by_hand_model(), RawDataset(synth_root, ("08",), cfg), torch.device("cpu"),
-                    predictions=tmp_path / "pred", progress=False)
+    conf = evaluate(by_hand_model(), RawDataset(synth_root, ("08",), cfg), torch.device("cpu"), progress=False,
+                    observe=lambda b, pred: write_predictions(tmp_path / "pred", b, pred.cpu().numpy()))
     np.testing.assert_array_equal(conf.matrix, _hand_confusion(synth_root, "08"))
     for f in (0, 11):
         pts, _ = raw_scan(synth_root, "08", f)
@@ -338,6 +339,10 @@ def test_a_run_starts_from_a_config_file(fused_cache, tmp_path):
     r = CliRunner().invoke(main, ["baseline", *base, "--out", str(again), "--config", str(first / "config.json")])
     assert r.exit_code == 0, r.output
     assert json.loads((again / "config.json").read_text())["config"] == ran  # every setting, not the preset's
+    # and the same run: the same first step's losses and the same weights after it
+    assert read_metrics(again)[0] | {"scans_per_s": 0} == read_metrics(first)[0] | {"scans_per_s": 0}
+    w0, w1 = load_checkpoint(first / "last.pt")["model"], load_checkpoint(again / "last.pt")["model"]
+    assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0)
     over = tmp_path / "over"
     r = CliRunner().invoke(main, ["baseline", *base, "--out", str(over), "--config", str(first / "config.json"),
                                   "--lr", "1e-4"])

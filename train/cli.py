@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -37,44 +36,6 @@ warnings.filterwarnings("ignore", category=FutureWarning, module="spconv")
 console = Console(stderr=True)
 ERRORS = (ShardError, CheckpointError, KittiFormatError, UnknownLabelError, ValueError, FileNotFoundError)
 
-
-def refuse_foreign_json(path: Path, ckpt: Path, force: bool = False) -> None:
-    """`eval --json` replaces only an earlier eval result (a JSON object with its keys) of
-    the same checkpoint; another checkpoint's only with `force`."""
-    if not path.exists():
-        return
-    try:
-        old = json.loads(path.read_text())
-        ours = isinstance(old, dict) and {"miou", "hard_miou", "checkpoint"} <= old.keys()
-    except (OSError, UnicodeDecodeError, ValueError):
-        ours = False
-    if not ours:
-        raise OutputError(f"--json {path}: the file exists and is not an earlier `m2skd-train eval` result; "
-                          "refusing to overwrite it: choose another path")
-    if Path(str(old["checkpoint"])).resolve() != ckpt.resolve() and not force:
-        raise OutputError(f"--json {path}: holds the result of another checkpoint ({old['checkpoint']}); "
-                          "choose another path, or --force to replace it")
-
-
-def refuse_foreign_predictions(root: Path, option: str = "--predictions", also: tuple[str, ...] = ()) -> None:
-    """`--predictions DIR` writes DIR/sequences/XX/predictions/*.label: an existing DIR may
-    hold only such files (an earlier run's), nothing else it would mix them with (`also`:
-    other files of ours at its top, predict's submission.zip)."""
-    if not root.is_dir():
-        return
-    for folder, dirs, files in os.walk(root):  # not following links: a link is refused, not entered
-        for name in dirs + files:
-            if (Path(folder) / name).is_symlink():
-                raise OutputError(f"{option} {root}: {Path(folder) / name} is a symbolic link; predictions "
-                                  "are written only into real folders of their own (a link could lead onto the "
-                                  "ground-truth labels): choose an empty or new folder")
-    foreign = [p for p in root.rglob("*") if p.is_file() and not (
-        p.suffix == ".label" and p.parent.name == "predictions" and p.parent.parent.parent.name == "sequences"
-        and p.parent.parent.parent.parent == root) and not (
-        p.parent == root and p.name in (".m2skd.lock", "predicted_by.json", *also))]
-    if foreign:
-        raise OutputError(f"{option} {root}: the folder holds other files than predictions ({foreign[0]}); "
-                          "choose an empty or new folder")
 DISTILL_KNOBS = tuple(DistillConfig.leaf_names())
 ONLINE_KNOBS = ("w_fused", "fused_loss")  # the fused view's own loss: only an online run has one
 
@@ -228,7 +189,13 @@ def eval_cmd(ckpt: Path, data: Path | None, cache: Path | None, split: str, sequ
     """Per-class IoU, mIoU and hard-class mIoU of a checkpoint on single (or fused) scans."""
     from .engine.runtime import pick_device
     from .evaluation.evaluate import score_checkpoint
-    from .evaluation.predict import PredictionFolderError, claim_folder
+    from .evaluation.export import write_predictions
+    from .evaluation.output_folder import (
+        PredictionFolderError,
+        claim_folder,
+        refuse_foreign_json,
+        refuse_foreign_predictions,
+    )
     from .evaluation.report import print_table
 
     try:
@@ -249,7 +216,8 @@ def eval_cmd(ckpt: Path, data: Path | None, cache: Path | None, split: str, sequ
             result, state = score_checkpoint(ckpt, pick_device(device), cache=cache, data=data, split=split,
                                              view=view, sequences=tuple(parse_sequences(sequences)) if sequences
                                              else None, batch_size=batch_size, workers=workers,
-                                             predictions=predictions, progress=not quiet)
+                                             progress=not quiet, observe=None if predictions is None else
+                                             lambda b, pred: write_predictions(predictions, b, pred.cpu().numpy()))
     except (*ERRORS, PredictionFolderError) as e:
         fail(str(e))
     except KeyboardInterrupt:
@@ -285,14 +253,8 @@ def predict_cmd(ckpt: Path, data: Path, sequences: str, out: Path, make_zip: boo
     ids, checked as its validator checks them, and the zip it takes. Resumes where it stopped."""
     from .engine.checkpoint import load_model
     from .engine.runtime import pick_device
-    from .evaluation.predict import (
-        PredictionFolderError,
-        check_predictions,
-        check_zip,
-        claim_folder,
-        predict_sequences,
-        write_zip,
-    )
+    from .evaluation.export import check_predictions, check_zip, predict_sequences, write_zip
+    from .evaluation.output_folder import PredictionFolderError, claim_folder, refuse_foreign_predictions
 
     try:
         names = parse_sequences(sequences)

@@ -1,2 +1,3 @@
-"""Scoring a checkpoint (`evaluate.py`, `metrics.py`, `report.py`) and exporting test-split
-predictions in the benchmark's layout (`predict.py`)."""
+"""Scoring a checkpoint (`evaluate.py`, `metrics.py`, `report.py`: they write nothing),
+writing predictions in the benchmark's layout (`export.py`) and what an output folder may
+hold (`output_folder.py`)."""

@@ -1,4 +1,5 @@
-"""Single-scan inference over a split: confusion matrix and scores, prediction files.
+"""Single-scan inference over a split: its confusion matrix and scores. It writes nothing:
+`eval --predictions` hooks export.py's writer in through `observe`.
 
 Scores are always on each scan's own points. In the `fused` view (a cache) the network
 sees the fused scan but is scored on the original points only, which is how the
@@ -18,12 +19,11 @@ from ..data.batch import Batch, collate
 from ..data.dataset import RawDataset, ShardDataset
 from ..engine.checkpoint import CheckpointError, load_model
 from .metrics import Confusion, predict
-from .predict import write_predictions
 
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, dataset: torch.utils.data.Dataset, device: torch.device, *,
-             view: str = "single", batch_size: int = 1, workers: int = 0, predictions: Path | None = None,
+             view: str = "single", batch_size: int = 1, workers: int = 0,
              progress: bool = True, observe: Callable[[Batch, torch.Tensor], None] | None = None) -> Confusion:
     """Confusion over the dataset's scans, read in `view` (single or fused), scored on their own points.
 
@@ -42,15 +42,13 @@ def evaluate(model: torch.nn.Module, dataset: torch.utils.data.Dataset, device: 
             conf.add(pred[own], b.labels[own])
             if observe is not None:
                 observe(b, pred)
-            if predictions is not None:
-                write_predictions(predictions, batch, pred.cpu().numpy())
             bar.advance(task, batch.batch_size)
     return conf
 
 
 def score_checkpoint(ckpt: str | Path, device: torch.device, *, cache: Path | None = None, data: Path | None = None,
                      sequences: tuple[str, ...] | None = None, split: str = "val", view: str = "single",
-                     batch_size: int = 1, workers: int = 0, predictions: Path | None = None,
+                     batch_size: int = 1, workers: int = 0,
                      progress: bool = False, observe: Callable[[Batch, torch.Tensor], None] | None = None,
                      ) -> tuple[dict, dict]:
     """A checkpoint's scores (`Confusion.summary` over the hard classes it trained with) on
@@ -69,7 +67,7 @@ def score_checkpoint(ckpt: str | Path, device: torch.device, *, cache: Path | No
         raise CheckpointError(f"{cache}: fused with hard classes {list(ds.hard_classes)}, the checkpoint {ckpt} "
                               f"with {list(hard)}: its fused input would not be what it learnt on; "
                               "use the cache it was trained on")
-    conf = evaluate(model, ds, device, view=view, batch_size=batch_size, workers=workers, predictions=predictions,
+    conf = evaluate(model, ds, device, view=view, batch_size=batch_size, workers=workers,
                     progress=progress, observe=observe)
     summary = conf.summary(hard)
     if summary["points"] == 0:  # every IoU would be 0: a score of nothing, not of the model

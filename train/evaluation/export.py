@@ -1,5 +1,6 @@
-"""Test-split export: single-scan predictions in the benchmark server's layout, checked the
-way its submission validator (semantic-kitti-api `validate_submission.py`) checks them.
+"""Prediction files (`predict`'s test-split export, `eval --predictions`): single-scan
+predictions in the benchmark server's layout, checked the way its submission validator
+(semantic-kitti-api `validate_submission.py`) checks them.
 
     OUT/sequences/XX/predictions/NNNNNN.label   raw ids (learning_map_inv), one uint32 a point
     OUT/submission.zip                          the same, with the folder entries the validator wants
@@ -10,7 +11,6 @@ Resumable: a scan whose prediction file exists with one label per point is skipp
 
 from __future__ import annotations
 
-import json
 import zipfile
 from pathlib import Path
 
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from m2skd.common import kitti_io
-from m2skd.common.atomic import atomic_path, write_text
+from m2skd.common.atomic import atomic_path
 from m2skd.common.labels import LEARNING_MAP_INV, train_to_raw
 from m2skd.common.progress import progress
 
@@ -26,15 +26,9 @@ from ..config import TrainConfig
 from ..data.batch import collate
 from ..data.dataset import RawDataset
 from .metrics import predict
+from .output_folder import PredictionFolderError
 
 VALID_RAW_IDS = frozenset(LEARNING_MAP_INV[1:])  # a prediction is never 'unlabelled'
-
-
-MADE_BY = "predicted_by.json"  # which checkpoint (its sha256) wrote a folder's predictions
-
-
-class PredictionFolderError(ValueError):
-    """An output folder holding another model's predictions."""
 
 
 def write_predictions(root: Path, batch, pred: np.ndarray) -> None:
@@ -50,33 +44,6 @@ def write_predictions(root: Path, batch, pred: np.ndarray) -> None:
             raise PredictionFolderError(f"{path}: leads out of {root} through a symbolic link; not written")
         kitti_io.write_label(path, raw, np.zeros_like(raw))
         start += size
-
-
-def claim_folder(out: Path, ckpt: Path, force: bool) -> None:
-    """Record `ckpt` as the model of OUT's predictions. A folder another checkpoint (or an
-    unknown one) predicted into is refused: resuming there would mix two models' files and
-    zip them as one submission; `force` deletes its predictions and starts over."""
-    from m2skd.common.shards import file_sha256
-
-    made_by = out / MADE_BY
-    mine = {"checkpoint": str(ckpt), "sha256": file_sha256(ckpt)}
-    old = sorted(out.glob("sequences/*/predictions/*.label"))
-    prior = None
-    if made_by.is_file():
-        try:
-            prior = json.loads(made_by.read_text()).get("sha256")
-        except (OSError, ValueError, AttributeError):
-            prior = None
-    if (old or made_by.exists() or (out / "submission.zip").exists()) and prior != mine["sha256"]:
-        if not force:
-            who = ("another checkpoint" if prior else f"an unknown model (a {MADE_BY} m2skd did not write)"
-                   if made_by.exists() else f"an unknown model (no {MADE_BY})")
-            raise PredictionFolderError(f"{out}: holds predictions of {who}, not of {ckpt}; pass --force to delete "
-                                        "them and predict afresh, or choose another --out")
-        for f in old:
-            f.unlink()
-        (out / "submission.zip").unlink(missing_ok=True)
-    write_text(made_by, json.dumps(mine, indent=1))
 
 
 def _done(out: Path, seq: kitti_io.Sequence, frame: int) -> bool:
