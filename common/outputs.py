@@ -74,8 +74,18 @@ def exclusive(path: str | os.PathLike, what: str = "m2skd") -> Iterator[Path]:
             with contextlib.suppress(FileNotFoundError):
                 lock.unlink()  # a dead owner's (or our own stale) lock: take it over
             continue
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{os.getpid()} {what}")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()} {what}")
+        except OSError as e:  # an empty probe fits on a full disk; the lock's few bytes may not
+            with contextlib.suppress(OSError):
+                lock.unlink()
+            if created:
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+            why = "the disk is full" if disk_full(e) else (e.strerror or str(e))
+            raise OutputError(f"{lock}: cannot write the folder's lock ({why}); free some space or choose "
+                              "another output folder") from None
         break
     else:
         raise OutputError(f"{lock}: could not take the lock")

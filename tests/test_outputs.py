@@ -87,3 +87,31 @@ def test_a_file_that_cannot_be_replaced_is_one_line_and_stays(tmp_path, monkeypa
         with atomic_path(target) as tmp:
             tmp.write_text("new")
     assert target.read_text() == "old" and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_full_disk_at_the_lock_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    """Issue 33, item 11 (hostile rerun): on a full disk the empty probe file of
+    ensure_writable_dir fits, the lock's bytes do not: `eval --predictions` ended in an
+    ENOSPC traceback from the lock's write."""
+    import errno
+
+    real_fdopen = outputs.os.fdopen
+
+    class FullDisk:
+        def __init__(self, fd, mode):
+            self.f = real_fdopen(fd, mode)
+
+        def __enter__(self):
+            return self
+
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(outputs.os, "fdopen", FullDisk)
+    with pytest.raises(OutputError, match=r"new/\.m2skd\.lock: cannot write the folder's lock \(the disk is full\)"):
+        with exclusive(tmp_path / "new", "m2skd-train eval"):
+            pass
+    assert not (tmp_path / "new").exists()

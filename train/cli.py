@@ -206,9 +206,8 @@ def eval_cmd(ckpt: Path, data: Path | None, cache: Path | None, split: str, sequ
         if predictions is not None:
             refuse_inputs(predictions, "--predictions", inputs)
             refuse_foreign_predictions(predictions)
-        for path in (json_path.parent if json_path else None, predictions):
-            if path is not None:
-                ensure_writable_dir(path)
+        if json_path is not None:
+            ensure_writable_dir(json_path.parent)  # --predictions: exclusive() checks it, removes it if refused
         # predictions as predict writes them: the folder locked and marked with the checkpoint that made it
         with exclusive(predictions, "m2skd-train eval") if predictions else contextlib.nullcontext():
             if predictions is not None:
