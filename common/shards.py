@@ -165,7 +165,7 @@ def content_sha256(scans: list[FusedScan | _Rows], offsets: np.ndarray) -> str:
     h = hashlib.sha256()
     for name, dtype in DATASETS.items():
         for s in scans:
-            h.update(np.ascontiguousarray(getattr(s, name), np.dtype(dtype).newbyteorder("<")).tobytes())
+            h.update(np.ascontiguousarray(getattr(s, name), np.dtype(dtype).newbyteorder("<")))  # no copy
     h.update(np.asarray(offsets, "<i8").tobytes())
     h.update(np.array([s.n_original for s in scans], "<i4").tobytes())
     h.update(np.array([s.frame for s in scans], "<i4").tobytes())

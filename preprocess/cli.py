@@ -39,7 +39,7 @@ console = Console(stderr=True)
                                "or the preset's]")
 @config_options(FusionConfig)
 @click.option("--workers", type=click.IntRange(min=1, max=256), default=1, show_default=True,
-              help="sequences fused in parallel")
+              help="processes fusing in parallel: runs of consecutive shards, so one sequence uses them too")
 @click.option("--force", is_flag=True, help="rebuild shards even if finished")
 def main(data: Path, sequences: str, out: Path, preset: str, window: str | None, workers: int, force: bool,
          **options) -> None:

@@ -1,6 +1,6 @@
 """`make fuse`: check and plan every sequence (`plan`), keep the cache to one config
-(`cache_policy`), fuse the unfinished shards (`sequence_fusion`, in parallel processes:
-`pool`), write the manifest.
+(`cache_policy`), fuse the unfinished shards (`sequence_fusion`, runs of them in parallel
+processes: `pool`), write the manifest.
 
 Each sequence is walked with a sliding window and written as shards of `shard_size`
 consecutive scans (temp file + rename, then a sidecar with the manifest entry). A rerun
@@ -58,7 +58,7 @@ def run_fusion(
             on_plan(plans)
         remove_stale_temps(out, FUSE_FILES)  # a killed run's half-written shard
         try:
-            if workers <= 1 or len(plans) == 1:
+            if workers <= 1:
                 for sp in plans:
                     fuse_sequence(root, sp, out, cfg, force, on_scan)
             else:

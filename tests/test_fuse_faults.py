@@ -40,8 +40,8 @@ def long_root(tmp_path_factory) -> Path:
     return root
 
 
-def _fuse_cmd(root: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "m2skd.preprocess.cli", "--data", str(root), "--sequences", "00,01",
+def _fuse_cmd(root: Path, out: Path, *extra: str, sequences: str = "00,01") -> list[str]:
+    return [sys.executable, "-m", "m2skd.preprocess.cli", "--data", str(root), "--sequences", sequences,
             "--out", str(out), "--shard-size", "1", *extra]
 
 
@@ -90,10 +90,13 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
-def test_workers_die_with_their_parent(long_root, tmp_path):
+@pytest.mark.parametrize("sequences", ["00,01", "00"])
+def test_workers_die_with_their_parent(long_root, tmp_path, sequences):
+    """With one sequence too: its shards are split among the workers (issue 35; one
+    sequence used to run in the parent alone, on one core)."""
     out = tmp_path / "out"
-    proc = subprocess.Popen(_fuse_cmd(long_root, out, "--workers", "2"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_fuse_cmd(long_root, out, "--workers", "2", sequences=sequences),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_for_shards(out, 2)
     kids = _children(proc.pid)
     assert kids, "no worker processes found"

@@ -440,3 +440,35 @@ def test_released_fusion_translates_in_the_neighbours_frame_skips_short_windows_
     # the project's fusion places the same person by the pose: 0.3 m off, left there (drift under 0.5 m)
     default = fuse_scan(t, [(-1, nbs[0], pose(1))], FusionConfig(voxel=0.0))
     assert np.allclose(default.points[default.n_original:, :3], [[9.8, 0, 0], [10.8, 0, 0]], atol=1e-5)
+
+
+def test_runs_for_the_pool_cover_every_shard_once_in_order():
+    """Issue 35: the pool's work is runs of consecutive shards, not whole sequences."""
+    from m2skd.preprocess.plan import SequencePlan
+    from m2skd.preprocess.pool import MIN_RUN_SHARDS, split_runs
+
+    def seq(name, n_shards):
+        return SequencePlan(name, 8 * n_shards, tuple((8 * i, 8 * i + 7) for i in range(n_shards)))
+
+    for plans, workers in (([seq("00", 567)], 2), ([seq("00", 3)], 4), ([seq(f"{i:02d}", n) for i, n in
+                           enumerate((567, 138, 585, 100, 34, 344, 138, 137, 509, 199, 150))], 2),
+                           ([seq("00", 9), seq("01", 1)], 8)):
+        runs = split_runs(plans, workers)
+        for sp in plans:  # each sequence's shards, run after run, exactly once and in order
+            mine = sorted((r for r in runs if r.name == sp.name), key=lambda r: r.shards[0])
+            assert [s for r in mine for s in r.shards] == list(sp.shards)
+            assert all(len(r.shards) >= min(MIN_RUN_SHARDS, len(sp.shards)) for r in mine)
+            assert all(r.n_frames == sp.n_frames for r in mine)
+        assert [len(r.shards) for r in runs] == sorted((len(r.shards) for r in runs), reverse=True)
+    assert len(split_runs([seq("00", 567)], 2)) >= 2  # one sequence: every worker has work
+
+
+def test_one_sequence_on_three_workers_gives_the_shards_of_one(synth_root, tmp_path):
+    """Shards split among workers are those of a one-process run, dataset for dataset."""
+    cfg = FusionConfig(shard_size=1)
+    one = run_fusion(synth_root, ["08"], tmp_path / "one", cfg, workers=1)
+    three = run_fusion(synth_root, ["08"], tmp_path / "three", cfg, workers=3)
+    assert [e["file"] for e in one["shards"]] == [e["file"] for e in three["shards"]]
+    assert [e["content_sha256"] for e in one["shards"]] == [e["content_sha256"] for e in three["shards"]]
+    for e in one["shards"]:
+        assert shard_content(tmp_path / "one" / e["file"]) == shard_content(tmp_path / "three" / e["file"])
