@@ -108,6 +108,62 @@ def test_workers_die_with_their_parent(long_root, tmp_path, sequences):
     assert not [k for k in kids if _alive(k)]
 
 
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_a_worker_that_dies_ends_the_run_in_one_line(long_root, tmp_path):
+    """Issue 35 (hostile run): kill -9 of one worker (the OOM killer's way) left the parent
+    waiting forever on the dead worker's task (multiprocessing.Pool loses it)."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen(_fuse_cmd(long_root, out, "--workers", "2"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    _wait_for_shards(out, 2)
+    kids = _children(proc.pid)
+    workers = [k for k in kids if "resource_tracker" not in Path(f"/proc/{k}/cmdline").read_text()]
+    assert workers, "no worker processes found"
+    os.kill(workers[0], signal.SIGKILL)
+    try:
+        _, err = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("m2skd-fuse still waits for its dead worker after 90 s")
+    assert proc.returncode == 1, err[-2000:]
+    assert "a fusion worker process died" in err and "Traceback" not in err
+    assert not list(out.glob(".*.tmp"))
+    r = subprocess.run(_fuse_cmd(long_root, out, "--workers", "2"), capture_output=True, text=True)
+    assert r.returncode == 0 and read_manifest(out)["scans"] == 600, r.stderr[-2000:]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_ctrl_c_while_the_workers_start_prints_no_traceback(long_root, tmp_path):
+    """The workers ignored SIGINT only once their imports were done: a Ctrl-C in that window
+    printed a KeyboardInterrupt traceback per starting worker."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen(_fuse_cmd(long_root, out, "--workers", "2"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=_as_from_a_shell)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(_children(proc.pid)) < 3:  # tracker and workers exist, importing
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+
+
+def test_a_bad_scan_stops_the_other_workers_at_once(long_root, tmp_path):
+    """With --workers, a bad scan was named only after every other run had finished (on
+    SemanticKITTI: hours late); now the first failing run stops the rest."""
+    root = tmp_path / "data"
+    shutil.copytree(long_root, root)
+    bad = root / "sequences" / "00" / "velodyne" / "000005.bin"
+    pts = __import__("numpy").fromfile(bad, "<f4").reshape(-1, 4)
+    pts[0, 0] = float("nan")
+    pts.tofile(bad)
+    out = tmp_path / "out"
+    r = subprocess.run(_fuse_cmd(root, out, "--workers", "2"), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "000005.bin" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+    done_01 = len(list(out.glob("seq01_*.h5.json")))
+    assert done_01 < 250, f"sequence 01 went on to {done_01} of 300 shards after 00 failed"
+    assert not list(out.glob(".*.tmp"))
+
+
 def test_out_that_is_a_file_is_refused_up_front(synth_root, tmp_path):
     f = tmp_path / "file"
     f.write_text("x")

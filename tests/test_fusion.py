@@ -445,7 +445,7 @@ def test_released_fusion_translates_in_the_neighbours_frame_skips_short_windows_
 def test_runs_for_the_pool_cover_every_shard_once_in_order():
     """Issue 35: the pool's work is runs of consecutive shards, not whole sequences."""
     from m2skd.preprocess.plan import SequencePlan
-    from m2skd.preprocess.pool import MIN_RUN_SHARDS, split_runs
+    from m2skd.preprocess.pool import MIN_RUN_SCANS, split_runs
 
     def seq(name, n_shards):
         return SequencePlan(name, 8 * n_shards, tuple((8 * i, 8 * i + 7) for i in range(n_shards)))
@@ -457,15 +457,20 @@ def test_runs_for_the_pool_cover_every_shard_once_in_order():
         for sp in plans:  # each sequence's shards, run after run, exactly once and in order
             mine = sorted((r for r in runs if r.name == sp.name), key=lambda r: r.shards[0])
             assert [s for r in mine for s in r.shards] == list(sp.shards)
-            assert all(len(r.shards) >= min(MIN_RUN_SHARDS, len(sp.shards)) for r in mine)
+            assert all(8 * len(r.shards) >= min(MIN_RUN_SCANS, sp.n_frames) for r in mine)
             assert all(r.n_frames == sp.n_frames for r in mine)
         assert [len(r.shards) for r in runs] == sorted((len(r.shards) for r in runs), reverse=True)
     assert len(split_runs([seq("00", 567)], 2)) >= 2  # one sequence: every worker has work
 
 
-def test_one_sequence_on_three_workers_gives_the_shards_of_one(synth_root, tmp_path):
+def test_one_sequence_on_three_workers_gives_the_shards_of_one(synth_root, tmp_path, monkeypatch):
     """Shards split among workers are those of a one-process run, dataset for dataset."""
+    from m2skd.preprocess import pool
+    from m2skd.preprocess.pipeline import plan
+
     cfg = FusionConfig(shard_size=1)
+    monkeypatch.setattr(pool, "MIN_RUN_SCANS", 1)  # this sequence's 12 one-scan shards in many runs
+    assert len(pool.split_runs(plan(synth_root, ["08"], cfg), 3)) >= 3
     one = run_fusion(synth_root, ["08"], tmp_path / "one", cfg, workers=1)
     three = run_fusion(synth_root, ["08"], tmp_path / "three", cfg, workers=3)
     assert [e["file"] for e in one["shards"]] == [e["file"] for e in three["shards"]]
