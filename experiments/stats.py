@@ -26,8 +26,12 @@ T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
 TARGET = {"hard_ahead_share": 0.8, "min_miou_diff": 0.0, "min_gap_share": 0.5}
 
 
-def points(scores: dict, key: str) -> float:
-    """A score in IoU percentage points: mIoU, hard-class mIoU or one class's IoU."""
+def points(scores: dict, key: str, hard: list[str] | None = None) -> float:
+    """A score in IoU percentage points: mIoU, hard-class mIoU or one class's IoU. Given the
+    hard classes, hard-class mIoU runs over those present in the scored set (issue 30: a
+    class with no instance there is left out, as in the gate)."""
+    if key == "hard_miou" and hard is not None:
+        return 100 * hard_present(scores, hard)[0]
     return 100 * (scores[key] if key in ("miou", "hard_miou") else scores["iou"][key])
 
 
@@ -103,7 +107,7 @@ def summarise(results: list[dict]) -> dict:
     keys = ["miou", "hard_miou", *CLASS_NAMES[1:]]
 
     def val(r: dict, key: str) -> float:
-        return points(r["report"], key)
+        return points(r["report"], key, list(hard))
 
     by = {(arm_of(r), r["seed"]): r for r in results}
     seeds = sorted({r["seed"] for r in results})
@@ -118,7 +122,7 @@ def summarise(results: list[dict]) -> dict:
             out["arms"][arm] = {k: spread([val(r, k) for r in rs]) for k in keys}
             out["arms"][arm]["stopped_at"] = spread([r["stopped_at"] for r in rs])
             if arm.startswith(("teacher", "online")):  # fused scans too (a teacher's input)
-                out["arms"][arm]["fused"] = {k: spread([100 * r["report_fused"][k] for r in rs])
+                out["arms"][arm]["fused"] = {k: spread([points(r["report_fused"], k, list(hard)) for r in rs])
                                                for k in ("miou", "hard_miou")}
     # m2skd - teacher: the teacher deployed on single scans is a control too (training on
     # fused scans alone may be what helps, distillation or not)
@@ -230,10 +234,11 @@ def gap_closed(by: dict, seeds: list[int]) -> dict:
                   and "report_fused" in by[(teacher, s)]]
         if not common:
             continue
-        gains = [100 * (by[(arm, s)]["report"]["hard_miou"] - by[("baseline", s)]["report"]["hard_miou"])
-                 for s in common]
-        gaps = [100 * (by[(teacher, s)]["report_fused"]["hard_miou"] - by[("baseline", s)]["report"]["hard_miou"])
-                for s in common]
+        hard = list(by[("baseline", common[0])]["hard_classes"])
+        base = [points(by[("baseline", s)]["report"], "hard_miou", hard) for s in common]
+        gains = [points(by[(arm, s)]["report"], "hard_miou", hard) - b for s, b in zip(common, base, strict=True)]
+        gaps = [points(by[(teacher, s)]["report_fused"], "hard_miou", hard) - b
+                for s, b in zip(common, base, strict=True)]
         out[arm] = {"seeds": common, "gain": gains, "gap": gaps,
                     "share": [g / d if d else float("nan") for g, d in zip(gains, gaps, strict=True)],
                     "pooled_share": sum(gains) / sum(gaps) if sum(gaps) else float("nan")}

@@ -21,7 +21,7 @@ def markdown(summary: dict) -> str:
         f"{p} (paired)" for p in pairs) + " |"
     lines = [head, "|---" * (1 + len(arms) + len(pairs)) + "|"]
     for key in ["miou", "hard_miou", *hard]:
-        label = {"miou": "**mIoU**", "hard_miou": "**hard-class mIoU**"}.get(key, key)
+        label = {"miou": "**mIoU**", "hard_miou": "**hard-class mIoU** (the hard classes present)"}.get(key, key)
         row = [f(summary["arms"][k][key]) for k in arms]
         row += [f"{f(summary['paired'][p][key])} ({summary['paired'][p][key]['positive']}/"
                 f"{len(summary['paired'][p][key]['values'])} > 0)" for p in pairs]

@@ -385,3 +385,28 @@ def probe_paired(results):
     from m2skd.experiments.kd_forward_probe import paired
 
     return paired(results)
+
+
+def test_the_tables_hard_class_miou_leaves_out_a_class_absent_from_the_report_set():
+    """Issue 30's metric: hard-class mIoU over the hard classes present in the report set.
+    The gate did so; the main table and the gap closed averaged in motorcyclist (no instance
+    in 08-10, IoU 0 whatever the model), 7/6 of the real figure. Worked by hand below."""
+    def rec(arm, seed, person, truck, fused=None):
+        r = _result(arm, seed, 0.5, 0.0)
+        r["hard_classes"] = ["person", "truck", "motorcyclist"]
+        r["report"]["iou"].update(person=person, truck=truck, motorcyclist=0.0)
+        r["report"]["hard_miou"] = (person + truck) / 3  # what the evaluator records: over all three
+        r["report"]["gt_points"] = {"person": 10, "truck": 5, "motorcyclist": 0}
+        if fused is not None:
+            r["report_fused"] = {"miou": 0.6, "hard_miou": sum(fused) / 3, "gt_points": r["report"]["gt_points"],
+                                 "iou": {"person": fused[0], "truck": fused[1], "motorcyclist": 0.0}}
+        return r
+
+    # baseline (0.20 + 0.10) / 2 = 15.0; M2SKD (0.30 + 0.14) / 2 = 22.0; teacher fused (0.40 + 0.20) / 2 = 30.0
+    s = stats.summarise([rec("baseline", 0, 0.20, 0.10), rec("teacher", 0, 0.0, 0.0, fused=(0.40, 0.20)),
+                         rec("m2skd", 0, 0.30, 0.14)])
+    assert round(s["arms"]["baseline"]["hard_miou"]["mean"], 6) == 15.0
+    assert round(s["arms"]["m2skd"]["hard_miou"]["mean"], 6) == 22.0
+    assert round(s["arms"]["teacher"]["fused"]["hard_miou"]["mean"], 6) == 30.0
+    assert round(s["paired"]["m2skd - baseline"]["hard_miou"]["mean"], 6) == 7.0
+    assert [round(x, 6) for x in s["gap_closed"]["m2skd"]["share"]] == [round(7.0 / 15.0, 6)]
