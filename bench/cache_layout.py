@@ -12,6 +12,8 @@ refuses a damaged shard costs (once per shard and process) beside opening withou
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -62,6 +64,7 @@ def loader_rate(cache: Path, cfg: TrainConfig, batches: int, workers: int) -> fl
 @click.option("--scans", default=40, show_default=True)
 def main(scans: int) -> None:
     root = Path(tempfile.mkdtemp(prefix="m2skd-cache-"))
+    atexit.register(shutil.rmtree, root, True)  # a bench's world can be GBs: never left in the temp dir
     seq = generate_sequence(root, "00", SynthConfig.preset("full").override(scans=scans))
     raw = sum(seq.scan_path(f).stat().st_size + seq.label_path(f).stat().st_size for f in seq.frames()) / scans
     cfg = TrainConfig.preset("paper", model="polarnet").override(train_sequences=("00",))

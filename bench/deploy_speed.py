@@ -12,6 +12,8 @@ scans per second, and the ratio. Full-size synthetic scans (64 x 2000 beams, ~90
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -62,6 +64,7 @@ def _time(fn, runs: int, device: torch.device) -> float:
 def main(runs: int, device: str, presets: str) -> None:
     dev = pick_device(device)
     root = Path(tempfile.mkdtemp(prefix="m2skd-deploy-"))
+    atexit.register(shutil.rmtree, root, True)  # a bench's world can be GBs: never left in the temp dir
     seq = generate_sequence(root, "00", SynthConfig.preset("full").override(scans=PAST + 1))
     poses = seq.lidar_poses(PAST + 1)
     scans = [seq.read(f, labels=False)[0] for f in range(PAST + 1)]

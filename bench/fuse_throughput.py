@@ -13,7 +13,9 @@ processes, start-up included), and two sequences with --workers 2.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -47,6 +49,7 @@ HARD_DENSITY = 10.0
               help="hard-class objects in the synthetic world (fusion needs instances to fuse)")
 def main(scans: int, reference_scans: int, hard_density: float) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="m2skd-bench-"))
+    atexit.register(shutil.rmtree, tmp, True)  # a bench's world can be GBs: never left in the temp dir
     cfg = FusionConfig()
     world = SynthConfig.preset("full").override(scans=scans, hard_density=hard_density)
     seq = generate_sequence(tmp, "00", world)

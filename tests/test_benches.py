@@ -51,9 +51,12 @@ def test_bench_runs_at_its_smallest_size(script, fused_cache, tmp_path):
         pytest.skip("needs the real scan of shared/data/real")
     args, phrase = BENCHES[script]
     args = [a.format(cache=fused_cache, tmp=tmp_path) for a in args]
-    r = _run([sys.executable, str(REPO / "bench" / script), *args], cwd=tmp_path)
+    scratch = tmp_path / "tempdir"  # the bench's own temp dir: whatever it makes there must go when it ends
+    scratch.mkdir()
+    r = _run([sys.executable, str(REPO / "bench" / script), *args], cwd=tmp_path, env={"TMPDIR": str(scratch)})
     assert r.returncode == 0, r.stderr[-3000:]
     assert phrase in r.stdout, r.stdout[-3000:]
+    assert not [p.name for p in scratch.iterdir() if p.name.startswith("m2skd")], "the bench left its world behind"
 
 
 def test_gpu_check_script_parses():
