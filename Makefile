@@ -73,7 +73,9 @@ demo-seeds: $(EXPERIMENTS)
 # same EXP_STEPS steps (best.pt by val mIoU within them), on a world generated for it
 # (EXP_WORLD_SEED: nothing was tuned or reported on it, recorded in every run's record with
 # the generator version): train 00-03, val 04 and 05, the table on 08-10. Runs resume;
-# each finished run's result lands in EXP_RECORD. Many hours on 2 cores.
+# each finished run's result lands in EXP_RECORD. Many hours on 2 cores. An EXP_RECORD
+# holding runs of another world (seed or generator version) is refused before anything
+# trains: a new world's runs go in a new folder (EXP_ARGS=--replace-other-world overwrites).
 # The experiments before (world 20261126 in docs/evidence, world 20261130 in
 # docs/evidence_modes: each run to its own val plateau or the 8000-step cap, distillation on
 # the DropBlock forward) are recorded there, with the commit that ran them.

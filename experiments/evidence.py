@@ -104,6 +104,25 @@ def carried(jobs: dict, record: Path, world: dict | None, teaching: set[str]) ->
     return out
 
 
+def refuse_other_world(record: Path, world: dict) -> None:
+    """Committed evidence is not overwritten by accident: a record folder whose runs were
+    trained on another world (a new world seed, or a new generator version, which is a new
+    world) is refused before anything trains, as a new world's runs belong in a new folder."""
+    other = {}
+    for path in sorted(record.glob("*_s*.json")):
+        prior = json.loads(path.read_text())
+        if isinstance(prior.get("world"), dict) and prior["world"] != world:
+            other[path.stem] = prior["world"]
+    if other:
+        w = next(iter(other.values()))
+        raise click.ClickException(
+            f"{record}: {len(other)} recorded run(s) ({', '.join(list(other)[:4])}{', ...' if len(other) > 4 else ''})"
+            f" are of world seed {w.get('seed')}, generator version {w.get('generator_version')}, not this cache's "
+            f"world (seed {world.get('seed')}, generator version {world.get('generator_version')}): a new world's "
+            "runs belong in a new --record folder; --replace-other-world trains them again here and overwrites "
+            "their records")
+
+
 def _names(text: str, allowed: tuple[str, ...], option: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     if bad := [n for n in names if n not in allowed]:
@@ -146,12 +165,15 @@ def _names(text: str, allowed: tuple[str, ...], option: str) -> tuple[str, ...]:
 @click.option("--variants", default="", help="ablations of the M2SKD student, comma-separated, or all: "
               + ", ".join(VARIANTS))
 @click.option("--record", type=click.Path(file_okay=False, path_type=Path), help="copy per-run results here")
+@click.option("--replace-other-world", is_flag=True,
+              help="--record holds runs of another world (seed or generator version): train them again on this "
+              "one and overwrite their records (without it: refused)")
 @click.option("--rebuild", type=click.Path(file_okay=False, path_type=Path),
               help="no training: rebuild the tables from per-run results recorded in this folder")
 def main(cache: Path, out: Path, runs: Path | None, model: str, seeds: str, train_seqs: str, val_seqs: str,
          report_seqs: str, max_steps: int, val_every: int, patience: int, lanes: int | None, device: str,
          world: Path | None, skip_gate: bool, arms: str, tag: str, width: int, extend: int | None, variants: str,
-         record: Path | None, rebuild: Path | None) -> None:
+         record: Path | None, replace_other_world: bool, rebuild: Path | None) -> None:
     """M2SKD, its controls and the released training, one step budget, several seeds."""
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -178,6 +200,8 @@ def main(cache: Path, out: Path, runs: Path | None, model: str, seeds: str, trai
     world_rec = world_of(world, tuple(sorted({*cfg.data.train_sequences, *cfg.data.val_sequences,
                                                *parse_sequences(report_seqs)})))
 
+    if record is not None and world_rec is not None and not replace_other_world:
+        refuse_other_world(record, world_rec)
     jobs = jobs_for(cfg, cache, runs or out / "runs", seed_list, max_steps, chosen, arm_list, tag)
     if extend:
         jobs = extend_jobs(jobs, extend)

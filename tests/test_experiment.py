@@ -98,13 +98,17 @@ def test_harness_trains_the_controls_and_pairs_them(fused_cache, synth_root, tmp
     assert r.exit_code == 0, r.output
     assert (again / "results.md").read_text() == (out / "results.md").read_text()
     # a later session (data_cache/ gone): recorded runs are not trained again, their records
-    # stand in; a run recorded on another world is
+    # stand in; a run recorded on another world is refused, then trained again when asked
     shutil.rmtree(out / "runs")
     rec = json.loads((record / "s2skd_s1.json").read_text())
     rec["world"]["seed"] += 1
     (record / "s2skd_s1.json").write_text(json.dumps(rec))
-    r = CliRunner().invoke(evidence.main, [*args, "--skip-gate", "--out", str(tmp_path / "later")],
-                           catch_exceptions=False)
+    r = CliRunner().invoke(evidence.main, [*args, "--skip-gate", "--out", str(tmp_path / "refused")])
+    assert r.exit_code == 1 and "s2skd_s1" in r.output and f"world seed {SMALL.seed + 1}" in r.output, r.output
+    assert "--replace-other-world" in r.output and not (tmp_path / "refused" / "runs").exists()
+    assert json.loads((record / "s2skd_s1.json").read_text()) == rec
+    r = CliRunner().invoke(evidence.main, [*args, "--skip-gate", "--out", str(tmp_path / "later"),
+                                           "--replace-other-world"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in (tmp_path / "later" / "runs").iterdir()) == ["s2skd_s1"]
     assert json.loads((record / "s2skd_s1.json").read_text())["world"]["seed"] == SMALL.seed
