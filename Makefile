@@ -80,6 +80,8 @@ demo-seeds: $(EXPERIMENTS)
 # docs/evidence_modes: each run to its own val plateau or the 8000-step cap, distillation on
 # the DropBlock forward) are recorded there, with the commit that ran them.
 EXP_WORLD_SEED ?= 20261203
+# the fair test's world is the generator's version 2 (version 3 is a new world: docs/synthetic.md)
+EXP_WORLD_VERSION ?= 2
 EXP_DIR    ?= $(CACHE)/fair
 EXP_SEQ    := 00-05,08-10
 EXP_RECORD ?= docs/evidence_fair
@@ -87,7 +89,8 @@ EXP_SEEDS  ?= 0,1,2,3,4
 EXP_STEPS  ?= 12000
 EXP_ARGS   ?=
 experiment: $(EXPERIMENTS)
-	$(BIN)/m2skd-synth "$(EXP_DIR)/synth" --sequences "$(EXP_SEQ)" --preset demo --seed $(EXP_WORLD_SEED) --no-summary
+	$(BIN)/m2skd-synth "$(EXP_DIR)/synth" --sequences "$(EXP_SEQ)" --preset demo --seed $(EXP_WORLD_SEED) \
+		--world-version $(EXP_WORLD_VERSION) --no-summary
 	$(BIN)/m2skd-fuse --data "$(EXP_DIR)/synth" --sequences "$(EXP_SEQ)" --out "$(EXP_DIR)/fused" --workers $(WORKERS)
 	$(BIN)/python -m m2skd.experiments.evidence --cache "$(EXP_DIR)/fused" --out "$(EXP_DIR)" --model $(MODEL) \
 		--world "$(EXP_DIR)/synth" --seeds $(EXP_SEEDS) --max-steps $(EXP_STEPS) --record "$(EXP_RECORD)" $(EXP_ARGS)

@@ -70,12 +70,14 @@ def score_real(ckpt: Path) -> dict:
 @click.option("--tilt", type=float, default=0.0, show_default=True,
               help="augmentation: random roll/pitch (deg); with --z-shift, for a world whose ground is level")
 @click.option("--z-shift", type=float, default=0.0, show_default=True, help="augmentation: height shift sigma (m)")
+@click.option("--world-version", type=click.IntRange(2, 3), default=2, show_default=True,
+              help="generator version (a new version is a new world: use a fresh --out)")
 @click.option("--record", type=click.Path(dir_okay=False, path_type=Path), help="write the result JSON here")
 def main(out: Path, sequences: str, scans: int, steps: int, seed: int, train_seeds: str, tilt: float,
-         z_shift: float, record: Path | None) -> None:
+         z_shift: float, world_version: int, record: Path | None) -> None:
     t0 = time.perf_counter()
     names = parse_sequences(sequences)
-    synth = SynthConfig.preset("full").override(scans=scans, seed=seed)
+    synth = SynthConfig.preset("full").override(scans=scans, seed=seed, world_version=world_version)
     for name in names:
         generate_sequence(out / "synth", name, synth)
     run_fusion(out / "synth", names, out / "fused", FusionConfig())
@@ -91,8 +93,8 @@ def main(out: Path, sequences: str, scans: int, steps: int, seed: int, train_see
                              resume="auto", progress=True))
         per_seed[k] = score_real(ckpt)
     res = spread(per_seed)
-    res.update(sequences=names, scans=scans, steps=steps, world_seed=seed, train_seeds=sorted(per_seed),
-               tilt_deg=tilt, z_shift=z_shift, minutes=(time.perf_counter() - t0) / 60)
+    res.update(sequences=names, scans=scans, steps=steps, world_seed=seed, world_version=world_version,
+               train_seeds=sorted(per_seed), tilt_deg=tilt, z_shift=z_shift, minutes=(time.perf_counter() - t0) / 60)
     t = Table(title=f"trained on {len(names)} synthetic sequences, scored on SemanticKITTI 000750 "
                     f"({len(per_seed)} training seed{'s' * (len(per_seed) > 1)}: mean [min, max])")
     t.add_column("class")

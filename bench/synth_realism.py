@@ -31,8 +31,8 @@ MATCHED = ("road", "sidewalk", "building", "vegetation", "terrain", "fence", "ca
 PCT = (5, 25, 50, 75, 95)
 
 
-def measure(split: list[str], scans: int, density: float, seed: int = 0) -> dict:
-    cfg = SynthConfig.preset("full").override(hard_density=density, seed=seed)
+def measure(split: list[str], scans: int, density: float, seed: int = 0, version: int = 2) -> dict:
+    cfg = SynthConfig.preset("full").override(hard_density=density, seed=seed, world_version=version)
     counts, ranges, rem, n_pts, secs, streets = np.zeros(20), [], [], [], [], {}
     for name in split:
         sim = SequenceSim(cfg, name)
@@ -65,15 +65,16 @@ def matches(ours: float, published: float) -> bool:
 @click.option("--density", default=1.0, show_default=True, help="hard_density")
 @click.option("--seeds", default="0", show_default=True, help="world seeds, comma-separated: shares are their "
               "mean, with their range beside (rarity varies with the seed)")
+@click.option("--world-version", default=2, show_default=True, type=click.IntRange(2, 3), help="generator version")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
-def main(split: str, scans: int, density: float, seeds: str, json_path: Path | None) -> None:
+def main(split: str, scans: int, density: float, seeds: str, world_version: int, json_path: Path | None) -> None:
     seed_list = [int(x) for x in seeds.split(",") if x.strip()]
-    per_seed = [measure(parse_sequences(split), scans, density, seed) for seed in seed_list]
+    per_seed = [measure(parse_sequences(split), scans, density, seed, world_version) for seed in seed_list]
     m = _mean(per_seed)
     sk_xyz = np.load(REAL / "semantickitti_points_000750.npy")
     raw = read_scan(REAL / "kitti_object_004139.bin")
-    t = Table(title=f"synthetic {split} ({scans} full-size scans a sequence, hard_density {density}, world seeds "
-              f"{seeds}) vs real")
+    t = Table(title=f"synthetic {split} (generator version {world_version}, {scans} full-size scans a sequence, "
+              f"hard_density {density}, world seeds {seeds}) vs real")
     for c in ("quantity", "synthetic (mean of the seeds)", "range over the seeds", "SemanticKITTI", "KITTI raw 004139",
               "match"):
         t.add_column(c)
@@ -103,7 +104,8 @@ def main(split: str, scans: int, density: float, seeds: str, json_path: Path | N
     Console().print(t)
     Console().print("streets: " + ", ".join(f"{k} {v}" for k, v in m["streets"].items()))
     if json_path:
-        json_path.write_text(json.dumps({**m, "seeds": seed_list, "per_seed": per_seed}, indent=1))
+        json_path.write_text(json.dumps({**m, "world_version": world_version, "seeds": seed_list, "per_seed": per_seed},
+                                        indent=1))
 
 
 def _mean(per_seed: list[dict]) -> dict:

@@ -21,7 +21,6 @@ from m2skd.common.splits import parse_sequences
 
 from .config import SynthConfig
 from .sequence import (
-    WORLD_VERSION,
     ForeignSequenceError,
     OlderWorldError,
     check_own_folder,
@@ -93,8 +92,8 @@ def main(out_dir: Path, sequences: str, preset: str, labels: bool | None, summar
             if not regenerate and (old := kept_older_world(seq, prior, cfg, with_labels(name, labels))) is not None:
                 kept.append((name, old))
         for name, old in kept:
-            console.print(f"[yellow]sequence {name}: written by version {old} of the generator (this is "
-                          f"{WORLD_VERSION}); kept as it is, scans and poses together (--regenerate replaces it)")
+            console.print(f"[yellow]sequence {name}: written by version {old} of the generator (asked: "
+                          f"{cfg.world_version}); kept as it is, scans and poses together (--regenerate replaces it)")
         _generate(out_dir, names, cfg, labels, summary, regenerate)
     except (ForeignSequenceError, OlderWorldError, OutputError) as e:
         fail(str(e))

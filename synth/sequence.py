@@ -23,6 +23,7 @@ import numpy as np
 from m2skd.common import kitti_io
 from m2skd.common.atomic import atomic_path
 from m2skd.common.geometry import camera_poses
+from m2skd.common.labels import RAW_BY_NAME
 from m2skd.common.splits import TEST_SEQUENCES
 
 from . import raycast
@@ -49,11 +50,16 @@ class SequenceSim:
         self.speed = float(rng.uniform(cfg.speed_min, cfg.speed_max))
         duration = cfg.scans * cfg.period
         margin = cfg.max_range + 20.0
-        self.street = synth_world.street_of(self.name, cfg.seed, cfg.world)
+        self.street = synth_world.street_of(self.name, cfg.seed, cfg.world, cfg.world_version)
         self.world = synth_world.build_world(
             rng, -margin, self.speed * duration + margin, duration / 2, self.world_seed,
-            street=self.street, hard_density=cfg.hard_density,
+            street=self.street, hard_density=cfg.hard_density, version=cfg.world_version, ego_speed=self.speed,
         )
+        # version 3: the body sways on its springs (two sines a rotation axis, periods and
+        # phases per drive); its own stream, so version 2's draws are untouched
+        sway = np.random.default_rng([cfg.seed, int(self.name), 13])
+        self.sway_periods = sway.uniform(1.5, 6.0, (2, 2)) if cfg.world_version >= 3 else None
+        self.sway_phases = sway.uniform(0, 2 * np.pi, (2, 2))
         self.laser = raycast.beam_lasers(cfg.beams)
         self.elev = raycast.beam_elevations(cfg.beams)
         self.azim = raycast.column_azimuths(cfg.columns)
@@ -89,7 +95,21 @@ class SequenceSim:
         m = np.eye(4)
         m[:3, :3] = np.stack([ex, np.cross(ez, ex), ez], 1)
         m[:3, 3] = np.array([x, y, float(ground(x, y))]) + synth_world.SENSOR_HEIGHT * ez
+        if self.sway_periods is not None:
+            m[:3, :3] = m[:3, :3] @ self._sway(frame * self.cfg.period)
         return m
+
+    def _sway(self, t: float) -> np.ndarray:
+        """The body's pitch and roll on its springs at time t, about the sensor: a real scan
+        (000750) shows the road ahead tilted 2.8 % and 3.8 % to the side in the sensor's
+        frame, where the wheels-on-the-surface pose alone kept it at 0.0-0.1 %."""
+        waves = 0.6 * np.sin(2 * np.pi * t / self.sway_periods[:, 0] + self.sway_phases[:, 0]) + 0.4 * np.sin(
+            2 * np.pi * t / self.sway_periods[:, 1] + self.sway_phases[:, 1])
+        pitch, roll = np.radians([SWAY_PITCH, SWAY_ROLL]) * waves
+        cp, sp, cr, sr = np.cos(pitch), np.sin(pitch), np.cos(roll), np.sin(roll)
+        about_y = np.array([[cp, 0, sp], [0, 1, 0], [-sp, 0, cp]])
+        about_x = np.array([[1, 0, 0], [0, cr, -sr], [0, sr, cr]])
+        return about_y @ about_x
 
     def scan(self, frame: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(points float32 (N, 4) in the sensor frame, raw semantic uint32, instance uint32)."""
@@ -141,12 +161,52 @@ class SequenceSim:
         true = rng_m[b_i[g], c_i[g]]
         world_xy = (dirs[g] * true[:, None]) @ pose[:2, :3].T + origins[c_i[g], :2]
         sem[g] = self.world.ground_raw_ids(world_xy[:, 0], world_xy[:, 1])
+        if cfg.world_version >= 3:  # grass: the ray stops at the blades, short of the soil
+            r[g] -= grass_shift(world_xy, sem[g], cosi[b_i[g], c_i[g]], self.world_seed)
+            xyz = dirs * r[:, None]
         rem_base[g] = _ground_remission(sem[g])
         # per-laser gain (each HDL-64E laser has its own intensity response), incidence, range
         remission = (1.5 * rem_base * LASER_GAIN[self.laser[b_i]] * (0.3 + 0.7 * cosi[b_i, c_i])
                      * np.exp(-r / 60.0) + noise.normal(0.0, 0.03, len(r)))
         pts = np.concatenate([xyz, np.clip(remission, 0.0, 0.99)[:, None]], 1).astype(np.float32)
         return pts, sem, inst
+
+
+# Version 3's body sway, at most (degrees): pitch on the longer wheelbase less than roll.
+SWAY_PITCH, SWAY_ROLL = 1.5, 1.0
+# Version 3's grass: tufts on a GRASS_CELL lattice, taller in GRASS_PATCH-metre patches, at
+# most GRASS_TALL; the real scan's terrain scatters 17 mm (q90 35 mm) about its local plane,
+# twice its road's 8 mm, where version 2's terrain was as smooth as its road (4-9 mm).
+GRASS_CELL, GRASS_PATCH, GRASS_TALL, GRASS_MAX_SHIFT = 0.15, 6.0, 0.20, 0.5
+
+
+def value_noise(x: np.ndarray, y: np.ndarray, cell: float, seed: int) -> np.ndarray:
+    """Smooth noise in [0, 1): a hashed value per lattice corner, blended with smoothstep."""
+    gx, gy = x / cell, y / cell
+    ix, iy = np.floor(gx).astype(np.int64), np.floor(gy).astype(np.int64)
+    fx, fy = gx - ix, gy - iy
+    fx, fy = fx * fx * (3 - 2 * fx), fy * fy * (3 - 2 * fy)
+
+    def corner(i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        h = (i * 73856093) ^ (j * 19349663) ^ (seed * 83492791)
+        h = (h ^ (h >> 13)) * 1274126177
+        return ((h ^ (h >> 16)) & 0xFFFF) / 65536.0
+    top = corner(ix, iy) * (1 - fx) + corner(ix + 1, iy) * fx
+    bottom = corner(ix, iy + 1) * (1 - fx) + corner(ix + 1, iy + 1) * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def grass_height(xy: np.ndarray, seed: int) -> np.ndarray:
+    """Grass height (m) over the terrain at world (x, y)."""
+    patch = value_noise(xy[:, 0], xy[:, 1], GRASS_PATCH, seed + 1)
+    return GRASS_TALL * patch**2 * value_noise(xy[:, 0], xy[:, 1], GRASS_CELL, seed)
+
+
+def grass_shift(xy: np.ndarray, raw: np.ndarray, cosi: np.ndarray, seed: int) -> np.ndarray:
+    """How much shorter a ground return on terrain comes back for its grass: a blade h tall
+    meets a ray at incidence cosine cosi h / cosi before the soil (capped at grazing)."""
+    h = np.where(raw == RAW_BY_NAME["terrain"], grass_height(xy, seed), 0.0)
+    return np.minimum(h / np.maximum(cosi, 1e-3), GRASS_MAX_SHIFT)
 
 
 # Range noise grows with range: 2 cm (SynthConfig.range_noise) plus 1 mm a metre.
@@ -194,11 +254,12 @@ class OlderWorldError(ValueError):
 
 # The generator's version, written into synth.json. Bump it whenever the output for a
 # given config changes (world, shapes, sensor, poses): 1, flat ground and boxes (up to
-# commit 2146d08); 2, relief and shapes. A sequence of another version is never resumed
+# commit 2146d08); 2, relief and shapes; 3, grass, traffic both ways, tall cars, body sway,
+# the class mix retuned (SynthConfig.world_version picks 2 or 3). A sequence of another version is never resumed
 # nor touched: rewriting its poses.txt alone gave scans of the old world the poses of the
 # new one, and a fusion that silently misplaced every neighbour (found in the training-
 # mode experiment's cache, 2026-12-01).
-WORLD_VERSION = 2
+WORLD_VERSION = 3  # the newest
 
 
 def older_world(prior: dict | None, stamp: dict) -> int | None:
@@ -218,7 +279,7 @@ def kept_older_world(seq: kitti_io.Sequence, prior: dict | None, cfg: SynthConfi
     old = older_world(prior, world_stamp(cfg, labels))
     if old is None or is_complete(seq, cfg.scans, labels):
         return old
-    raise OlderWorldError(f"{seq.path}: begun by version {old} of the generator, this is version {WORLD_VERSION}: "
+    raise OlderWorldError(f"{seq.path}: begun by version {old} of the generator, this is version {cfg.world_version}: "
                           "finishing it would mix two worlds; pass --regenerate to start it again, or write to "
                           "another folder")
 
@@ -265,7 +326,7 @@ def generate_sequence(
     """Write one synthetic sequence under ROOT/sequences/NAME; resumes a partial run.
 
     labels=None writes labels except for the test split (11-21), as SemanticKITTI does.
-    A whole sequence written by another version of the generator (`WORLD_VERSION`) with
+    A whole sequence written by another version of the generator than `cfg.world_version` with
     the same settings is left as it is, every file untouched (experiments go on reading
     the world they began on); a partial one is refused. `regenerate` replaces either.
     """
@@ -309,7 +370,10 @@ def generate_sequence(
 
 def world_stamp(cfg: SynthConfig, labels: bool) -> dict:
     """What synth.json records of a sequence: generator, its version, labels, settings."""
-    return {"generator": "m2skd-synth", "version": WORLD_VERSION, "labels": labels, "config": cfg.to_dict()}
+    # the version is the stamp's own field (as before it was selectable), so a version-2
+    # world's synth.json, and the run records that quote it, read as they always did
+    config = {k: v for k, v in cfg.to_dict().items() if k != "world_version"}
+    return {"generator": "m2skd-synth", "version": cfg.world_version, "labels": labels, "config": config}
 
 
 def _write_if_changed(path: Path, write: Callable[[Path], None]) -> None:

@@ -51,13 +51,14 @@ def _wheels(name, axles, width, radius, inset=0.05):
     return [(*box(ax, 0, 0.0, 2 * radius, width - 2 * inset, 2 * radius, name), TYRE) for ax in axles]
 
 
-def car_parts(rng, name="car"):
+def car_parts(rng, name="car", tall: bool = False):
     """Bumpers and sills low, the body above the wheel arches, a bonnet and boot lower than
-    the cabin, the cabin's glass between pillars, a roof."""
+    the cabin, the cabin's glass between pillars, a roof; `tall`: an SUV, van or MPV (roof
+    1.55-1.9 m; real scan 000750's car tops out at 1.38 m over the road, q95)."""
     length, width = rng.uniform(3.9, 4.8), rng.uniform(1.7, 1.9)
     paint = DARK_PAINT if rng.random() < 0.35 else REMISSION[name]  # a third of cars are dark
     belt = rng.uniform(0.9, 1.0)  # top of the doors and bonnet
-    roof = belt + rng.uniform(0.4, 0.55)
+    roof = rng.uniform(1.55, 1.9) if tall else belt + rng.uniform(0.4, 0.55)
     r = 0.32  # wheel radius
     front, rear = length / 2 - 0.85, -length / 2 + 0.8  # axles
     arch = 2 * r + 0.12  # wheel arch opening along x

@@ -32,10 +32,12 @@ BENCHES = {
     "fuse_throughput.py": (["--scans", "3", "--reference-scans", "1"], "fusion of 3 full-size scans"),
     "paper_step.py": (["--cache", "{cache}", "--preset", "tiny", "--steps", "1", "--amp", "off", "--device", "cpu"],
                       "tiny preset, batch 2"),
+    "real_geometry.py": (["--scans", "2"], "real scan 000750 vs synthetic"),
     "sim_to_real.py": (["--out", "{tmp}/s2r", "--sequences", "00", "--scans", "3", "--steps", "2",
-                        "--train-seeds", "0,1"],
+                        "--train-seeds", "0,1", "--world-version", "3"],
                        "scored on SemanticKITTI 000750"),
-    "synth_realism.py": (["--split", "00", "--scans", "2", "--seeds", "0,1"], "range over the seeds"),
+    "synth_realism.py": (["--split", "00", "--scans", "2", "--seeds", "0,1", "--world-version", "3"],
+                         "range over the seeds"),
     "train_step.py": (["--cache", "{cache}", "--steps", "1"], "training step, tiny preset"),
 }
 
@@ -47,7 +49,8 @@ def test_every_bench_script_has_a_smoke_row():
 
 @pytest.mark.parametrize("script", sorted(BENCHES))
 def test_bench_runs_at_its_smallest_size(script, fused_cache, tmp_path):
-    if script in ("sim_to_real.py", "synth_realism.py") and not (REAL / "semantickitti_points_000750.npy").is_file():
+    needs_real = script in ("real_geometry.py", "sim_to_real.py", "synth_realism.py")
+    if needs_real and not (REAL / "semantickitti_points_000750.npy").is_file():
         pytest.skip("needs the real scan of shared/data/real")
     args, phrase = BENCHES[script]
     args = [a.format(cache=fused_cache, tmp=tmp_path) for a in args]

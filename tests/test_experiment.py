@@ -12,7 +12,6 @@ from click.testing import CliRunner
 
 from m2skd.common.labels import CLASS_NAMES
 from m2skd.experiments import evidence, stats, tables
-from m2skd.synth.sequence import WORLD_VERSION
 
 from .conftest import SMALL
 
@@ -87,7 +86,7 @@ def test_harness_trains_the_controls_and_pairs_them(fused_cache, synth_root, tmp
     assert "| m2skd-aff_only (− m2skd; − baseline) | 2 |" in (out / "results.md").read_text()
     # one budget, no early stop: every run trained its 4 steps; the world and the scores behind the gate recorded
     assert all(r["stopped_at"] == r["budget"] == 4 and r["best_step"] <= 4 for r in runs.values())
-    assert all(r["world"]["seed"] == SMALL.seed and r["world"]["generator_version"] == WORLD_VERSION
+    assert all(r["world"]["seed"] == SMALL.seed and r["world"]["generator_version"] == SMALL.world_version
                for r in runs.values())
     base = runs["baseline_s0"]["report"]
     assert sum(base["gt_points"].values()) == base["points"]
