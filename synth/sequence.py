@@ -101,8 +101,8 @@ class SequenceSim:
 
     def _sway(self, t: float) -> np.ndarray:
         """The body's pitch and roll on its springs at time t, about the sensor: a real scan
-        (000750) shows the road ahead tilted 2.8 % and 3.8 % to the side in the sensor's
-        frame, where the wheels-on-the-surface pose alone kept it at 0.0-0.1 %."""
+        (000750) shows the road ahead tilted 2.8 % and 3.5 % to the side in the sensor's
+        frame, where the wheels-on-the-surface pose alone kept it at 0.0-0.1 % ahead."""
         waves = 0.6 * np.sin(2 * np.pi * t / self.sway_periods[:, 0] + self.sway_phases[:, 0]) + 0.4 * np.sin(
             2 * np.pi * t / self.sway_periods[:, 1] + self.sway_phases[:, 1])
         pitch, roll = np.radians([SWAY_PITCH, SWAY_ROLL]) * waves
@@ -172,11 +172,12 @@ class SequenceSim:
         return pts, sem, inst
 
 
-# Version 3's body sway, at most (degrees): pitch on the longer wheelbase less than roll.
+# Version 3's body sway, at most (degrees): pitch and roll.
 SWAY_PITCH, SWAY_ROLL = 1.5, 1.0
 # Version 3's grass: tufts on a GRASS_CELL lattice, taller in GRASS_PATCH-metre patches, at
-# most GRASS_TALL; the real scan's terrain scatters 17 mm (q90 35 mm) about its local plane,
-# twice its road's 8 mm, where version 2's terrain was as smooth as its road (4-9 mm).
+# most GRASS_TALL; the real scan's terrain scatters 17 mm (q90 46 mm) about its local plane,
+# twice its road's 8 mm, where version 2's was smoother than its road (4-5 mm against 6-7;
+# bench/real_geometry.py).
 GRASS_CELL, GRASS_PATCH, GRASS_TALL, GRASS_MAX_SHIFT = 0.15, 6.0, 0.20, 0.5
 
 
