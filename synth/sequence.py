@@ -58,8 +58,9 @@ class SequenceSim:
         # version 3: the body sways on its springs (two sines a rotation axis, periods and
         # phases per drive); its own stream, so version 2's draws are untouched
         sway = np.random.default_rng([cfg.seed, int(self.name), 13])
-        self.sway_periods = sway.uniform(1.5, 6.0, (2, 2)) if cfg.world_version >= 3 else None
-        self.sway_phases = sway.uniform(0, 2 * np.pi, (2, 2))
+        v3 = cfg.world_version >= 3
+        self.sway_periods = sway.uniform(1.5, 6.0, (2, 2)) if v3 else None
+        self.sway_phases = sway.uniform(0, 2 * np.pi, (2, 2)) if v3 else None
         self.laser = raycast.beam_lasers(cfg.beams)
         self.elev = raycast.beam_elevations(cfg.beams)
         self.azim = raycast.column_azimuths(cfg.columns)
@@ -144,7 +145,6 @@ class SequenceSim:
         b_i, c_i = np.nonzero(keep)
         r = r[b_i, c_i]
         dirs = self.dirs[b_i, c_i]
-        xyz = dirs * r[:, None]
 
         who = hit[b_i, c_i]
         on_obj = who >= 0
@@ -163,7 +163,7 @@ class SequenceSim:
         sem[g] = self.world.ground_raw_ids(world_xy[:, 0], world_xy[:, 1])
         if cfg.world_version >= 3:  # grass: the ray stops at the blades, short of the soil
             r[g] -= grass_shift(world_xy, sem[g], cosi[b_i[g], c_i[g]], self.world_seed)
-            xyz = dirs * r[:, None]
+        xyz = dirs * r[:, None]
         rem_base[g] = _ground_remission(sem[g])
         # per-laser gain (each HDL-64E laser has its own intensity response), incidence, range
         remission = (1.5 * rem_base * LASER_GAIN[self.laser[b_i]] * (0.3 + 0.7 * cosi[b_i, c_i])
