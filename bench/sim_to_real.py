@@ -8,14 +8,17 @@ trainer reads shards), trains a PolarNet baseline without remission (the real la
 scan has none), and prints per-class IoU on the classes present in the real scan and the
 mean over road, sidewalk, building, vegetation, terrain and car; with several
 `--train-seeds` (one world, one training run per seed), each class's mean and range over
-them. Resumes: generation, fusion and training each skip what is done. `--record FILE`
-keeps the result as JSON.
+them; `--jobs N` generates, fuses and trains the seeds N at a time (a GPU machine). Resumes: generation, fusion
+and training each skip what is done. `--record FILE` keeps the result as JSON.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import click
@@ -30,7 +33,7 @@ from m2skd.common.splits import parse_sequences
 from m2skd.preprocess.config import FusionConfig
 from m2skd.preprocess.pipeline import run_fusion
 from m2skd.synth.config import SynthConfig
-from m2skd.synth.sequence import generate_sequence
+from m2skd.synth.sequence import WORLD_VERSION, generate_sequence
 from m2skd.train.config import TrainConfig
 from m2skd.train.data.batch import make_batch
 from m2skd.train.data.dataset import voxelise
@@ -75,31 +78,40 @@ def score_real(ckpt: Path) -> dict:
 @click.option("--tilt", type=float, default=0.0, show_default=True,
               help="augmentation: random roll/pitch (deg); with --z-shift, for a world whose ground is level")
 @click.option("--z-shift", type=float, default=0.0, show_default=True, help="augmentation: height shift sigma (m)")
-@click.option("--world-version", type=click.IntRange(2, 3), default=2, show_default=True,
+@click.option("--world-version", type=click.IntRange(2, WORLD_VERSION), default=2, show_default=True,
               help="generator version (a new version is a new world: use a fresh --out)")
+@click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="processes for generation, fusion and the seeds' training (a GPU machine; on 2 cores keep 1)")
 @click.option("--record", type=click.Path(dir_okay=False, path_type=Path), help="write the result JSON here")
 def main(out: Path, sequences: str, scans: int, steps: int, seed: int, train_seeds: str, tilt: float,
-         z_shift: float, world_version: int, record: Path | None) -> None:
+         z_shift: float, world_version: int, jobs: int, record: Path | None) -> None:
     t0 = time.perf_counter()
     names = parse_sequences(sequences)
     synth = SynthConfig.preset("full").override(scans=scans, seed=seed, world_version=world_version)
-    for name in names:
-        generate_sequence(out / "synth", name, synth)
-    run_fusion(out / "synth", names, out / "fused", FusionConfig())
+    pool = _pool(jobs) if jobs > 1 else None
+    if pool is None:
+        for name in names:
+            generate_sequence(out / "synth", name, synth)
+    else:  # one sequence a process: each writes its own folder
+        list(pool.map(generate_sequence, [out / "synth"] * len(names), names, [synth] * len(names)))
+    run_fusion(out / "synth", names, out / "fused", FusionConfig(), workers=jobs)
     cfg = TrainConfig.preset("tiny", model="polarnet").override(remission=False, workers=1,
                                                                  train_sequences=tuple(names), tilt_deg=tilt)
     if z_shift:
         cfg = cfg.override(translate=(*cfg.augment.translate[:2], z_shift))
     name = "run" if not (tilt or z_shift) else f"run_tilt{tilt:g}_z{z_shift:g}"
-    per_seed = {}
-    for k in (int(x) for x in train_seeds.split(",")):
-        run_dir = out / (name if k == 0 else f"{name}_s{k}")  # seed 0 keeps the name runs had before seeds
-        ckpt = train(RunSpec(kind="baseline", cfg=cfg, cache=out / "fused", out=run_dir, steps=steps, seed=k,
-                             resume="auto", progress=True))
-        per_seed[k] = score_real(ckpt)
+    seeds = [int(x) for x in train_seeds.split(",")]
+    # seed 0 keeps the name runs had before seeds
+    jobs_args = [(cfg, out, out / (name if k == 0 else f"{name}_s{k}"), steps, k, jobs == 1) for k in seeds]
+    if pool is None:
+        per_seed = {k: _train_and_score(*a) for k, a in zip(seeds, jobs_args, strict=True)}
+    else:
+        with pool:
+            per_seed = dict(zip(seeds, pool.map(_train_and_score, *zip(*jobs_args, strict=True)), strict=True))
     res = spread(per_seed)
     res.update(sequences=names, scans=scans, steps=steps, world_seed=seed, world_version=world_version,
-               train_seeds=sorted(per_seed), tilt_deg=tilt, z_shift=z_shift, minutes=(time.perf_counter() - t0) / 60)
+               train_seeds=sorted(per_seed), jobs=jobs, device=_device(), tilt_deg=tilt, z_shift=z_shift,
+               minutes=(time.perf_counter() - t0) / 60)
     t = Table(title=f"trained on {len(names)} synthetic sequences, scored on SemanticKITTI 000750 "
                     f"({len(per_seed)} training seed{'s' * (len(per_seed) > 1)}: mean [min, max])")
     t.add_column("class")
@@ -114,6 +126,20 @@ def main(out: Path, sequences: str, scans: int, steps: int, seed: int, train_see
             tmp.write_text(json.dumps(res, indent=1))
 
 
+def _pool(jobs: int) -> ProcessPoolExecutor:
+    """Processes for a GPU machine's many cores: spawned (CUDA forbids fork), each with its
+    share of the cores in torch threads (OMP_NUM_THREADS, when set, wins)."""
+    threads = int(os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // jobs))
+    return ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=torch.set_num_threads,
+                               initargs=(threads,))
+
+
+def _train_and_score(cfg: TrainConfig, out: Path, run_dir: Path, steps: int, seed: int, progress: bool) -> dict:
+    ckpt = train(RunSpec(kind="baseline", cfg=cfg, cache=out / "fused", out=run_dir, steps=steps, seed=seed,
+                         resume="auto", progress=progress))
+    return score_real(ckpt)
+
+
 def spread(per_seed: dict[int, dict]) -> dict:
     """Per class and for the two means: mean, min and max over the training seeds; the
     per-seed results kept under "runs"."""
@@ -125,6 +151,10 @@ def spread(per_seed: dict[int, dict]) -> dict:
     return {"iou": {c: stat([r["iou"][c] for r in runs]) for c in runs[0]["iou"]},
             "six_mean": stat([r["six_mean"] for r in runs]), "present_mean": stat([r["present_mean"] for r in runs]),
             "points": runs[0]["points"], "runs": {str(k): r for k, r in per_seed.items()}}
+
+
+def _device() -> str:
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
 
 
 def _cell(v: dict) -> str:
