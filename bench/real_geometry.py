@@ -8,6 +8,9 @@ Measured the same way on every scan (sensor frame):
   neighbourhood (radius in x-y, 5-20 m from the sensor, neighbourhoods spanning 0.4 m
   of range so that they cross rings), median and q90 over neighbourhoods;
 - the road plane's slopes ahead and sideways (road points 4-12 m away), in %;
+- scatter of vegetation and cars about their local surface: the RMS distance from the
+  best plane (smallest principal axis) of each 0.5 m ball (4-25 m away), median over
+  sampled balls: leaves scatter a ray's return where a car's body does not;
 - cars: instances of 50+ points (synthetic: their instance ids; real: connected 1 m
   cells of car points), how many stand 15-30 m away, and their top over the road plane
   (q95 of z above it).
@@ -28,7 +31,7 @@ from m2skd.synth.config import SynthConfig
 from m2skd.synth.sequence import SequenceSim
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
-ROAD, TERRAIN, CAR = (CLASS_NAMES.index(n) for n in ("road", "terrain", "car"))
+ROAD, TERRAIN, CAR, VEGETATION = (CLASS_NAMES.index(n) for n in ("road", "terrain", "car", "vegetation"))
 
 
 def roughness(xyz: np.ndarray, samples: int = 300, seed: int = 0) -> tuple[float, float]:
@@ -48,6 +51,18 @@ def roughness(xyz: np.ndarray, samples: int = 300, seed: int = 0) -> tuple[float
         res = nb[:, 2] - a @ np.linalg.lstsq(a, nb[:, 2], rcond=None)[0]
         out.append(np.sqrt(np.mean(res**2)))
     return (1000 * float(np.median(out)), 1000 * float(np.percentile(out, 90))) if out else (np.nan, np.nan)
+
+
+def surface_scatter(xyz: np.ndarray, radius: float = 0.5, samples: int = 300, seed: int = 0) -> float:
+    """Median (mm) over sampled 0.5 m balls of the points' RMS distance from their best plane."""
+    r = np.linalg.norm(xyz[:, :2], axis=1)
+    pts = xyz[(r > 4) & (r < 25)]
+    out = []
+    for i in np.random.default_rng(seed).choice(len(pts), min(samples, len(pts)), replace=False):
+        nb = pts[np.linalg.norm(pts - pts[i], axis=1) < radius]
+        if len(nb) >= 8:
+            out.append(np.sqrt(np.linalg.eigvalsh(np.cov(nb.T))[0]))
+    return 1000 * float(np.median(out)) if out else float("nan")
 
 
 def road_plane(xyz: np.ndarray, lab: np.ndarray, near: float = 4.0, far: float = 12.0) -> np.ndarray:
@@ -96,6 +111,8 @@ def cars(xyz: np.ndarray, lab: np.ndarray, inst: np.ndarray | None) -> list[tupl
 def measure_scan(xyz: np.ndarray, lab: np.ndarray, inst: np.ndarray | None) -> dict:
     a, b, _ = road_plane(xyz, lab)
     return {"road": roughness(xyz[lab == ROAD]), "terrain": roughness(xyz[lab == TERRAIN]),
+            "vegetation_scatter": surface_scatter(xyz[lab == VEGETATION]),
+            "car_scatter": surface_scatter(xyz[lab == CAR]),
             "ahead": 100 * float(a), "side": 100 * float(b), "cars": cars(xyz, lab, inst)}
 
 
@@ -116,7 +133,11 @@ def summary(per_scan: list[dict]) -> dict:
     def q(key: str, k: int) -> list[float]:
         v = [s[key][k] for s in per_scan if np.isfinite(s[key][k])]
         return [float(np.min(v)), float(np.max(v))] if v else [np.nan, np.nan]
+    def span(key: str) -> list[float]:
+        v = [s[key] for s in per_scan if np.isfinite(s[key])]
+        return [float(np.min(v)), float(np.max(v))] if v else [np.nan, np.nan]
     return {"scans": len(per_scan), "road_mm": q("road", 0), "terrain_mm": q("terrain", 0),
+            "vegetation_scatter_mm": span("vegetation_scatter"), "car_scatter_mm": span("car_scatter"),
             "terrain_q90_mm": q("terrain", 1),
             "ahead_pct": [min(s["ahead"] for s in per_scan), max(s["ahead"] for s in per_scan)],
             "side_pct": [min(s["side"] for s in per_scan), max(s["side"] for s in per_scan)],
@@ -147,6 +168,9 @@ def main(sequence: str, scans: int, seed: int, json_path: Path | None) -> None:
     rows = [("road roughness, median (mm)", lambda s: span(s["road_mm"], ".0f")),
             ("terrain roughness, median (mm)", lambda s: span(s["terrain_mm"], ".0f")),
             ("terrain roughness, q90 (mm)", lambda s: span(s["terrain_q90_mm"], ".0f")),
+            ("vegetation scatter about its surface, 0.5 m balls, median (mm)",
+             lambda s: span(s["vegetation_scatter_mm"], ".0f")),
+            ("car scatter about its surface, 0.5 m balls, median (mm)", lambda s: span(s["car_scatter_mm"], ".0f")),
             ("road slope ahead (%)", lambda s: span(s["ahead_pct"], "+.1f")),
             ("road slope sideways (%)", lambda s: span(s["side_pct"], "+.1f")),
             ("cars of 50+ points, 15-30 m (all scans)", lambda s: f"{s['cars_15_30m']} of {s['cars']}"),

@@ -163,10 +163,6 @@ class SequenceSim:
         sem[g] = self.world.ground_raw_ids(world_xy[:, 0], world_xy[:, 1])
         if cfg.world_version >= 3:  # grass: the ray stops at the blades, short of the soil
             r[g] -= grass_shift(world_xy, sem[g], cosi[b_i[g], c_i[g]], self.world_seed)
-        if cfg.world_version >= 4:  # foliage: the ray goes into the leaves before one sends it back
-            leaf = sem == RAW_BY_NAME["vegetation"]
-            depth = np.random.default_rng([cfg.seed, int(self.name), frame, 17])
-            r[leaf] += np.minimum(depth.exponential(FOLIAGE_DEPTH, int(leaf.sum())), FOLIAGE_MAX_DEPTH)
         xyz = dirs * r[:, None]
         rem_base[g] = _ground_remission(sem[g])
         # per-laser gain (each HDL-64E laser has its own intensity response), incidence, range
@@ -183,12 +179,6 @@ SWAY_PITCH, SWAY_ROLL = 1.5, 1.0
 # twice its road's 8 mm, where version 2's was smoother than its road (4-5 mm against 6-7;
 # bench/real_geometry.py).
 GRASS_CELL, GRASS_PATCH, GRASS_TALL, GRASS_MAX_SHIFT = 0.15, 6.0, 0.20, 0.5
-# Version 4's foliage: a ray meets a bush's or a crown's leaves at a depth into it, mean
-# FOLIAGE_DEPTH (exponential: each layer of leaves stops a share of the rays), at most
-# FOLIAGE_MAX_DEPTH. The real scan's vegetation scatters 122 mm (q90 164) about its local
-# plane, twice its cars' 63; version 3's smooth crowns scattered 37-40 mm, less than its
-# own cars' 48-55 (0.5 m neighbourhoods, bench/real_geometry.py).
-FOLIAGE_DEPTH, FOLIAGE_MAX_DEPTH = 0.25, 1.0
 
 
 def value_noise(x: np.ndarray, y: np.ndarray, cell: float, seed: int) -> np.ndarray:
@@ -266,11 +256,11 @@ class OlderWorldError(ValueError):
 # The generator's version, written into synth.json. Bump it whenever the output for a
 # given config changes (world, shapes, sensor, poses): 1, flat ground and boxes (up to
 # commit 2146d08); 2, relief and shapes; 3, grass, traffic both ways, tall cars, body sway,
-# the class mix retuned; 4, foliage depth (SynthConfig.world_version picks 2, 3 or 4). A
-# sequence of another version is never resumed nor touched: rewriting its poses.txt alone
-# gave scans of the old world the poses of the new one, and a fusion that silently
-# misplaced every neighbour (found in the training-mode experiment's cache, 2026-12-01).
-WORLD_VERSION = 4  # the newest
+# the class mix retuned (SynthConfig.world_version picks 2 or 3). A sequence of another version is never resumed
+# nor touched: rewriting its poses.txt alone gave scans of the old world the poses of the
+# new one, and a fusion that silently misplaced every neighbour (found in the training-
+# mode experiment's cache, 2026-12-01).
+WORLD_VERSION = 3  # the newest
 
 
 def older_world(prior: dict | None, stamp: dict) -> int | None:

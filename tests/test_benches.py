@@ -34,9 +34,9 @@ BENCHES = {
                       "tiny preset, batch 2"),
     "real_geometry.py": (["--scans", "2"], "real scan 000750 vs synthetic"),
     "sim_to_real.py": (["--out", "{tmp}/s2r", "--sequences", "00", "--scans", "3", "--steps", "2",
-                        "--train-seeds", "0,1", "--world-version", "4", "--jobs", "2"],
+                        "--train-seeds", "0,1", "--world-version", "3", "--jobs", "2"],
                        "scored on SemanticKITTI 000750"),
-    "synth_realism.py": (["--split", "00", "--scans", "2", "--seeds", "0,1", "--world-version", "4"],
+    "synth_realism.py": (["--split", "00", "--scans", "2", "--seeds", "0,1", "--world-version", "3"],
                          "range over the seeds"),
     "train_step.py": (["--cache", "{cache}", "--steps", "1"], "training step, tiny preset"),
 }
