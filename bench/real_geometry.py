@@ -12,8 +12,8 @@ Measured the same way on every scan (sensor frame):
   best plane (smallest principal axis) of each 0.5 m ball (4-25 m away), median over
   sampled balls: leaves scatter a ray's return where a car's body does not;
 - cars: instances of 50+ points (synthetic: their instance ids; real: connected 1 m
-  cells of car points), how many stand 15-30 m away, and their top over the road plane
-  (q95 of z above it).
+  cells of car points), how many stand 15-30 m away and how many points those hold, and
+  their top over the road plane (q95 of z above it).
 """
 
 from __future__ import annotations
@@ -142,6 +142,8 @@ def summary(per_scan: list[dict]) -> dict:
             "ahead_pct": [min(s["ahead"] for s in per_scan), max(s["ahead"] for s in per_scan)],
             "side_pct": [min(s["side"] for s in per_scan), max(s["side"] for s in per_scan)],
             "cars_15_30m": len(mid), "cars": len(cars_all),
+            "car_points_15_30m": [float(np.percentile([c[2] for c in mid], q)) for q in (0, 50, 100)] if mid
+            else [np.nan] * 3,
             "car_top_m": [float(np.percentile([c[1] for c in cars_all], q)) for q in (0, 50, 100)] if cars_all
             else [np.nan] * 3}
 
@@ -174,6 +176,8 @@ def main(sequence: str, scans: int, seed: int, json_path: Path | None) -> None:
             ("road slope ahead (%)", lambda s: span(s["ahead_pct"], "+.1f")),
             ("road slope sideways (%)", lambda s: span(s["side_pct"], "+.1f")),
             ("cars of 50+ points, 15-30 m (all scans)", lambda s: f"{s['cars_15_30m']} of {s['cars']}"),
+            ("points per car of 50+ points at 15-30 m: median [min, max]",
+             lambda s: "{1:.0f} [{0:.0f}, {2:.0f}]".format(*s["car_points_15_30m"])),
             ("car top over the road (q95 per car, m): median [min, max]",
              lambda s: "{1:.2f} [{0:.2f}, {2:.2f}]".format(*s["car_top_m"]))]
     for name, f in rows:
