@@ -130,14 +130,12 @@ def summary(per_scan: list[dict]) -> dict:
     cars_all = [c for s in per_scan for c in s["cars"]]
     mid = [c for c in cars_all if 15 <= c[0] <= 30]
 
-    def q(key: str, k: int) -> list[float]:
-        v = [s[key][k] for s in per_scan if np.isfinite(s[key][k])]
-        return [float(np.min(v)), float(np.max(v))] if v else [np.nan, np.nan]
-    def span(key: str) -> list[float]:
-        v = [s[key] for s in per_scan if np.isfinite(s[key])]
+    def q(key: str, k: int | None = None) -> list[float]:
+        """min and max over the scans of s[key] (of s[key][k] for a pair)."""
+        v = [x for x in (s[key] if k is None else s[key][k] for s in per_scan) if np.isfinite(x)]
         return [float(np.min(v)), float(np.max(v))] if v else [np.nan, np.nan]
     return {"scans": len(per_scan), "road_mm": q("road", 0), "terrain_mm": q("terrain", 0),
-            "vegetation_scatter_mm": span("vegetation_scatter"), "car_scatter_mm": span("car_scatter"),
+            "vegetation_scatter_mm": q("vegetation_scatter"), "car_scatter_mm": q("car_scatter"),
             "terrain_q90_mm": q("terrain", 1),
             "ahead_pct": [min(s["ahead"] for s in per_scan), max(s["ahead"] for s in per_scan)],
             "side_pct": [min(s["side"] for s in per_scan), max(s["side"] for s in per_scan)],

@@ -8,8 +8,9 @@ trainer reads shards), trains a PolarNet baseline without remission (the real la
 scan has none), and prints per-class IoU on the classes present in the real scan and the
 mean over road, sidewalk, building, vegetation, terrain and car; with several
 `--train-seeds` (one world, one training run per seed), each class's mean and range over
-them; `--jobs N` generates, fuses and trains the seeds N at a time (a GPU machine). Resumes: generation, fusion
-and training each skip what is done. `--record FILE` keeps the result as JSON.
+them; `--jobs N` generates, fuses and trains the seeds N at a time (a GPU machine).
+Resumes: generation, fusion and training each skip what is done. `--record FILE` keeps
+the result as JSON.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import multiprocessing as mp
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 import click
@@ -88,13 +90,6 @@ def main(out: Path, sequences: str, scans: int, steps: int, seed: int, train_see
     t0 = time.perf_counter()
     names = parse_sequences(sequences)
     synth = SynthConfig.preset("full").override(scans=scans, seed=seed, world_version=world_version)
-    pool = _pool(jobs) if jobs > 1 else None
-    if pool is None:
-        for name in names:
-            generate_sequence(out / "synth", name, synth)
-    else:  # one sequence a process: each writes its own folder
-        list(pool.map(generate_sequence, [out / "synth"] * len(names), names, [synth] * len(names)))
-    run_fusion(out / "synth", names, out / "fused", FusionConfig(), workers=jobs)
     cfg = TrainConfig.preset("tiny", model="polarnet").override(remission=False, workers=1,
                                                                  train_sequences=tuple(names), tilt_deg=tilt)
     if z_shift:
@@ -102,12 +97,13 @@ def main(out: Path, sequences: str, scans: int, steps: int, seed: int, train_see
     name = "run" if not (tilt or z_shift) else f"run_tilt{tilt:g}_z{z_shift:g}"
     seeds = [int(x) for x in train_seeds.split(",")]
     # seed 0 keeps the name runs had before seeds
-    jobs_args = [(cfg, out, out / (name if k == 0 else f"{name}_s{k}"), steps, k, jobs == 1) for k in seeds]
-    if pool is None:
-        per_seed = {k: _train_and_score(*a) for k, a in zip(seeds, jobs_args, strict=True)}
-    else:
-        with pool:
-            per_seed = dict(zip(seeds, pool.map(_train_and_score, *zip(*jobs_args, strict=True)), strict=True))
+    runs = [(cfg, out, out / (name if k == 0 else f"{name}_s{k}"), steps, k, jobs == 1) for k in seeds]
+    with _pool(jobs) if jobs > 1 else nullcontext() as pool:
+        # in the pool one sequence a process (each writes its own folder), then one seed a process
+        run_map = map if pool is None else pool.map
+        list(run_map(generate_sequence, [out / "synth"] * len(names), names, [synth] * len(names)))
+        run_fusion(out / "synth", names, out / "fused", FusionConfig(), workers=jobs)
+        per_seed = dict(zip(seeds, run_map(_train_and_score, *zip(*runs, strict=True)), strict=True))
     res = spread(per_seed)
     res.update(sequences=names, scans=scans, steps=steps, world_seed=seed, world_version=world_version,
                train_seeds=sorted(per_seed), jobs=jobs, device=_device(), tilt_deg=tilt, z_shift=z_shift,
