@@ -116,3 +116,33 @@ def test_fingerprint_runs_and_is_deterministic_at_one_step(tmp_path):
         assert r.returncode == 0, r.stderr[-3000:]
         outs.append(out.read_bytes())
     assert outs[0] == outs[1] and b'"runs"' in outs[0]
+
+
+def test_sim_to_real_views_are_the_turns_and_mirrors_of_the_scan():
+    """The 24 views the real scan is scored under: rigid turns about z (heights and
+    distances kept), half of them mirrored (orientation reversed), none twice, the first the
+    scan itself (the reading recorded before the views)."""
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("sim_to_real", REPO / "bench" / "sim_to_real.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rng = np.random.default_rng(0)
+    xyz = rng.normal(0, 10, (50, 3)).astype(np.float32)
+    out = mod.views(xyz)
+    assert len(out) == 24
+    np.testing.assert_array_equal(out[0], xyz)
+
+    def orientation(p):  # sign of the signed area of the first three points' xy triangle
+        a, b, c = p[:3, :2].astype(np.float64)
+        return np.sign((b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0]))
+
+    d0 = np.linalg.norm(xyz[:, None] - xyz[None], axis=2)
+    for k, v in enumerate(out):
+        np.testing.assert_allclose(v[:, 2], xyz[:, 2])
+        np.testing.assert_allclose(np.linalg.norm(v[:, None] - v[None], axis=2), d0, atol=1e-3)
+        assert orientation(v) == (1 if k < 12 else -1) * orientation(xyz)
+    flat = {tuple(np.round(v[0], 3)) for v in out}
+    assert len(flat) == 24
