@@ -32,6 +32,7 @@ BENCHES = {
     "fuse_throughput.py": (["--scans", "3", "--reference-scans", "1"], "fusion of 3 full-size scans"),
     "paper_step.py": (["--cache", "{cache}", "--preset", "tiny", "--steps", "1", "--amp", "off", "--device", "cpu"],
                       "tiny preset, batch 2"),
+    "real_car_probe.py": (["--runs", "{tmp}/s2r/run", "--scans", "1"], "why the real car is missed"),
     "real_geometry.py": (["--scans", "2"], "real scan 000750 vs synthetic"),
     "sim_to_real.py": (["--out", "{tmp}/s2r", "--sequences", "00", "--scans", "3", "--steps", "2",
                         "--train-seeds", "0,1", "--world-version", "3", "--jobs", "2"],
@@ -49,11 +50,15 @@ def test_every_bench_script_has_a_smoke_row():
 
 @pytest.mark.parametrize("script", sorted(BENCHES))
 def test_bench_runs_at_its_smallest_size(script, fused_cache, tmp_path):
-    needs_real = script in ("real_geometry.py", "sim_to_real.py", "synth_realism.py")
+    needs_real = script in ("real_car_probe.py", "real_geometry.py", "sim_to_real.py", "synth_realism.py")
     if needs_real and not (REAL / "semantickitti_points_000750.npy").is_file():
         pytest.skip("needs the real scan of shared/data/real")
     args, phrase = BENCHES[script]
     args = [a.format(cache=fused_cache, tmp=tmp_path) for a in args]
+    if script == "real_car_probe.py":  # it probes what sim_to_real.py trained: one such model first
+        s2r = _run([sys.executable, str(REPO / "bench" / "sim_to_real.py"), "--out", str(tmp_path / "s2r"),
+                    "--sequences", "00", "--scans", "2", "--steps", "1"], cwd=tmp_path)
+        assert s2r.returncode == 0, s2r.stderr[-3000:]
     scratch = tmp_path / "tempdir"  # the bench's own temp dir: whatever it makes there must go when it ends
     scratch.mkdir()
     r = _run([sys.executable, str(REPO / "bench" / script), *args], cwd=tmp_path, env={"TMPDIR": str(scratch)})
