@@ -16,7 +16,9 @@ For each model (a run folder's last.pt), the car's IoU and its true and false ca
 - on the synthetic side, the share of the world's own near vegetation (the same
   definition) called car, on four scans of drive 08 (world seed 0), which the models were
   not trained on, to tell a model that cannot see vegetation from one that cannot see
-  real vegetation; and its car IoU on those scans.
+  real vegetation; and its car IoU on those scans;
+- the ground's tilt in the sensor's frame of both real scans (the labelled 000750 and the
+  unlabelled KITTI object frame 004139), from their lowest points ahead and behind.
 Probes, not a yardstick: they say what the models read as car, not how to fix the world.
 """
 
@@ -83,6 +85,19 @@ def near_vegetation(xyz: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return (labels == VEGETATION) & (r > 3) & (r < 10) & (xyz[:, 2] + 1.73 < 1.3)
 
 
+def ground_tilt(xyz: np.ndarray) -> dict:
+    """The ground's height ahead and behind without labels: the lowest tenth of the points
+    (q10 of z) in 2 m bands along x within 3 m of the axis, at 3-5 m and 25-27 m each way;
+    the tilt (deg, positive: the ground rises ahead) of the line through the two far bands."""
+    def low(x0: float) -> float:
+        m = (xyz[:, 0] > x0) & (xyz[:, 0] < x0 + 2) & (np.abs(xyz[:, 1]) < 3)
+        return float(np.percentile(xyz[m, 2], 10))
+
+    ahead, behind = {k: low(k) for k in (3.0, 25.0)}, {k: low(-k - 2) for k in (3.0, 25.0)}
+    return {"ahead_3_25": [ahead[3.0], ahead[25.0]], "behind_3_25": [behind[3.0], behind[25.0]],
+            "tilt_deg": float(np.degrees(np.arctan((ahead[25.0] - behind[25.0]) / 52.0)))}
+
+
 def car_counts(pred: np.ndarray, labels: np.ndarray) -> dict:
     tp = int(((pred == CAR) & (labels == CAR)).sum())
     fp = int(((pred == CAR) & (labels != CAR) & (labels != IGNORE_INDEX)).sum())
@@ -141,6 +156,9 @@ def main(runs: str, world_version: int, scans: int, json_path: Path | None) -> N
         xyz, sem, _ = sim.scan(int(f))
         synthetic.append((xyz[:, :3].astype(np.float64), raw_to_train(sem).astype(np.int64)))
     res = {str(p): probe(Path(p) / "last.pt", synthetic) for p in runs.split(",")}
+    tilt = {"semantickitti_000750": ground_tilt(np.load(REAL / "semantickitti_points_000750.npy")),
+            "kitti_object_004139": ground_tilt(np.fromfile(REAL / "kitti_object_004139.bin", np.float32)
+                                               .reshape(-1, 4)[:, :3])}
     t = Table(title="why the real car is missed: the real scan 000750 under probes, per model")
     for col in ("model", "car IoU %", "true / false car", "false: vegetation, 0-10 m",
                 "near veg. called car % (recorded / jittered / smoothed)", "levelled: car IoU %, true / false",
@@ -155,10 +173,13 @@ def main(runs: str, world_version: int, scans: int, json_path: Path | None) -> N
                   f"{100 * lv['iou']:.1f} ({lv['turn_deg']:+.1f} deg), {lv['true']} / {lv['false']}",
                   f"{100 * r['synthetic_near_vegetation_called_car']:.1f}", f"{100 * r['synthetic_car']['iou']:.1f}")
     Console().print(t)
+    Console().print("the real scans' ground, rising ahead in the sensor's frame (no labels: the lowest tenth of "
+                    "points, 25-27 m ahead and behind): " + ", ".join(f"{k} {v['tilt_deg']:+.1f} deg"
+                                                                    for k, v in tilt.items()))
     if json_path is not None:
         with atomic_path(json_path) as tmp:
             tmp.write_text(json.dumps({"world_version": world_version, "synthetic_frames": [int(f) for f in frames],
-                                       "runs": res}, indent=1))
+                                       "real_ground_tilt": tilt, "runs": res}, indent=1))
 
 
 if __name__ == "__main__":
