@@ -50,10 +50,11 @@ SIX = ("road", "sidewalk", "building", "vegetation", "terrain", "car")
 
 
 # The real scan under 24 views: 12 turns of 30 degrees about z, each with and without the
-# y mirror. Training draws rotations of +-45 degrees and both flips (AugmentConfig), so
-# every view is one the model was trained for; one view's car IoU moved 2-3 points (sd)
-# with the turn for version 3's models (0-15 % by view), so the views' mean is the steadier
-# reading of the same model, and the first view is the one recorded before (iou, six_mean).
+# y mirror. PolarNet's training draws rotations over the full circle and both flips
+# (its registry entry's augmentation), so every view is one the model was trained for;
+# one view's car IoU moved 2-3 points (sd) with the turn for version 3's models (0-15 % by
+# view), so the views' mean is the steadier reading of the same model, and the first view
+# is the one recorded before (iou, six_mean).
 VIEW_TURNS = tuple(range(0, 360, 30))
 
 
