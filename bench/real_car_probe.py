@@ -35,8 +35,9 @@ from rich.table import Table
 
 from m2skd.common.atomic import atomic_path
 from m2skd.common.labels import CLASS_NAMES, IGNORE_INDEX, raw_to_train
+from m2skd.synth.cli import world_version_option
 from m2skd.synth.config import SynthConfig
-from m2skd.synth.sequence import WORLD_VERSION, SequenceSim
+from m2skd.synth.sequence import SequenceSim
 from m2skd.train.data.batch import make_batch
 from m2skd.train.data.dataset import voxelise
 from m2skd.train.engine.checkpoint import load_model
@@ -140,13 +141,25 @@ def probe(ckpt: Path, synthetic: list[tuple[np.ndarray, np.ndarray]]) -> dict:
     return out
 
 
-@click.command()
-@click.option("--runs", required=True, help="comma-separated run folders of bench/sim_to_real.py (their last.pt)")
-@click.option("--world-version", type=click.IntRange(2, WORLD_VERSION), default=3, show_default=True,
-              help="the version the models were trained on (for the synthetic probe)")
-@click.option("--scans", type=int, default=4, show_default=True, help="synthetic scans of drive 08 to probe")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
-def main(runs: str, world_version: int, scans: int, json_path: Path | None) -> None:
+def _run_folders(_ctx, _param, value: str) -> list[Path]:
+    """--runs: each a folder holding a last.pt, checked before anything is built."""
+    folders = [Path(p) for p in value.split(",") if p.strip()]
+    if not folders:
+        raise click.BadParameter("no run folder given (comma-separated folders of bench/sim_to_real.py)")
+    for f in folders:
+        if not (f / "last.pt").is_file():
+            raise click.BadParameter(f"{f}: no last.pt there (a run folder of bench/sim_to_real.py holds one)")
+    return folders
+
+
+@click.command(help=__doc__)
+@click.option("--runs", required=True, callback=_run_folders,
+              help="comma-separated run folders of bench/sim_to_real.py (their last.pt)")
+@world_version_option(3, "the version the models were trained on (for the synthetic probe)")
+@click.option("--scans", type=click.IntRange(1), default=4, show_default=True,
+              help="synthetic scans of drive 08 (world seed 0) to probe, spread over the drive")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="write the result JSON here")
+def main(runs: list[Path], world_version: int, scans: int, json_path: Path | None) -> None:
     torch.set_num_threads(1)
     synth = SynthConfig.preset("full").override(seed=0, world_version=world_version)
     sim = SequenceSim(synth, "08")
@@ -155,7 +168,7 @@ def main(runs: str, world_version: int, scans: int, json_path: Path | None) -> N
     for f in frames:
         xyz, sem, _ = sim.scan(int(f))
         synthetic.append((xyz[:, :3].astype(np.float64), raw_to_train(sem).astype(np.int64)))
-    res = {str(p): probe(Path(p) / "last.pt", synthetic) for p in runs.split(",")}
+    res = {str(p): probe(p / "last.pt", synthetic) for p in runs}
     tilt = {"semantickitti_000750": ground_tilt(np.load(REAL / "semantickitti_points_000750.npy")),
             "kitti_object_004139": ground_tilt(np.fromfile(REAL / "kitti_object_004139.bin", np.float32)
                                                .reshape(-1, 4)[:, :3])}

@@ -27,8 +27,8 @@ from rich.console import Console
 from rich.table import Table
 
 from m2skd.common.labels import CLASS_NAMES, raw_to_train
-from m2skd.synth.config import SynthConfig
-from m2skd.synth.sequence import WORLD_VERSION, SequenceSim
+from m2skd.synth.config import WORLD_VERSIONS, SynthConfig
+from m2skd.synth.sequence import SequenceSim
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 ROAD, TERRAIN, CAR, VEGETATION = (CLASS_NAMES.index(n) for n in ("road", "terrain", "car", "vegetation"))
@@ -156,7 +156,7 @@ def main(sequence: str, scans: int, seed: int, json_path: Path | None) -> None:
     lab = np.load(REAL / "semantickitti_labels_000750.npy").ravel()
     real = summary([measure_scan(xyz, lab, None)])
     res = {"real 000750": real, **{f"version {v}": summary(measure_synthetic(v, sequence, scans, seed))
-                                   for v in range(2, WORLD_VERSION + 1)}}
+                                   for v in WORLD_VERSIONS}}
     t = Table(title=f"real scan 000750 vs synthetic sequence {sequence} (world seed {seed}, {scans} full-size "
                     "scans: min-max over scans)")
     t.add_column("quantity")

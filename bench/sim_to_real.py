@@ -1,18 +1,20 @@
 """Sim-to-real yardstick: a single-scan model trained only on synthetic full-size scans,
 scored on the real labelled SemanticKITTI scan 000750 (shared/data/real/).
 
-    python bench/sim_to_real.py --out data_cache/sim2real [--sequences 00-05] [--steps 3000] [--train-seeds 0,1,2]
+    python bench/sim_to_real.py --out data_cache/sim2real [--sequences 00-05] [--steps 1500] [--train-seeds 0,1,2]
 
 It generates the synthetic sequences (full preset, hard_density 1), fuses them (the
 trainer reads shards), trains a PolarNet baseline without remission (the real labelled
 scan has none), and prints per-class IoU on the classes present in the real scan and the
 mean over road, sidewalk, building, vegetation, terrain and car: on the scan as recorded,
 and the mean over its 24 views (turned and mirrored about z, all within the training's
-augmentation; `views`); the points called car broken down by what they are; with several
+augmentation; `views`), and records the points called car broken down by what they
+are (`called_car`); with several
 `--train-seeds` (one world, one training run per seed), each class's mean and range over
 them; `--jobs N` generates, fuses and trains the seeds N at a time (a GPU machine).
 Resumes: generation, fusion and training each skip what is done, so the same command on
-a finished --out only scores its models again. `--record FILE` keeps the result as JSON.
+a finished --out only scores its models again (it rewrites their last.pt and config.json
+as a resumed run does, the same weights). `--record FILE` keeps the result as JSON.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ from m2skd.common.labels import CLASS_NAMES, IGNORE_INDEX
 from m2skd.common.splits import parse_sequences
 from m2skd.preprocess.config import FusionConfig
 from m2skd.preprocess.pipeline import run_fusion
+from m2skd.synth.cli import world_version_option
 from m2skd.synth.config import SynthConfig
-from m2skd.synth.sequence import WORLD_VERSION, generate_sequence
+from m2skd.synth.sequence import generate_sequence
 from m2skd.train.config import TrainConfig
 from m2skd.train.data.batch import make_batch
 from m2skd.train.data.dataset import voxelise
@@ -113,18 +116,19 @@ def score_real(ckpt: Path) -> dict:
             "points": int((labels != IGNORE_INDEX).sum())}
 
 
-@click.command()
+@click.command(help=__doc__)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("data_cache/sim2real"))
 @click.option("--sequences", default="00-05", show_default=True)
 @click.option("--scans", type=int, default=100, show_default=True, help="scans per synthetic sequence")
-@click.option("--steps", type=int, default=3000, show_default=True)
+@click.option("--steps", type=click.IntRange(1), default=1500, show_default=True,
+              help="training steps a seed (every record in docs/sim2real/ used 1500); on a finished --out, the "
+                   "same steps only score its models again, more steps train them on")
 @click.option("--seed", type=int, default=0, show_default=True, help="world seed")
 @click.option("--train-seeds", default="0", show_default=True, help="one training run per seed, on the same world")
 @click.option("--tilt", type=float, default=0.0, show_default=True,
               help="augmentation: random roll/pitch (deg); with --z-shift, for a world whose ground is level")
 @click.option("--z-shift", type=float, default=0.0, show_default=True, help="augmentation: height shift sigma (m)")
-@click.option("--world-version", type=click.IntRange(2, WORLD_VERSION), default=2, show_default=True,
-              help="generator version (a new version is a new world: use a fresh --out)")
+@world_version_option(2, "generator version (use a fresh --out for each)")
 @click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
               help="processes for generation, fusion and the seeds' training (a GPU machine; on 2 cores keep 1)")
 @click.option("--record", type=click.Path(dir_okay=False, path_type=Path), help="write the result JSON here")
@@ -151,12 +155,12 @@ def main(out: Path, sequences: str, scans: int, steps: int, seed: int, train_see
     res.update(sequences=names, scans=scans, steps=steps, world_seed=seed, world_version=world_version,
                train_seeds=sorted(per_seed), jobs=jobs, device=_device(), tilt_deg=tilt, z_shift=z_shift,
                minutes=(time.perf_counter() - t0) / 60)
-    t = Table(title=f"trained on {len(names)} synthetic sequences, scored on SemanticKITTI 000750 "
-                    f"({len(per_seed)} training seed{'s' * (len(per_seed) > 1)}: mean \\[min, max])")
+    seeds_said = "1 training seed" if len(per_seed) == 1 else f"{len(per_seed)} training seeds: mean \\[min, max]"
+    t = Table(title=f"trained on {len(names)} synthetic sequences, scored on SemanticKITTI 000750 ({seeds_said})")
     t.add_column("class")
     t.add_column("IoU %, the scan as recorded", justify="right")
     t.add_column(f"IoU %, mean over its {2 * len(VIEW_TURNS)} views", justify="right")
-    vw = res["views"]
+    vw = res["views"]  # score_real always scores the views
     for cls, v in res["iou"].items():
         t.add_row(cls, _cell(v), _cell(vw["iou"][cls]))
     t.add_row("[bold]mean of road, sidewalk, building, vegetation, terrain, car", _cell(res["six_mean"]),

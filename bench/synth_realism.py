@@ -23,8 +23,9 @@ from rich.table import Table
 from m2skd.common.kitti_io import read_scan
 from m2skd.common.labels import CLASS_NAMES, HARD_CLASS_IDS, PUBLISHED_CONTENT, raw_to_train
 from m2skd.common.splits import parse_sequences
+from m2skd.synth.cli import world_version_option
 from m2skd.synth.config import SynthConfig
-from m2skd.synth.sequence import WORLD_VERSION, SequenceSim
+from m2skd.synth.sequence import SequenceSim
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 MATCHED = ("road", "sidewalk", "building", "vegetation", "terrain", "fence", "car")
@@ -65,8 +66,7 @@ def matches(ours: float, published: float) -> bool:
 @click.option("--density", default=1.0, show_default=True, help="hard_density")
 @click.option("--seeds", default="0", show_default=True, help="world seeds, comma-separated: shares are their "
               "mean, with their range beside (rarity varies with the seed)")
-@click.option("--world-version", default=2, show_default=True, type=click.IntRange(2, WORLD_VERSION),
-              help="generator version")
+@world_version_option(2)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
 def main(split: str, scans: int, density: float, seeds: str, world_version: int, json_path: Path | None) -> None:
     seed_list = [int(x) for x in seeds.split(",") if x.strip()]

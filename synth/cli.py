@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -19,7 +20,7 @@ from m2skd.common.outputs import OutputError, ensure_writable_dir
 from m2skd.common.progress import progress
 from m2skd.common.splits import parse_sequences
 
-from .config import SynthConfig
+from .config import WORLD_VERSIONS, SynthConfig
 from .sequence import (
     ForeignSequenceError,
     OlderWorldError,
@@ -30,6 +31,14 @@ from .sequence import (
 )
 
 console = Console(stderr=True)
+
+
+def world_version_option(default: int, help: str = "generator version") -> Callable:
+    """The benches' --world-version: one of the versions this code writes (WORLD_VERSIONS),
+    refused by click before anything runs."""
+    return click.option("--world-version", type=click.Choice([str(v) for v in WORLD_VERSIONS]), default=str(default),
+                        show_default=True, callback=lambda _ctx, _param, v: int(v),
+                        help=f"{help} (a new version is a new world; 4 was withdrawn: docs/synthetic.md)")
 
 
 def summarise(root: Path, names: list[str], every: int = 1) -> Table:

@@ -9,6 +9,12 @@ import numpy as np
 
 from m2skd.common.config import Config, knob
 
+# Version 4 was the foliage-depth candidate (commit 15d1d89), measured and withdrawn: its
+# records carry world_version 4, so no later world takes that number and it cannot be
+# selected here (a folder it wrote is never mistaken for another world's).
+WITHDRAWN_VERSION = 4
+WORLD_VERSIONS = (2, 3, 5)  # what this code writes; the last is the newest
+
 
 @dataclass(frozen=True)
 class SynthConfig(Config):
@@ -40,9 +46,10 @@ class SynthConfig(Config):
     # is a new world, never switched under a running experiment (docs/synthetic.md).
     world_version: int = knob(2, "generator version: 2 the relief world (the fair test's and the demo's); 3 adds "
                                  "grass on the terrain, traffic in the ego's direction, tall cars, body sway and "
-                                 "the class mix retuned (docs/synthetic.md, \"Version 3\"); 4, a candidate not yet "
-                                 "judged by the sim-to-real yardstick, pitches the sensor forward (\"Version 4\")",
-                              at_least=2, at_most=4)
+                                 "the class mix retuned (docs/synthetic.md, \"Version 3\"); 5, a candidate not yet "
+                                 "judged by the sim-to-real yardstick: version 3 with the sensor pitched forward by "
+                                 "0-2 degrees a drive (\"Version 5\"); 4 was the withdrawn foliage-depth world",
+                              at_least=2, at_most=5)
     world: str = knob("auto", "street type of every sequence; auto: KITTI's for 00-10 (01 a highway, 03, 04, 09, 10 "
                               "country roads, ...), drawn by seed for others",
                       choices=("auto", "residential", "city", "country", "highway"))
@@ -50,6 +57,10 @@ class SynthConfig(Config):
     def __post_init__(self) -> None:
         # checked before anything is written, so a bad option never leaves a partial sequence
         super().__post_init__()
+        if self.world_version == WITHDRAWN_VERSION:
+            raise ValueError(f"--world-version {WITHDRAWN_VERSION} was the foliage-depth candidate, withdrawn; its "
+                             "records (docs/sim2real/foliage_v4_*.json) are reproduced at commit 15d1d89, and no "
+                             "later world takes its number (docs/synthetic.md)")
         if self.speed_min > self.speed_max:
             raise ValueError(f"--speed-min {self.speed_min} is above --speed-max {self.speed_max}")
 

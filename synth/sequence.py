@@ -28,7 +28,7 @@ from m2skd.common.splits import TEST_SEQUENCES
 
 from . import raycast
 from . import world as synth_world
-from .config import SynthConfig, kitti_calib_matrices
+from .config import WORLD_VERSIONS, SynthConfig, kitti_calib_matrices
 from .shapes import GLASS, GLASS_LOSS, NO_RETURN, REMISSION, kind_radius
 
 # SemanticKITTI's test split has no labels; the generator mirrors that by default.
@@ -61,9 +61,9 @@ class SequenceSim:
         v3 = cfg.world_version >= 3
         self.sway_periods = sway.uniform(1.5, 6.0, (2, 2)) if v3 else None
         self.sway_phases = sway.uniform(0, 2 * np.pi, (2, 2)) if v3 else None
-        # version 4: the sensor pitched forward for the whole drive (drawn after the sway's
+        # version 5: the sensor pitched forward for the whole drive (drawn after the sway's
         # draws, so version 3's are untouched)
-        self.mount_pitch = float(np.radians(sway.uniform(0.0, MOUNT_PITCH))) if cfg.world_version >= 4 else 0.0
+        self.mount_pitch = float(np.radians(sway.uniform(0.0, MOUNT_PITCH))) if cfg.world_version >= 5 else 0.0
         self.laser = raycast.beam_lasers(cfg.beams)
         self.elev = raycast.beam_elevations(cfg.beams)
         self.azim = raycast.column_azimuths(cfg.columns)
@@ -178,7 +178,7 @@ class SequenceSim:
 
 # Version 3's body sway, at most (degrees): pitch and roll.
 SWAY_PITCH, SWAY_ROLL = 1.5, 1.0
-# Version 4 (a candidate): the sensor pitched forward by a drive's own angle, uniform in
+# Version 5 (a candidate): the sensor pitched forward by a drive's own angle, uniform in
 # 0..MOUNT_PITCH degrees, under the sway. Both real scans at hand see their ground rise
 # ahead and fall behind (+1.7 deg for 000750, +0.8 for the KITTI object frame 004139;
 # bench/real_car_probe.py), where version 3's sway is symmetric about level; levelling
@@ -267,12 +267,13 @@ class OlderWorldError(ValueError):
 # The generator's version, written into synth.json. Bump it whenever the output for a
 # given config changes (world, shapes, sensor, poses): 1, flat ground and boxes (up to
 # commit 2146d08); 2, relief and shapes; 3, grass, traffic both ways, tall cars, body sway,
-# the class mix retuned; 4 (a candidate), the sensor pitched forward (SynthConfig.world_version
-# picks 2, 3 or 4). A sequence of another version is never resumed
+# the class mix retuned; 4, foliage depth (commit 15d1d89, withdrawn: no later world takes
+# its number); 5 (a candidate), the sensor pitched forward (SynthConfig.world_version picks
+# 2, 3 or 5). A sequence of another version is never resumed
 # nor touched: rewriting its poses.txt alone gave scans of the old world the poses of the
 # new one, and a fusion that silently misplaced every neighbour (found in the training-
 # mode experiment's cache, 2026-12-01).
-WORLD_VERSION = 4  # the newest
+WORLD_VERSION = WORLD_VERSIONS[-1]  # the newest
 
 
 def older_world(prior: dict | None, stamp: dict) -> int | None:
