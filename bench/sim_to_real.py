@@ -121,7 +121,7 @@ def score_real(ckpt: Path) -> dict:
 @click.option("--sequences", default="00-05", show_default=True)
 @click.option("--scans", type=int, default=100, show_default=True, help="scans per synthetic sequence")
 @click.option("--steps", type=click.IntRange(1), default=1500, show_default=True,
-              help="training steps a seed (every record in docs/sim2real/ used 1500); on a finished --out, the "
+              help="training steps a seed (1500 in docs/sim2real/'s records but long*.json); on a finished --out, the "
                    "same steps only score its models again, more steps train them on")
 @click.option("--seed", type=int, default=0, show_default=True, help="world seed")
 @click.option("--train-seeds", default="0", show_default=True, help="one training run per seed, on the same world")

@@ -30,6 +30,8 @@ BENCHES = {
     "cache_layout.py": (["--scans", "2"], "bytes and loader speed"),
     "deploy_speed.py": (["--runs", "1", "--presets", "tiny", "--device", "cpu"], "deployment on cpu"),
     "fuse_throughput.py": (["--scans", "3", "--reference-scans", "1"], "fusion of 3 full-size scans"),
+    "paired_sim2real.py": (["{repo}/docs/sim2real/pitch_control_v3.json", "{repo}/docs/sim2real/pitch_v5.json"],
+                           "paired by training seed"),
     "paper_step.py": (["--cache", "{cache}", "--preset", "tiny", "--steps", "1", "--amp", "off", "--device", "cpu"],
                       "tiny preset, batch 2"),
     "real_car_probe.py": (["--runs", "{tmp}/s2r/run", "--scans", "1"], "why the real car is missed"),
@@ -54,7 +56,7 @@ def test_bench_runs_at_its_smallest_size(script, fused_cache, tmp_path):
     if needs_real and not (REAL / "semantickitti_points_000750.npy").is_file():
         pytest.skip("needs the real scan of shared/data/real")
     args, phrase = BENCHES[script]
-    args = [a.format(cache=fused_cache, tmp=tmp_path) for a in args]
+    args = [a.format(cache=fused_cache, tmp=tmp_path, repo=REPO) for a in args]
     if script == "real_car_probe.py":  # it probes what sim_to_real.py trained: one such model first
         s2r = _run([sys.executable, str(REPO / "bench" / "sim_to_real.py"), "--out", str(tmp_path / "s2r"),
                     "--sequences", "00", "--scans", "2", "--steps", "1"], cwd=tmp_path)
@@ -151,3 +153,40 @@ def test_sim_to_real_views_are_the_turns_and_mirrors_of_the_scan():
         assert orientation(v) == (1 if k < 12 else -1) * orientation(xyz)
     flat = {tuple(np.round(v[0], 3)) for v in out}
     assert len(flat) == 24
+
+
+def test_paired_sim2real_pairs_by_seed_hand_worked(tmp_path):
+    """Two records that share seeds 1 and 2 (seed 0 only in the first, seed 3 only in the
+    second): car IoU 10 -> 30 % on seed 1 and 20 -> 10 % on seed 2 gives +20 and -10
+    points, mean +5, sd 15 * sqrt(2), one seed ahead, one behind; unpaired seeds are left out."""
+    import importlib.util
+    import json
+
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("paired_sim2real", REPO / "bench" / "paired_sim2real.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def run(car: float, road: float) -> dict:
+        v = {"iou": {"car": car, "road": road}, "six_mean": 0.5, "true_car_by_view": [10, 30],
+             "false_car_by_view": [100, 100]}
+        return {"iou": {"car": 0.0, "road": 0.0}, "six_mean": 0.0, "views": v}
+
+    before = {"runs": {"0": run(0.9, 0.9), "1": run(0.1, 0.5), "2": run(0.2, 0.5)}}
+    after = {"runs": {"1": run(0.3, 0.5), "2": run(0.1, 0.5), "3": run(0.9, 0.9)}}
+    res = mod.paired(mod.per_seed(before, "views"), mod.per_seed(after, "views"))
+    car = res["car"]
+    assert car["seeds"] == [1, 2]
+    assert np.allclose(car["before"], [10, 20]) and np.allclose(car["after"], [30, 10])
+    assert np.isclose(car["diff_mean"], 5.0) and np.isclose(car["diff_sd"], 15 * np.sqrt(2))
+    assert (car["ahead"], car["behind"], car["tied"]) == (1, 1, 0)
+    assert (res["road"]["ahead"], res["road"]["tied"]) == (0, 2)
+    assert np.isclose(res["car points found"]["mean_after"], 20.0)
+    recorded = mod.paired(mod.per_seed(before, "recorded"), mod.per_seed(after, "recorded"))
+    assert recorded["car"]["diff_mean"] == 0.0 and "car points found" not in recorded
+    (tmp_path / "a.json").write_text(json.dumps(before))
+    (tmp_path / "b.json").write_text(json.dumps({"runs": {"7": run(0.1, 0.1)}}))
+    r = _run([sys.executable, str(REPO / "bench" / "paired_sim2real.py"), str(tmp_path / "a.json"),
+              str(tmp_path / "b.json")], cwd=tmp_path)
+    assert r.returncode != 0 and "no training seed in both records" in r.stderr
