@@ -46,9 +46,9 @@ class SynthConfig(Config):
     # is a new world, never switched under a running experiment (docs/synthetic.md).
     world_version: int = knob(2, "generator version: 2 the relief world (the fair test's and the demo's); 3 adds "
                                  "grass on the terrain, traffic in the ego's direction, tall cars, body sway and "
-                                 "the class mix retuned (docs/synthetic.md, \"Version 3\"); 5, a candidate not yet "
-                                 "judged by the sim-to-real yardstick: version 3 with the sensor pitched forward by "
-                                 "0-2 degrees a drive (\"Version 5\"); 4 was the withdrawn foliage-depth world",
+                                 "the class mix retuned (docs/synthetic.md, \"Version 3\"); 5, version 3 with the "
+                                 "sensor pitched forward by 0-2 degrees a drive, judged by the sim-to-real yardstick "
+                                 "and not adopted (\"Version 5\"); 4 was the withdrawn foliage-depth world",
                               at_least=2, at_most=5)
     world: str = knob("auto", "street type of every sequence; auto: KITTI's for 00-10 (01 a highway, 03, 04, 09, 10 "
                               "country roads, ...), drawn by seed for others",
