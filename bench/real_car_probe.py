@@ -155,7 +155,7 @@ def _run_folders(_ctx, _param, value: str) -> list[Path]:
 @click.command(help=__doc__)
 @click.option("--runs", required=True, callback=_run_folders,
               help="comma-separated run folders of bench/sim_to_real.py (their last.pt)")
-@world_version_option(3, "the version the models were trained on (for the synthetic probe)")
+@world_version_option("the version the models were trained on (for the synthetic probe)")
 @click.option("--scans", type=click.IntRange(1), default=4, show_default=True,
               help="synthetic scans of drive 08 (world seed 0) to probe, spread over the drive")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="write the result JSON here")

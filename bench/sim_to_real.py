@@ -128,7 +128,7 @@ def score_real(ckpt: Path) -> dict:
 @click.option("--tilt", type=float, default=0.0, show_default=True,
               help="augmentation: random roll/pitch (deg); with --z-shift, for a world whose ground is level")
 @click.option("--z-shift", type=float, default=0.0, show_default=True, help="augmentation: height shift sigma (m)")
-@world_version_option(2, "generator version (use a fresh --out for each)")
+@world_version_option("generator version (use a fresh --out for each)")
 @click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
               help="processes for generation, fusion and the seeds' training (a GPU machine; on 2 cores keep 1)")
 @click.option("--record", type=click.Path(dir_okay=False, path_type=Path), help="write the result JSON here")

@@ -66,7 +66,7 @@ def matches(ours: float, published: float) -> bool:
 @click.option("--density", default=1.0, show_default=True, help="hard_density")
 @click.option("--seeds", default="0", show_default=True, help="world seeds, comma-separated: shares are their "
               "mean, with their range beside (rarity varies with the seed)")
-@world_version_option(2)
+@world_version_option()
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
 def main(split: str, scans: int, density: float, seeds: str, world_version: int, json_path: Path | None) -> None:
     seed_list = [int(x) for x in seeds.split(",") if x.strip()]

@@ -33,10 +33,11 @@ from .sequence import (
 console = Console(stderr=True)
 
 
-def world_version_option(default: int, help: str = "generator version") -> Callable:
+def world_version_option(help: str = "generator version") -> Callable:
     """The benches' --world-version: one of the versions this code writes (WORLD_VERSIONS),
-    refused by click before anything runs."""
-    return click.option("--world-version", type=click.Choice([str(v) for v in WORLD_VERSIONS]), default=str(default),
+    refused by click before anything runs; by default the generator's (SynthConfig)."""
+    return click.option("--world-version", type=click.Choice([str(v) for v in WORLD_VERSIONS]),
+                        default=str(SynthConfig().world_version),
                         show_default=True, callback=lambda _ctx, _param, v: int(v),
                         help=f"{help} (a new version is a new world; 4 was withdrawn: docs/synthetic.md)")
 

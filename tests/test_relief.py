@@ -17,7 +17,10 @@ from m2skd.synth.config import SynthConfig
 from m2skd.synth.sequence import SequenceSim, _drop_probability, generate_sequence
 from m2skd.synth.shapes import GLASS
 
-DENSE = SynthConfig(beams=64, columns=1200, scans=4, max_range=60.0)
+# version 2, whose relief these checks were worked out for: version 3 (the default since
+# 2026-12-04) sways the body on top of it, which the ego-rides-the-surface check would
+# read as error; its own checks are in tests/test_world_v3.py
+DENSE = SynthConfig(beams=64, columns=1200, scans=4, max_range=60.0, world_version=2)
 
 
 def _world_points(root, sim: SequenceSim, name: str):

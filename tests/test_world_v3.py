@@ -48,9 +48,10 @@ def test_version_2_is_still_version_2():
     no world_version in its config): the fair test's records and caches still match it."""
     from m2skd.synth.sequence import world_stamp
 
-    stamp = world_stamp(SynthConfig(), labels=True)
+    stamp = world_stamp(SynthConfig(world_version=2), labels=True)
     assert stamp["version"] == 2 and "world_version" not in stamp["config"]
     assert world_stamp(SynthConfig(world_version=3), labels=True)["version"] == 3
+    assert world_stamp(SynthConfig(), labels=True)["version"] == 3  # the default since 2026-12-04
 
 
 @pytest.fixture(scope="module")
