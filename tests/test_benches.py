@@ -30,6 +30,7 @@ BENCHES = {
     "cache_layout.py": (["--scans", "2"], "bytes and loader speed"),
     "deploy_speed.py": (["--runs", "1", "--presets", "tiny", "--device", "cpu"], "deployment on cpu"),
     "fuse_throughput.py": (["--scans", "3", "--reference-scans", "1"], "fusion of 3 full-size scans"),
+    "low_vegetation.py": (["--scans", "1"], "low vegetation: the real scan 000750"),
     "paired_sim2real.py": (["{repo}/docs/sim2real/pitch_control_v3.json", "{repo}/docs/sim2real/pitch_v5.json"],
                            "paired by training seed"),
     "paper_step.py": (["--cache", "{cache}", "--preset", "tiny", "--steps", "1", "--amp", "off", "--device", "cpu"],
@@ -52,7 +53,7 @@ def test_every_bench_script_has_a_smoke_row():
 
 @pytest.mark.parametrize("script", sorted(BENCHES))
 def test_bench_runs_at_its_smallest_size(script, fused_cache, tmp_path):
-    needs_real = script in ("real_car_probe.py", "real_geometry.py", "sim_to_real.py", "synth_realism.py")
+    needs_real = script in ("low_vegetation.py", "real_car_probe.py", "real_geometry.py", "sim_to_real.py", "synth_realism.py")
     if needs_real and not (REAL / "semantickitti_points_000750.npy").is_file():
         pytest.skip("needs the real scan of shared/data/real")
     args, phrase = BENCHES[script]
@@ -190,3 +191,30 @@ def test_paired_sim2real_pairs_by_seed_hand_worked(tmp_path):
     r = _run([sys.executable, str(REPO / "bench" / "paired_sim2real.py"), str(tmp_path / "a.json"),
               str(tmp_path / "b.json")], cwd=tmp_path)
     assert r.returncode != 0 and "no training seed in both records" in r.stderr
+
+
+def test_low_vegetation_reads_tops_sides_and_columns_hand_worked():
+    """A flat 1 x 1 m patch (a top seen from above) gives normals along z, a wall along y
+    (a side) normals in the plane, a tilted plane z = x (45 degrees) neither; a column of
+    points from 0.2 to 0.9 m spans 0.7 m, a column of 2 points is left out."""
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("low_vegetation", REPO / "bench" / "low_vegetation.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    g = np.stack(np.meshgrid(np.arange(0, 1.0, 0.05), np.arange(0, 1.0, 0.05)), -1).reshape(-1, 2)
+    top = np.c_[g, np.full(len(g), 0.8)]
+    wall = np.c_[g[:, 0], np.full(len(g), 5.0), g[:, 1]]
+    slope = np.c_[g[:, 0], g[:, 1] + 10.0, g[:, 0]]
+    for pts, nz in ((top, 1.0), (wall, 0.0), (slope, np.sqrt(0.5))):
+        n, sd = mod.normals(pts, pts[::37])
+        assert len(n) > 5 and np.allclose(np.abs(n[:, 2]), nz, atol=1e-6) and np.allclose(sd, 0, atol=1e-6)
+    col = np.array([[0.1, 0.1, 0.2], [0.2, 0.2, 0.9], [0.3, 0.3, 0.5], [2.1, 2.1, 0.0], [2.2, 2.2, 3.0]])
+    assert np.allclose(mod.column_extent(col), [0.7])
+    xyz = np.r_[top + [4.0, 0.0, -1.73], wall]  # the top 4-5 m away, 0.8 m over the ground at the sensor
+    labels = np.r_[np.full(len(top), mod.VEGETATION), np.full(len(wall), mod.CAR)]
+    r = mod.shape(xyz, mod.near(xyz, labels, mod.VEGETATION))
+    assert r["points"] == len(top) and r["horizontal"] == 1.0 and r["vertical"] == 0.0
+    assert np.allclose(r["height_q10_q50_q90_m"], 0.8)
