@@ -15,7 +15,8 @@ labelled scan 000750 and on `--scans` scans of drive 08 (world seed 0, full size
   from above: a bonnet, a roof, a hedge's top), vertical when |n_z| < 0.3 (a side);
 - the scatter about that surface (the smallest axis's sd, median, mm);
 - the height a 0.5 m column of it spans (median over columns of 3+ points, m);
-- its height over the ground at the sensor (q10 / q50 / q90, m).
+- its height over the ground at the sensor (q10 / q50 / q90, m), and its distance from
+  the sensor (q10 / q50 / q90, m): where it stands.
 """
 
 from __future__ import annotations
@@ -88,7 +89,9 @@ def shape(xyz: np.ndarray, mask: np.ndarray, sample: int = 800) -> dict:
             "vertical": float((nz < 0.3).mean()) if len(nz) else float("nan"),
             "scatter_mm": float(1000 * np.median(sd)) if len(sd) else float("nan"),
             "column_extent_m": float(np.median(column_extent(pts))),
-            "height_q10_q50_q90_m": [float(x) for x in np.percentile(pts[:, 2] + SENSOR_HEIGHT, [10, 50, 90])]}
+            "height_q10_q50_q90_m": [float(x) for x in np.percentile(pts[:, 2] + SENSOR_HEIGHT, [10, 50, 90])],
+            "range_q10_q50_q90_m": [float(x) for x in np.percentile(np.linalg.norm(pts[:, :2], axis=1),
+                                                                        [10, 50, 90])]}
 
 
 @click.command(help=__doc__)
@@ -110,15 +113,16 @@ def main(world_version: int, scans: int, json_path: Path | None) -> None:
         rows[f"version {world_version}, drive 08 frame {f}: near car"] = shape(p, near(p, lab, CAR))
     t = Table(title=f"low vegetation: the real scan 000750 beside synthetic version {world_version}")
     for col in ("", "points", "horizontal %", "vertical %", "scatter (mm)", "column height (m)",
-                "height q10 / q50 / q90 (m)"):
+                "height q10 / q50 / q90 (m)", "distance q10 / q50 / q90 (m)"):
         t.add_column(col, justify="right")
     for name, r in rows.items():
         if not r["points"]:
-            t.add_row(name, "0", *[""] * 5)
+            t.add_row(name, "0", *[""] * 6)
             continue
         t.add_row(name, str(r["points"]), f"{100 * r['horizontal']:.0f}", f"{100 * r['vertical']:.0f}",
                   f"{r['scatter_mm']:.0f}", f"{r['column_extent_m']:.2f}",
-                  " / ".join(f"{x:.2f}" for x in r["height_q10_q50_q90_m"]))
+                  " / ".join(f"{x:.2f}" for x in r["height_q10_q50_q90_m"]),
+                  " / ".join(f"{x:.1f}" for x in r["range_q10_q50_q90_m"]))
     Console().print(t)
     if json_path is not None:
         with atomic_path(json_path) as tmp:

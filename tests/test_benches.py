@@ -218,3 +218,4 @@ def test_low_vegetation_reads_tops_sides_and_columns_hand_worked():
     r = mod.shape(xyz, mod.near(xyz, labels, mod.VEGETATION))
     assert r["points"] == len(top) and r["horizontal"] == 1.0 and r["vertical"] == 0.0
     assert np.allclose(r["height_q10_q50_q90_m"], 0.8)
+    assert 4.0 <= r["range_q10_q50_q90_m"][0] <= r["range_q10_q50_q90_m"][2] <= np.hypot(4.95, 0.95) + 1e-9
