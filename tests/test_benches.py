@@ -53,7 +53,8 @@ def test_every_bench_script_has_a_smoke_row():
 
 @pytest.mark.parametrize("script", sorted(BENCHES))
 def test_bench_runs_at_its_smallest_size(script, fused_cache, tmp_path):
-    needs_real = script in ("low_vegetation.py", "real_car_probe.py", "real_geometry.py", "sim_to_real.py", "synth_realism.py")
+    needs_real = script in ("low_vegetation.py", "real_car_probe.py", "real_geometry.py", "sim_to_real.py",
+                            "synth_realism.py")
     if needs_real and not (REAL / "semantickitti_points_000750.npy").is_file():
         pytest.skip("needs the real scan of shared/data/real")
     args, phrase = BENCHES[script]
@@ -213,7 +214,7 @@ def test_low_vegetation_reads_tops_sides_and_columns_hand_worked():
         assert len(n) > 5 and np.allclose(np.abs(n[:, 2]), nz, atol=1e-6) and np.allclose(sd, 0, atol=1e-6)
     col = np.array([[0.1, 0.1, 0.2], [0.2, 0.2, 0.9], [0.3, 0.3, 0.5], [2.1, 2.1, 0.0], [2.2, 2.2, 3.0]])
     assert np.allclose(mod.column_extent(col), [0.7])
-    xyz = np.r_[top + [4.0, 0.0, -1.73], wall]  # the top 4-5 m away, 0.8 m over the ground at the sensor
+    xyz = np.r_[top + np.array([4.0, 0.0, -1.73]), wall]  # the top 4-5 m away, 0.8 m over the ground at the sensor
     labels = np.r_[np.full(len(top), mod.VEGETATION), np.full(len(wall), mod.CAR)]
     r = mod.shape(xyz, mod.near(xyz, labels, mod.VEGETATION))
     assert r["points"] == len(top) and r["horizontal"] == 1.0 and r["vertical"] == 0.0

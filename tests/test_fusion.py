@@ -120,7 +120,11 @@ def full_size_trucks(tmp_path_factory):
     from m2skd.synth.sequence import generate_sequence
 
     root = tmp_path_factory.mktemp("full")
-    generate_sequence(root, "05", SynthConfig.preset("full").override(scans=14, seed=31, hard_density=4.0))
+    # world version 2 pinned: seed 31 was picked on it for a street with static bicycles,
+    # motorcycles and trucks in view (version 3, the default since 2026-12-04, draws none
+    # of the bicycles there)
+    generate_sequence(root, "05", SynthConfig.preset("full").override(scans=14, seed=31, hard_density=4.0,
+                                                                      world_version=2))
     return root
 
 
