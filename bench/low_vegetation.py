@@ -34,14 +34,16 @@ from m2skd.common.labels import CLASS_NAMES, raw_to_train
 from m2skd.synth.cli import world_version_option
 from m2skd.synth.config import SynthConfig
 from m2skd.synth.sequence import SequenceSim
+from m2skd.synth.world import SENSOR_HEIGHT
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 VEGETATION, CAR = CLASS_NAMES.index("vegetation"), CLASS_NAMES.index("car")
-SENSOR_HEIGHT = 1.73  # the HDL-64E over the road in KITTI's setup (bench/real_car_probe.py's ground)
 
 
 def near(xyz: np.ndarray, labels: np.ndarray, cls: int) -> np.ndarray:
-    """Points of `cls` 3-10 m from the sensor and under 1.3 m over the ground at the sensor."""
+    """Points of `cls` 3-10 m from the sensor and under 1.3 m over the ground's height at
+    the sensor (KITTI's HDL-64E stands SENSOR_HEIGHT over it): for vegetation, the hedges
+    and bushes at car height where the false cars were (bench/real_car_probe.py uses it)."""
     r = np.linalg.norm(xyz[:, :2], axis=1)
     return (labels == cls) & (r > 3) & (r < 10) & (xyz[:, 2] + SENSOR_HEIGHT < 1.3)
 
