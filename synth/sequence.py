@@ -61,9 +61,9 @@ class SequenceSim:
         v3 = cfg.world_version >= 3
         self.sway_periods = sway.uniform(1.5, 6.0, (2, 2)) if v3 else None
         self.sway_phases = sway.uniform(0, 2 * np.pi, (2, 2)) if v3 else None
-        # version 5: the sensor pitched forward for the whole drive (drawn after the sway's
-        # draws, so version 3's are untouched)
-        self.mount_pitch = float(np.radians(sway.uniform(0.0, MOUNT_PITCH))) if cfg.world_version >= 5 else 0.0
+        # version 5 (only): the sensor pitched forward for the whole drive (drawn after the
+        # sway's draws, so version 3's are untouched); version 6 builds on 3, not on 5
+        self.mount_pitch = float(np.radians(sway.uniform(0.0, MOUNT_PITCH))) if cfg.world_version == 5 else 0.0
         self.laser = raycast.beam_lasers(cfg.beams)
         self.elev = raycast.beam_elevations(cfg.beams)
         self.azim = raycast.column_azimuths(cfg.columns)
@@ -268,8 +268,8 @@ class OlderWorldError(ValueError):
 # given config changes (world, shapes, sensor, poses): 1, flat ground and boxes (up to
 # commit 2146d08); 2, relief and shapes; 3, grass, traffic both ways, tall cars, body sway,
 # the class mix retuned; 4, foliage depth (commit 15d1d89, withdrawn: no later world takes
-# its number); 5 (a candidate), the sensor pitched forward (SynthConfig.world_version picks
-# 2, 3 or 5). A sequence of another version is never resumed
+# its number); 5 (a candidate), the sensor pitched forward; 6 (a candidate), version 3 with
+# shrub beds along the sidewalk (SynthConfig.world_version picks 2, 3, 5 or 6). A sequence of another version is never resumed
 # nor touched: rewriting its poses.txt alone gave scans of the old world the poses of the
 # new one, and a fusion that silently misplaced every neighbour (found in the training-
 # mode experiment's cache, 2026-12-01).

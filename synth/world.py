@@ -229,6 +229,7 @@ class StreetType:
     guard_rail: bool  # highway: rails at the median and along the verge (fence)
     relief: Relief = terrain.FLAT
     convoy: float = 0.0  # version 3: cars per 100 m of each lane driven the ego's way
+    beds: float = 0.0  # version 6: share of the sidewalk's length with a shrub bed at the kerb or behind it
 
     @property
     def section(self) -> Section:
@@ -280,13 +281,21 @@ STREETS_V3 = {name: replace(STREETS[name], **changes) for name, changes in {
                 "convoy": 0.8},
     "highway": {"forest": 0.6, "convoy": 1.5},
 }.items()}
+# Version 6 (a candidate; docs/synthetic.md, "Version 6"): version 3 with low shrub beds
+# along the sidewalk. The real scan 000750's vegetation under 1.3 m stands 4.7-9.6 m from
+# the sensor, four fifths of it between the right sidewalk and the facades, a fifth of its
+# points on tops seen from above; version 3's nearest stands 9 m off, all of it flanks
+# (docs/realism/low_vegetation_v3.json). Country roads and highways have no sidewalk, and
+# their bushes already stand near the verge.
+STREETS_V6 = {name: replace(st, beds={"residential": 0.35, "city": 0.2}.get(name, 0.0))
+              for name, st in STREETS_V3.items()}
 # A real street's cars: 3 in 10 are SUVs, vans and MPVs (roof 1.55-1.9 m, version 3).
 TALL_CARS = 0.3
 
 
 def streets(version: int = 2) -> dict[str, StreetType]:
     """The street types of a generator version."""
-    return STREETS_V3 if version >= 3 else STREETS
+    return STREETS_V6 if version >= 6 else STREETS_V3 if version >= 3 else STREETS
 
 
 # KITTI odometry's drives, as their sequences are known: 01 a highway, 03, 04, 09, 10
@@ -345,6 +354,10 @@ def build_world(rng: np.random.Generator, u_min: float, u_max: float, t_mid: flo
     _traffic(b, rng, street, u_min, u_max, hard_density)
     if version >= 3:
         _convoy(b, rng, street, u_min, u_max, ego_speed)
+    if version >= 6:  # their own stream, after every draw of version 3's: its objects stay as they were
+        beds = np.random.default_rng([seed, 6])
+        for side in (-1.0, 1.0):
+            _shrub_beds(b, beds, street, side, u_min, u_max)
     # the ground is known beyond the objects' stretch, as far as the sensor sees
     return b.build(street, seed, u_min - 150.0, u_max + 150.0)
 
@@ -402,6 +415,29 @@ def _greenery(b: _Builder, rng, st: StreetType, side: float, u_min: float, u_max
                 r = rng.uniform(2.0, 4.0)
                 b.add(uu, side * (start + r + rng.uniform(0.0, 15.0)),
                       [cyl(0, 0, 0, 0.15, 1.8, "trunk"), ell(0, 0, 1.2 + r, r, r, r * 1.1, "vegetation")])
+
+
+def _shrub_beds(b: _Builder, rng, st: StreetType, side: float, u_min: float, u_max: float) -> None:
+    """Version 6: beds of low shrubs, cut to 0.5-1.2 m, in stretches along the sidewalk:
+    three in five on a planted strip at the kerb (the sidewalk's inner 1-1.8 m), the rest in
+    the front gardens just behind it. A bed is a row of flattened, overlapping lumps, each
+    its own object so that it stands on the ground under it (a bed follows the grade), and
+    its top is seen from above by a sensor 1.73 m up."""
+    if st.beds <= 0 or st.sidewalk <= 0:
+        return
+    u = u_min
+    while u < u_max:
+        length = rng.uniform(4.0, 14.0)
+        if rng.random() < st.beds:
+            half_depth = rng.uniform(0.5, 0.9)
+            inner = st.parking_outer + 0.2 if rng.random() < 0.6 else st.sidewalk_outer + rng.uniform(0.0, 1.0)
+            top = rng.uniform(0.5, 1.2)
+            for uu in np.arange(u, u + length, rng.uniform(0.8, 1.2)):
+                rz = rng.uniform(0.3, 0.55)
+                b.add(uu + rng.normal(0, 0.15), side * (inner + half_depth + rng.normal(0, 0.1)),
+                      [ell(0, 0, top + rng.normal(0, 0.08) - rz, rng.uniform(0.6, 1.0),
+                           half_depth * rng.uniform(0.85, 1.05), rz, "vegetation")])
+        u += length + rng.uniform(1.0, 6.0)
 
 
 def _street_furniture(b: _Builder, rng, st: StreetType, side: float, u_min: float, u_max: float) -> None:
