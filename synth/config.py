@@ -50,8 +50,8 @@ class SynthConfig(Config):
                                  "grass on the terrain, traffic in the ego's direction, tall cars, body sway and "
                                  "the class mix retuned (docs/synthetic.md, \"Version 3\"); 5, version 3 with the "
                                  "sensor pitched forward by 0-2 degrees a drive, judged by the sim-to-real yardstick "
-                                 "and not adopted (\"Version 5\"); 6 (a candidate), version 3 with low shrub beds along "
-                                 "the sidewalk (\"Version 6\"); 4 was the withdrawn foliage-depth world",
+                                 "and not adopted (\"Version 5\"); 6 (a candidate), version 3 with low shrub beds "
+                                 "along the sidewalk (\"Version 6\"); 4 was the withdrawn foliage-depth world",
                               at_least=2, at_most=6)
     world: str = knob("auto", "street type of every sequence; auto: KITTI's for 00-10 (01 a highway, 03, 04, 09, 10 "
                               "country roads, ...), drawn by seed for others",
