@@ -58,13 +58,13 @@ synth: $(STAMP)
 # The whole pipeline on CPU: synthetic data, fusion, teacher, baseline and student, one table.
 demo: $(EXPERIMENTS)
 	$(MAKE) fuse SEQ=$(DEMO_SEQ)
-	$(BIN)/python -m m2skd.experiments.demo --cache "$(CACHE)/fused" --out "$(DEMO_OUT)" --model $(MODEL) \
-		--steps $(DEMO_STEPS)
+	$(BIN)/python -m m2skd.experiments.demo --cache "$(CACHE)/fused" --data "$(DATA)" --out "$(DEMO_OUT)" \
+		--model $(MODEL) --steps $(DEMO_STEPS)
 
 demo-seeds: $(EXPERIMENTS)
 	$(MAKE) fuse SEQ=$(DEMO_SEQ)
-	$(BIN)/python -m m2skd.experiments.demo --cache "$(CACHE)/fused" --out "$(DEMO_OUT)" --model $(MODEL) \
-		--steps $(DEMO_STEPS) --seeds $(SEEDS)
+	$(BIN)/python -m m2skd.experiments.demo --cache "$(CACHE)/fused" --data "$(DATA)" --out "$(DEMO_OUT)" \
+		--model $(MODEL) --steps $(DEMO_STEPS) --seeds $(SEEDS)
 
 # The controlled experiment (docs/evidence.md, issue 30): per seed the baseline, the fused
 # teacher, and behind the gate (the teacher leads the baseline by >= 3 hard-class points on

@@ -28,7 +28,7 @@ from m2skd.train.engine.trainer import read_metrics
 from m2skd.train.evaluation.metrics import predict
 
 from .lanes import Job, check_cache, run_jobs
-from .scoring import score
+from .scoring import score, world_of
 from .stats import points, spread
 
 console = Console()
@@ -97,6 +97,9 @@ def _plots(out: Path, cache: Path, runs: dict[str, Path], device: torch.device, 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=Path("data_cache/fused"))
+@click.option("--data", type=click.Path(file_okay=False, path_type=Path),
+              help="the sequences the cache was fused from: their synth.json names the world (seed, generator "
+                   "version) in results.json; the fused cache does not know it")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("data_cache/demo"))
 @click.option("--model", type=click.Choice(MODELS), default=DEFAULT_MODEL, show_default=True)
 @click.option("--steps", type=int, default=1000, show_default=True, help="steps of the baseline and student runs")
@@ -108,8 +111,9 @@ def _plots(out: Path, cache: Path, runs: dict[str, Path], device: torch.device, 
 @click.option("--workers", type=int, default=1, show_default=True)
 @click.option("--lanes", type=int, help="runs trained side by side [default: 2 on a CPU with >= 2 cores, else 1]")
 @click.option("--no-plots", is_flag=True)
-def main(cache: Path, out: Path, model: str, steps: int, teacher_steps: int | None, train_seqs: str, val_seqs: str,
-         seeds: str, device: str, workers: int, lanes: int | None, no_plots: bool) -> None:
+def main(cache: Path, data: Path | None, out: Path, model: str, steps: int, teacher_steps: int | None,
+         train_seqs: str, val_seqs: str, seeds: str, device: str, workers: int, lanes: int | None,
+         no_plots: bool) -> None:
     """Train and compare teacher, single-scan baseline and M2SKD student on the demo data."""
     t0 = time.perf_counter()
     seed_list = [int(s) for s in seeds.split(",") if s.strip()]
@@ -121,6 +125,7 @@ def main(cache: Path, out: Path, model: str, steps: int, teacher_steps: int | No
         workers=workers, train_sequences=tuple(parse_sequences(train_seqs)),
         val_sequences=tuple(parse_sequences(val_seqs)))
     check_cache(cache, cfg.data.train_sequences, cfg.data.val_sequences)
+    world = world_of(data, cfg.data.train_sequences + cfg.data.val_sequences)
     dev = pick_device(device)
     runs_dir = out / "runs"
     if lanes is None:
@@ -136,7 +141,8 @@ def main(cache: Path, out: Path, model: str, steps: int, teacher_steps: int | No
     res = {k: res[k] for k in ("baseline", "teacher", "student")}
     res["setup"] = {"model": model, "preset": "tiny", "steps": steps, "teacher_steps": teacher_steps,
                     "seed": seed_list[0], "device": str(dev),
-                    "train": list(cfg.data.train_sequences), "val": list(cfg.data.val_sequences)}
+                    "train": list(cfg.data.train_sequences), "val": list(cfg.data.val_sequences),
+                    "world": world and {k: world[k] for k in ("seed", "generator_version")}}
     hard = tuple(load_checkpoint(teacher)["hard_classes"])
     console.print(results_table(res, hard))
     out.mkdir(parents=True, exist_ok=True)

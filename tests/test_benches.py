@@ -6,6 +6,7 @@ The numbers themselves are not checked here: a bench measures, a test does not t
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REAL
+from .conftest import REAL, SMALL
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,12 +81,16 @@ def test_gpu_check_script_parses():
     assert called and called <= {f"bench/{s}" for s in BENCHES}, called
 
 
-def test_demo_runs_at_its_smallest_size(fused_cache, tmp_path):
+def test_demo_runs_at_its_smallest_size(synth_root, fused_cache, tmp_path):
+    """...and its results.json names the world the cache was fused from (`--data`, as
+    `make demo` passes it): the fused cache alone does not know it."""
     r = _run([sys.executable, "-m", "m2skd.experiments.demo", "--cache", str(fused_cache), "--out", str(tmp_path / "d"),
               "--steps", "2", "--teacher-steps", "2", "--train-seqs", "00", "--val-seqs", "08", "--workers", "0",
-              "--lanes", "1", "--no-plots"], cwd=tmp_path)
+              "--lanes", "1", "--no-plots", "--data", str(synth_root)], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "M2SKD demo" in r.stdout and (tmp_path / "d" / "results.json").is_file()
+    world = json.loads((tmp_path / "d" / "results.json").read_text())["setup"]["world"]
+    assert world == {"seed": SMALL.seed, "generator_version": SMALL.world_version}
 
 
 def test_experiment_runs_every_arm_at_its_smallest_size(fused_cache, tmp_path):
