@@ -2,7 +2,7 @@
 shape of what the sim-to-real models call car (docs/synthetic.md, "A yardstick trained
 four times longer").
 
-    python bench/low_vegetation.py [--world-version 3] [--scans 4] [--json FILE]
+    python bench/low_vegetation.py [--world-version 6] [--scans 4] [--json FILE]
 
 Trained long enough to tell their own world's near vegetation from its cars, the yardstick's
 models still call a quarter of the real scan's near vegetation car. This measures, with

@@ -2,7 +2,7 @@
 models `bench/sim_to_real.py` trained, on the real scan 000750 (shared/data/real/).
 
     python bench/real_car_probe.py --runs data_cache/sim2real-v3/run,data_cache/sim2real-v3/run_s1 \
-        [--world-version 3] [--json FILE]
+        --world-version 3 [--json FILE]
 
 For each model (a run folder's last.pt), the car's IoU and its true and false car points:
 - where its false cars are: what they really are, and how far from the sensor;

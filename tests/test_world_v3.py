@@ -54,7 +54,7 @@ def test_version_2_is_still_version_2():
     stamp = world_stamp(SynthConfig(world_version=2), labels=True)
     assert stamp["version"] == 2 and "world_version" not in stamp["config"]
     assert world_stamp(SynthConfig(world_version=3), labels=True)["version"] == 3
-    assert world_stamp(SynthConfig(), labels=True)["version"] == 3  # the default since 2026-12-04
+    assert world_stamp(SynthConfig(), labels=True)["version"] == 6  # the default since 2026-12-05
 
 
 @pytest.fixture(scope="module")
