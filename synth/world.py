@@ -229,7 +229,7 @@ class StreetType:
     guard_rail: bool  # highway: rails at the median and along the verge (fence)
     relief: Relief = terrain.FLAT
     convoy: float = 0.0  # version 3: cars per 100 m of each lane driven the ego's way
-    beds: float = 0.0  # version 6: share of the sidewalk's length with a shrub bed at the kerb or behind it
+    beds: float = 0.0  # version 6: chance that a 4-14 m stretch of sidewalk has a shrub bed (kerb or behind it)
 
     @property
     def section(self) -> Section:
