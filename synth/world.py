@@ -281,12 +281,12 @@ STREETS_V3 = {name: replace(STREETS[name], **changes) for name, changes in {
                 "convoy": 0.8},
     "highway": {"forest": 0.6, "convoy": 1.5},
 }.items()}
-# Version 6 (a candidate; docs/synthetic.md, "Version 6"): version 3 with low shrub beds
-# along the sidewalk. The real scan 000750's vegetation under 1.3 m stands 4.7-9.6 m from
-# the sensor, four fifths of it between the right sidewalk and the facades, a fifth of its
-# points on tops seen from above; version 3's nearest stands 9 m off, all of it flanks
-# (docs/realism/low_vegetation_v3.json). Country roads and highways have no sidewalk, and
-# their bushes already stand near the verge.
+# Version 6 (the default since 2026-12-05; docs/synthetic.md, "Version 6"): version 3 with
+# low shrub beds along the sidewalk. The real scan 000750's vegetation under 1.3 m stands
+# 4.7-9.6 m from the sensor, four fifths of it between the right sidewalk and the facades, a
+# fifth of its points on tops seen from above; version 3's nearest stands 9 m off, all of it
+# flanks (docs/realism/low_vegetation_v3.json). Country roads and highways have no sidewalk,
+# and their bushes already stand near the verge.
 STREETS_V6 = {name: replace(st, beds={"residential": 0.35, "city": 0.2}.get(name, 0.0))
               for name, st in STREETS_V3.items()}
 # A real street's cars: 3 in 10 are SUVs, vans and MPVs (roof 1.55-1.9 m, version 3).
@@ -419,10 +419,10 @@ def _greenery(b: _Builder, rng, st: StreetType, side: float, u_min: float, u_max
 
 def _shrub_beds(b: _Builder, rng, st: StreetType, side: float, u_min: float, u_max: float) -> None:
     """Version 6: beds of low shrubs, cut to 0.5-1.2 m, in stretches along the sidewalk:
-    three in five on a planted strip at the kerb (the sidewalk's inner 1-1.8 m), the rest in
-    the front gardens just behind it. A bed is a row of flattened, overlapping lumps, each
-    its own object so that it stands on the ground under it (a bed follows the grade), and
-    its top is seen from above by a sensor 1.73 m up."""
+    three in five on a planted strip at the kerb (from 0.2 m past it, 1-1.8 m deep), the
+    rest in the front gardens just behind the sidewalk. A bed is a row of flattened,
+    overlapping lumps, each its own object so that it stands on the ground under it (a bed
+    follows the grade), and its top is seen from above by a sensor SENSOR_HEIGHT up."""
     if st.beds <= 0 or st.sidewalk <= 0:
         return
     u = u_min
