@@ -13,7 +13,7 @@ from m2skd.common.config import Config, knob
 # records carry world_version 4, so no later world takes that number and it cannot be
 # selected here (a folder it wrote is never mistaken for another world's).
 WITHDRAWN_VERSION = 4
-WORLD_VERSIONS = (2, 3, 5, 6)  # what this code writes; the last is the newest
+WORLD_VERSIONS = (2, 3, 5, 6, 7)  # what this code writes; the last is the newest
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,9 @@ class SynthConfig(Config):
                                  "retuned (docs/synthetic.md, \"Version 3\"); 5, version 3 with the sensor pitched "
                                  "forward by 0-2 degrees a drive, judged by the sim-to-real yardstick and not adopted "
                                  "(\"Version 5\"); 6 (the default), version 3 with low shrub beds along the sidewalk "
-                                 "(\"Version 6\"); 4 was the withdrawn foliage-depth world",
-                              at_least=2, at_most=6)
+                                 "(\"Version 6\"); 7, version 6 with grass verges and cars parked along them on "
+                                 "residential streets (\"Version 7\"); 4 was the withdrawn foliage-depth world",
+                              at_least=2, at_most=7)
     world: str = knob("auto", "street type of every sequence; auto: KITTI's for 00-10 (01 a highway, 03, 04, 09, 10 "
                               "country roads, ...), drawn by seed for others",
                       choices=("auto", "residential", "city", "country", "highway"))

@@ -124,6 +124,8 @@ class World:
         out[d < st.sidewalk_outer] = RAW_BY_NAME["sidewalk"]
         park = (d >= st.road_half) & (d < st.parking_outer) & parking_mask(x, self.seed, st.parking)
         out[park] = RAW_BY_NAME["parking"]
+        if st.grass_strips > 0:  # version 7: some strips are grass (the cars parked on them stay)
+            out[park & grass_strip(x, (y - cy) * np.cos(h), self.seed, st)] = RAW_BY_NAME["terrain"]
         out[d < st.road_half] = RAW_BY_NAME["road"]
         lanes = np.zeros(x.shape, bool)
         for k in range(1, st.lanes + 1):
@@ -230,6 +232,7 @@ class StreetType:
     relief: Relief = terrain.FLAT
     convoy: float = 0.0  # version 3: cars per 100 m of each lane driven the ego's way
     beds: float = 0.0  # version 6: chance that a 4-14 m stretch of sidewalk has a shrub bed (kerb or behind it)
+    grass_strips: float = 0.0  # version 7: share of a side's 40 m parking strips laid with grass, not asphalt
 
     @property
     def section(self) -> Section:
@@ -289,13 +292,21 @@ STREETS_V3 = {name: replace(STREETS[name], **changes) for name, changes in {
 # and their bushes already stand near the verge.
 STREETS_V6 = {name: replace(st, beds={"residential": 0.35, "city": 0.2}.get(name, 0.0))
               for name, st in STREETS_V3.items()}
+# Version 7 (docs/synthetic.md, "Version 7"): version 6 with a third of the residential
+# streets' parking strips laid with grass. The real scan 000750's near car stands at the
+# road's edge with grass beside it and a hedge behind; the models find it once its
+# surroundings within 10 m are swapped for a synthetic car's, and find synthetic cars put in
+# its place no better than it (bench/car_swap.py); no car of version 6's training drives
+# has as much terrain within 6 m of it (none of 173). Parking (2.3 % on world seeds 0-3,
+# published 1.5) gives the grass its points; nothing stands elsewhere than in version 6.
+STREETS_V7 = {name: replace(st, grass_strips=0.25 if name == "residential" else 0.0) for name, st in STREETS_V6.items()}
 # A real street's cars: 3 in 10 are SUVs, vans and MPVs (roof 1.55-1.9 m, version 3).
 TALL_CARS = 0.3
 
 
 def streets(version: int = 2) -> dict[str, StreetType]:
     """The street types of a generator version."""
-    return STREETS_V6 if version >= 6 else STREETS_V3 if version >= 3 else STREETS
+    return STREETS_V7 if version >= 7 else STREETS_V6 if version >= 6 else STREETS_V3 if version >= 3 else STREETS
 
 
 # KITTI odometry's drives, as their sequences are known: 01 a highway, 03, 04, 09, 10
@@ -544,3 +555,12 @@ def parking_mask(u: np.ndarray, seed: int, share: float = 4 / 7) -> np.ndarray:
     """Parking strips come in 40 m stretches, on or off, a fixed pattern per world."""
     block = np.floor(np.asarray(u) / 40.0).astype(np.int64)
     return ((block * 2654435761 + seed * 97) % 1000) < 1000 * share
+
+
+def grass_strip(u: np.ndarray, across: np.ndarray, seed: int, st: StreetType) -> np.ndarray:
+    """Version 7: whether the parking strip at road parameter u on the side of `across` (the
+    lateral offset, > 0 left) is laid with grass: `st.grass_strips` of the 40 m blocks of a
+    side, a fixed pattern per world like the strips themselves (`parking_mask`)."""
+    block = np.floor(np.asarray(u, np.float64) / 40.0).astype(np.int64)
+    h = (block * 2246822519 + (np.asarray(across) > 0) * 3266489917 + seed * 668265263) % 1_000_003
+    return (h * 69069 + 7) % 1_000_003 < 1_000_003 * st.grass_strips
