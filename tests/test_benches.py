@@ -29,6 +29,8 @@ def _run(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 300
 # script -> (smallest arguments, a phrase its table prints); {cache} and {tmp} are filled in
 BENCHES = {
     "cache_layout.py": (["--scans", "2"], "bytes and loader speed"),
+    "car_swap.py": (["--runs", "{tmp}/s2r/run", "--radii", "0", "--cut-radii", "6"],
+                    "share of a car's points called car"),
     "deploy_speed.py": (["--runs", "1", "--presets", "tiny", "--device", "cpu"], "deployment on cpu"),
     "fuse_throughput.py": (["--scans", "3", "--reference-scans", "1"], "fusion of 3 full-size scans"),
     "low_vegetation.py": (["--scans", "1"], "low vegetation: the real scan 000750"),
@@ -54,13 +56,13 @@ def test_every_bench_script_has_a_smoke_row():
 
 @pytest.mark.parametrize("script", sorted(BENCHES))
 def test_bench_runs_at_its_smallest_size(script, fused_cache, tmp_path):
-    needs_real = script in ("low_vegetation.py", "real_car_probe.py", "real_geometry.py", "sim_to_real.py",
-                            "synth_realism.py")
+    needs_real = script in ("car_swap.py", "low_vegetation.py", "real_car_probe.py", "real_geometry.py",
+                            "sim_to_real.py", "synth_realism.py")
     if needs_real and not (REAL / "semantickitti_points_000750.npy").is_file():
         pytest.skip("needs the real scan of shared/data/real")
     args, phrase = BENCHES[script]
     args = [a.format(cache=fused_cache, tmp=tmp_path, repo=REPO) for a in args]
-    if script == "real_car_probe.py":  # it probes what sim_to_real.py trained: one such model first
+    if script in ("car_swap.py", "real_car_probe.py"):  # they probe what sim_to_real.py trained: one such model first
         s2r = _run([sys.executable, str(REPO / "bench" / "sim_to_real.py"), "--out", str(tmp_path / "s2r"),
                     "--sequences", "00", "--scans", "2", "--steps", "1"], cwd=tmp_path)
         assert s2r.returncode == 0, s2r.stderr[-3000:]
