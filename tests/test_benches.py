@@ -227,3 +227,43 @@ def test_low_vegetation_reads_tops_sides_and_columns_hand_worked():
     assert r["points"] == len(top) and r["horizontal"] == 1.0 and r["vertical"] == 0.0
     assert np.allclose(r["height_q10_q50_q90_m"], 0.8)
     assert 4.0 <= r["range_q10_q50_q90_m"][0] <= r["range_q10_q50_q90_m"][2] <= np.hypot(4.95, 0.95) + 1e-9
+
+
+def test_car_swap_moves_a_car_by_a_turn_and_a_lift_hand_worked():
+    """Two scenes, each a square of road and a 3 x 1 m car of 6 points: the first car 20 m
+    ahead (bearing 0) on ground at z = -1.7, the second 20 m to the left (bearing 90 deg)
+    on ground at -1.2. The first car moved into the second scene lies 20 m to the left,
+    0.5 m higher and turned a quarter (its length across), the second scene's own car gone;
+    with a radius of 2.75 m the first scene's road within it comes along and the second's goes."""
+    import importlib.util
+
+    import numpy as np
+
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        spec = importlib.util.spec_from_file_location("car_swap", REPO / "bench" / "car_swap.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    road = mod.CLASS_NAMES.index("road")
+    g = np.stack(np.meshgrid(np.arange(-6.0, 6.01, 0.5), np.arange(-6.0, 6.01, 0.5)), -1).reshape(-1, 2)
+    car = np.stack(np.meshgrid([-1.5, 0.0, 1.5], [-0.5, 0.5]), -1).reshape(-1, 2)
+
+    def scene(cx: float, cy: float, z: float) -> mod.Slot:
+        at = np.array([cx, cy])
+        xyz = np.r_[np.c_[g + at, np.full(len(g), z)], np.c_[car + at, np.full(len(car), z + 1.0)]]
+        labels = np.r_[np.full(len(g), road), np.full(len(car), mod.CAR)]
+        return mod.Slot("s", xyz, labels, labels == mod.CAR)
+
+    a, b = scene(20.0, 0.0, -1.7), scene(0.0, 20.0, -1.2)
+    assert np.isclose(a.ground, -1.7) and np.isclose(b.ground, -1.2) and np.isclose(np.degrees(b.bearing), 90.0)
+    xyz, labels, moved = b.swapped(a, 0.0)
+    assert moved.sum() == 6 and (labels[moved] == mod.CAR).all() and (labels == mod.CAR).sum() == 6
+    turned = np.c_[-car[:, 1], car[:, 0] + 20.0, np.full(6, -0.2)]  # (x, y) -> (-y, x), then 0.5 m up
+    np.testing.assert_allclose(np.sort(xyz[moved], axis=0), np.sort(turned, axis=0), atol=1e-9)
+    xyz, labels, moved = b.swapped(a, 2.75)  # no grid point lies exactly 2.75 m from a centre
+    within = np.linalg.norm(xyz[:, :2] - np.array([0.0, 20.0]), axis=1) < 2.75
+    assert len(xyz) == len(g) + 6 and moved.sum() == 6  # as many road points left b as came from a
+    assert (within & ~moved).sum() == (np.linalg.norm(g, axis=1) < 2.75).sum()
+    np.testing.assert_allclose(xyz[within & ~moved, 2], -1.2)  # a's road, lifted onto b's ground
