@@ -52,8 +52,9 @@ class SynthConfig(Config):
                                  "retuned (docs/synthetic.md, \"Version 3\"); 5, version 3 with the sensor pitched "
                                  "forward by 0-2 degrees a drive, judged by the sim-to-real yardstick and not adopted "
                                  "(\"Version 5\"); 6 (the default), version 3 with low shrub beds along the sidewalk "
-                                 "(\"Version 6\"); 7, version 6 with grass verges and cars parked along them on "
-                                 "residential streets (\"Version 7\"); 4 was the withdrawn foliage-depth world",
+                                 "(\"Version 6\"); 7, version 6 with a quarter of the residential parking strips "
+                                 "laid with grass, judged by the yardstick and not adopted (\"Version 7\"); 4 was "
+                                 "the withdrawn foliage-depth world",
                               at_least=2, at_most=7)
     world: str = knob("auto", "street type of every sequence; auto: KITTI's for 00-10 (01 a highway, 03, 04, 09, 10 "
                               "country roads, ...), drawn by seed for others",

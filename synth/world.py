@@ -292,13 +292,13 @@ STREETS_V3 = {name: replace(STREETS[name], **changes) for name, changes in {
 # and their bushes already stand near the verge.
 STREETS_V6 = {name: replace(st, beds={"residential": 0.35, "city": 0.2}.get(name, 0.0))
               for name, st in STREETS_V3.items()}
-# Version 7 (docs/synthetic.md, "Version 7"): version 6 with a third of the residential
-# streets' parking strips laid with grass. The real scan 000750's near car stands at the
-# road's edge with grass beside it and a hedge behind; the models find it once its
-# surroundings within 10 m are swapped for a synthetic car's, and find synthetic cars put in
-# its place no better than it (bench/car_swap.py); no car of version 6's training drives
-# has as much terrain within 6 m of it (none of 173). Parking (2.3 % on world seeds 0-3,
-# published 1.5) gives the grass its points; nothing stands elsewhere than in version 6.
+# Version 7 (docs/synthetic.md, "Version 7"; judged by the yardstick and not adopted): version
+# 6 with a quarter of the residential streets' parking strips laid with grass. The real scan
+# 000750's near car stands at the road's edge with grass beside it and a hedge behind; the
+# models find it once set into a synthetic street, and miss synthetic cars set into its
+# street (bench/car_swap.py); no car of version 6's training drives has as much terrain
+# within 6 m of it (none of 82). Parking (2.1-2.4 % on world seeds 0-3, published 1.5)
+# gives the grass its points; nothing stands elsewhere than in version 6.
 STREETS_V7 = {name: replace(st, grass_strips=0.25 if name == "residential" else 0.0) for name, st in STREETS_V6.items()}
 # A real street's cars: 3 in 10 are SUVs, vans and MPVs (roof 1.55-1.9 m, version 3).
 TALL_CARS = 0.3
