@@ -38,7 +38,7 @@ from pathlib import Path
 import click
 import numpy as np
 import torch
-from real_car_probe import REAL, _predict, _run_folders  # this folder's bench
+from real_car_probe import REAL, _predict, runs_option  # this folder's bench
 from rich.console import Console
 from rich.table import Table
 
@@ -206,8 +206,7 @@ def _radii(_ctx, _param, value: str) -> tuple[float, ...]:
 
 
 @click.command(help=__doc__)
-@click.option("--runs", required=True, callback=_run_folders,
-              help="comma-separated run folders of bench/sim_to_real.py (their last.pt)")
+@runs_option
 @world_version_option("the version the models were trained on (the synthetic scans' world)")
 @click.option("--frames", type=click.IntRange(2), default=12, show_default=True,
               help="frames of drive 08 (world seed 0) to look for a car at the real car's range")

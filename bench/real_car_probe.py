@@ -151,9 +151,13 @@ def _run_folders(_ctx, _param, value: str) -> list[Path]:
     return folders
 
 
+# the probes' one --runs option (bench/car_swap.py uses it too)
+runs_option = click.option("--runs", required=True, callback=_run_folders,
+                           help="comma-separated run folders of bench/sim_to_real.py (their last.pt)")
+
+
 @click.command(help=__doc__)
-@click.option("--runs", required=True, callback=_run_folders,
-              help="comma-separated run folders of bench/sim_to_real.py (their last.pt)")
+@runs_option
 @world_version_option("the version the models were trained on (for the synthetic probe)")
 @click.option("--scans", type=click.IntRange(1), default=4, show_default=True,
               help="synthetic scans of drive 08 (world seed 0) to probe, spread over the drive")
