@@ -13,7 +13,7 @@ from m2skd.common.config import Config, knob
 # records carry world_version 4, so no later world takes that number and it cannot be
 # selected here (a folder it wrote is never mistaken for another world's).
 WITHDRAWN_VERSION = 4
-WORLD_VERSIONS = (2, 3, 5, 6, 7)  # what this code writes; the last is the newest
+WORLD_VERSIONS = (2, 3, 5, 6, 7, 8)  # what this code writes; the last is the newest
 
 
 @dataclass(frozen=True)
@@ -53,9 +53,11 @@ class SynthConfig(Config):
                                  "forward by 0-2 degrees a drive, judged by the sim-to-real yardstick and not adopted "
                                  "(\"Version 5\"); 6 (the default), version 3 with low shrub beds along the sidewalk "
                                  "(\"Version 6\"); 7, version 6 with a quarter of the residential parking strips "
-                                 "laid with grass, judged by the yardstick and not adopted (\"Version 7\"); 4 was "
+                                 "laid with grass, judged by the yardstick and not adopted (\"Version 7\"); 8, version 7 with a "
+                                 "grass verge and a tall hedge behind each grass strip instead of the sidewalk "
+                                 "(\"Version 8\"); 4 was "
                                  "the withdrawn foliage-depth world",
-                              at_least=2, at_most=7)
+                              at_least=2, at_most=8)
     world: str = knob("auto", "street type of every sequence; auto: KITTI's for 00-10 (01 a highway, 03, 04, 09, 10 "
                               "country roads, ...), drawn by seed for others",
                       choices=("auto", "residential", "city", "country", "highway"))

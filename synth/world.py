@@ -125,7 +125,11 @@ class World:
         park = (d >= st.road_half) & (d < st.parking_outer) & parking_mask(x, self.seed, st.parking)
         out[park] = RAW_BY_NAME["parking"]
         if st.grass_strips > 0:  # version 7: some strips are grass (the cars parked on them stay)
-            out[park & grass_strip(x, (y - cy) * np.cos(h), self.seed, st)] = RAW_BY_NAME["terrain"]
+            grass = park & grass_strip(x, (y - cy) * np.cos(h), self.seed, st)
+            out[grass] = RAW_BY_NAME["terrain"]
+            if st.verge_hedges:  # version 8: behind a grass strip, a grass verge, no sidewalk
+                lane = (d >= st.parking_outer) & (d < st.parking_outer + VERGE_GRASS) & parking_mask(x, self.seed, st.parking)
+                out[lane & grass_strip(x, (y - cy) * np.cos(h), self.seed, st)] = RAW_BY_NAME["terrain"]
         out[d < st.road_half] = RAW_BY_NAME["road"]
         lanes = np.zeros(x.shape, bool)
         for k in range(1, st.lanes + 1):
@@ -233,6 +237,7 @@ class StreetType:
     convoy: float = 0.0  # version 3: cars per 100 m of each lane driven the ego's way
     beds: float = 0.0  # version 6: chance that a 4-14 m stretch of sidewalk has a shrub bed (kerb or behind it)
     grass_strips: float = 0.0  # version 7: share of a side's 40 m parking strips laid with grass, not asphalt
+    verge_hedges: bool = False  # version 8: behind a grass strip, a grass verge and a tall hedge, not a sidewalk
 
     @property
     def section(self) -> Section:
@@ -300,12 +305,24 @@ STREETS_V6 = {name: replace(st, beds={"residential": 0.35, "city": 0.2}.get(name
 # within 6 m of it (none of 82). Parking (2.1-2.4 % on world seeds 0-3, published 1.5)
 # gives the grass its points; nothing stands elsewhere than in version 6.
 STREETS_V7 = {name: replace(st, grass_strips=0.25 if name == "residential" else 0.0) for name, st in STREETS_V6.items()}
+# Version 8 (docs/synthetic.md, "Version 8"): version 7 where a grass strip's block has no
+# sidewalk but a lane's verge: grass from the kerb to VERGE_GRASS past it, then a hedge
+# 1.4-2.4 m tall to the sidewalk's outer edge. The real scan 000750's near car stands at the
+# road's edge, grass 3 m deep beside it, then a hedge 3 m deep and up to 2.4 m tall along
+# 14 m of it (its points at 4.4-7.4 m from the car's centre, across); deleting that
+# vegetation lets every model find the car (bench/car_swap.py), and version 7's strip cars
+# had the sidewalk there.
+STREETS_V8 = {name: replace(st, verge_hedges=name == "residential", grass_strips=0.12 if name == "residential" else 0.0)
+              for name, st in STREETS_V7.items()}
+VERGE_GRASS = 2.5  # metres of grass between the kerb and the hedge (version 8)
 # A real street's cars: 3 in 10 are SUVs, vans and MPVs (roof 1.55-1.9 m, version 3).
 TALL_CARS = 0.3
 
 
 def streets(version: int = 2) -> dict[str, StreetType]:
     """The street types of a generator version."""
+    if version >= 8:
+        return STREETS_V8
     return STREETS_V7 if version >= 7 else STREETS_V6 if version >= 6 else STREETS_V3 if version >= 3 else STREETS
 
 
@@ -369,6 +386,10 @@ def build_world(rng: np.random.Generator, u_min: float, u_max: float, t_mid: flo
         beds = np.random.default_rng([seed, 6])
         for side in (-1.0, 1.0):
             _shrub_beds(b, beds, street, side, u_min, u_max)
+    if version >= 8:  # its own stream too: version 7's objects stay, the hedges come after them
+        hedges = np.random.default_rng([seed, 8])
+        for side in (-1.0, 1.0):
+            _verge_hedges(b, hedges, street, side, u_min, u_max, seed)
     # the ground is known beyond the objects' stretch, as far as the sensor sees
     return b.build(street, seed, u_min - 150.0, u_max + 150.0)
 
@@ -449,6 +470,26 @@ def _shrub_beds(b: _Builder, rng, st: StreetType, side: float, u_min: float, u_m
                       [ell(0, 0, top + rng.normal(0, 0.08) - rz, rng.uniform(0.6, 1.0),
                            half_depth * rng.uniform(0.85, 1.05), rz, "vegetation")])
         u += length + rng.uniform(1.0, 6.0)
+
+
+def _verge_hedges(b: _Builder, rng, st: StreetType, side: float, u_min: float, u_max: float, seed: int) -> None:
+    """Version 8: on each block whose parking strip is grass (`grass_strip`), a hedge from
+    VERGE_GRASS past the kerb to the sidewalk's outer edge, 1.4-2.4 m tall, the whole block
+    long: a row of overlapping lumps, each its own object so that the hedge follows the
+    grade, as a shrub bed does. The ground under and before it is grass (`ground_raw_ids`)."""
+    if not st.verge_hedges:
+        return
+    inner = st.parking_outer + VERGE_GRASS
+    half_depth = max(st.sidewalk_outer - inner, 0.6) / 2
+    for u0 in np.arange(np.floor(u_min / 40.0) * 40.0, u_max, 40.0):
+        if not (parking_mask(u0, seed, st.parking) and grass_strip(u0, side, seed, st)):
+            continue
+        top = rng.uniform(1.4, 2.4)
+        for uu in np.arange(u0, u0 + 40.0, rng.uniform(0.8, 1.2)):
+            rz = top / 2 * rng.uniform(0.9, 1.0)
+            b.add(uu + rng.normal(0, 0.15), side * (inner + half_depth + rng.normal(0, 0.1)),
+                  [ell(0, 0, top + rng.normal(0, 0.08) - rz, rng.uniform(0.7, 1.1),
+                       half_depth * rng.uniform(0.85, 1.05), rz, "vegetation")])
 
 
 def _street_furniture(b: _Builder, rng, st: StreetType, side: float, u_min: float, u_max: float) -> None:
