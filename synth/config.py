@@ -53,8 +53,8 @@ class SynthConfig(Config):
                                  "forward by 0-2 degrees a drive, judged by the sim-to-real yardstick and not adopted "
                                  "(\"Version 5\"); 6 (the default), version 3 with low shrub beds along the sidewalk "
                                  "(\"Version 6\"); 7, version 6 with a quarter of the residential parking strips "
-                                 "laid with grass, judged by the yardstick and not adopted (\"Version 7\"); 8, version 7 with a "
-                                 "grass verge and a tall hedge behind each grass strip instead of the sidewalk "
+                                 "laid with grass, judged by the yardstick and not adopted (\"Version 7\"); "
+                                 "8, version 6 with grass strips, a grass verge and a tall hedge behind them "
                                  "(\"Version 8\"); 4 was "
                                  "the withdrawn foliage-depth world",
                               at_least=2, at_most=8)

@@ -125,11 +125,10 @@ class World:
         park = (d >= st.road_half) & (d < st.parking_outer) & parking_mask(x, self.seed, st.parking)
         out[park] = RAW_BY_NAME["parking"]
         if st.grass_strips > 0:  # version 7: some strips are grass (the cars parked on them stay)
-            grass = park & grass_strip(x, (y - cy) * np.cos(h), self.seed, st)
-            out[grass] = RAW_BY_NAME["terrain"]
-            if st.verge_hedges:  # version 8: behind a grass strip, a grass verge, no sidewalk
-                lane = (d >= st.parking_outer) & (d < st.parking_outer + VERGE_GRASS) & parking_mask(x, self.seed, st.parking)
-                out[lane & grass_strip(x, (y - cy) * np.cos(h), self.seed, st)] = RAW_BY_NAME["terrain"]
+            lawn = parking_mask(x, self.seed, st.parking) & grass_strip(x, (y - cy) * np.cos(h), self.seed, st)
+            out[park & lawn] = RAW_BY_NAME["terrain"]
+            if st.verge_hedges:  # version 8: and a grass verge behind them, up to the hedge
+                out[lawn & (d >= st.parking_outer) & (d < st.parking_outer + VERGE_GRASS)] = RAW_BY_NAME["terrain"]
         out[d < st.road_half] = RAW_BY_NAME["road"]
         lanes = np.zeros(x.shape, bool)
         for k in range(1, st.lanes + 1):
@@ -305,9 +304,11 @@ STREETS_V6 = {name: replace(st, beds={"residential": 0.35, "city": 0.2}.get(name
 # within 6 m of it (none of 82). Parking (2.1-2.4 % on world seeds 0-3, published 1.5)
 # gives the grass its points; nothing stands elsewhere than in version 6.
 STREETS_V7 = {name: replace(st, grass_strips=0.25 if name == "residential" else 0.0) for name, st in STREETS_V6.items()}
-# Version 8 (docs/synthetic.md, "Version 8"): version 7 where a grass strip's block has no
-# sidewalk but a lane's verge: grass from the kerb to VERGE_GRASS past it, then a hedge
-# 1.4-2.4 m tall to the sidewalk's outer edge. The real scan 000750's near car stands at the
+# Version 8 (docs/synthetic.md, "Version 8"): on 12 % of the residential strips (a subset of
+# version 7's grass blocks: 0.25 took world seed 0's terrain past its band), the strip is
+# grass and so is the sidewalk's first VERGE_GRASS metres, then a hedge 1.4-2.4 m tall
+# stands to the sidewalk's outer edge (the ground under it keeps the sidewalk's label:
+# terrain there took seed 0 past the band too). The real scan 000750's near car stands at the
 # road's edge, grass 3 m deep beside it, then a hedge 3 m deep and up to 2.4 m tall along
 # 14 m of it (its points at 4.4-7.4 m from the car's centre, across); deleting that
 # vegetation lets every model find the car (bench/car_swap.py), and version 7's strip cars
