@@ -146,7 +146,10 @@ def surroundings(world_version: int, real: Slot, frames: int = 6) -> dict:
                      "q90": float(np.percentile(a[:, j], 90)) if len(a) else 0.0,
                      "max": float(a[:, j].max()) if len(a) else 0.0,
                      "share_at_least_the_real_car": float((a[:, j] >= mine[j]).mean()) if len(a) else 0.0}
-               for j, key in enumerate(("terrain_within_6_m", "vegetation_within_10_m"))}}
+               for j, key in enumerate(("terrain_within_6_m", "vegetation_within_10_m"))},
+            # the real car's street has both: grass beside it and greenery past it
+            "share_with_both_as_much_as_the_real_car":
+                float(((a[:, 0] >= mine[0]) & (a[:, 1] >= mine[1])).mean()) if len(a) else 0.0}
 
 
 def found(model, cfg, slot: Slot, other: Slot, radius: float) -> float:
@@ -251,7 +254,8 @@ def main(runs: list[Path], world_version: int, frames: int, radii: tuple[float, 
                         f"{k.split('_')[2]} m q50 {v['q50']:.0f}, q90 {v['q90']:.0f}, max {v['max']:.0f} points "
                         f"(the real car: {around['real_car'][k]}; {100 * v['share_at_least_the_real_car']:.0f} % "
                         "of cars as many or more)"
-                        for k, v in around.items() if k.endswith("_m")))
+                        for k, v in around.items() if k.endswith("_m"))
+                    + f"; both: {100 * around['share_with_both_as_much_as_the_real_car']:.0f} % of cars")
     if json_path is not None:
         with atomic_path(json_path) as tmp:
             tmp.write_text(json.dumps({
