@@ -54,8 +54,8 @@ class SynthConfig(Config):
                                  "(\"Version 5\"); 6 (the default), version 3 with low shrub beds along the sidewalk "
                                  "(\"Version 6\"); 7, version 6 with a quarter of the residential parking strips "
                                  "laid with grass, judged by the yardstick and not adopted (\"Version 7\"); "
-                                 "8, version 6 with grass strips, a grass verge and a tall hedge behind them "
-                                 "(\"Version 8\"); 4 was "
+                                 "8, version 6 with grass strips, a grass verge and a tall hedge behind them, not "
+                                 "adopted either (\"Version 8\"); 4 was "
                                  "the withdrawn foliage-depth world",
                               at_least=2, at_most=8)
     world: str = knob("auto", "street type of every sequence; auto: KITTI's for 00-10 (01 a highway, 03, 04, 09, 10 "

@@ -269,8 +269,9 @@ class OlderWorldError(ValueError):
 # commit 2146d08); 2, relief and shapes; 3, grass, traffic both ways, tall cars, body
 # sway, the class mix retuned; 4, foliage depth (commit 15d1d89, withdrawn: no later world
 # takes its number); 5 (a candidate), the sensor pitched forward; 6 (the default since
-# 2026-12-05), version 3 with shrub beds along the sidewalk (SynthConfig.world_version
-# picks 2, 3, 5 or 6). A sequence of another version is never resumed nor touched:
+# 2026-12-05), version 3 with shrub beds along the sidewalk; 7 and 8 (candidates), grass
+# strips, and behind them a grass verge and a hedge (SynthConfig.world_version picks 2, 3,
+# 5, 6, 7 or 8). A sequence of another version is never resumed nor touched:
 # rewriting its poses.txt alone gave scans of the old world the poses of the new one, and
 # a fusion that silently misplaced every neighbour (found in the training-mode
 # experiment's cache, 2026-12-01).

@@ -304,7 +304,8 @@ STREETS_V6 = {name: replace(st, beds={"residential": 0.35, "city": 0.2}.get(name
 # within 6 m of it (none of 82). Parking (2.1-2.4 % on world seeds 0-3, published 1.5)
 # gives the grass its points; nothing stands elsewhere than in version 6.
 STREETS_V7 = {name: replace(st, grass_strips=0.25 if name == "residential" else 0.0) for name, st in STREETS_V6.items()}
-# Version 8 (docs/synthetic.md, "Version 8"): on 12 % of the residential strips (a subset of
+# Version 8 (docs/synthetic.md, "Version 8"; judged by the yardstick and not adopted): on
+# 12 % of the residential strips (a subset of
 # version 7's grass blocks: 0.25 took world seed 0's terrain past its band), the strip is
 # grass and so is the sidewalk's first VERGE_GRASS metres, then a hedge 1.4-2.4 m tall
 # stands to the sidewalk's outer edge (the ground under it keeps the sidewalk's label:
